@@ -1,0 +1,38 @@
+//! corral's in-sandbox agent: PID 1 of every sandbox, serving Daytona's toolbox API.
+//!
+//! The runtime starts the agent with an inherited listening socket and a config file
+//! (see [`corral_core::agent`]); `corral-agent --socket PATH --config FILE` is a dev/test mode
+//! that binds its own socket instead. [`main_entry`] is all the binary calls.
+
+mod api;
+mod coderun;
+mod error;
+mod launch;
+mod logging;
+mod loopback;
+mod params;
+mod reaper;
+mod runner;
+mod server;
+mod shell;
+mod signals;
+mod spawn;
+
+use std::process::ExitCode;
+
+pub use error::AgentError;
+pub use launch::{Launch, parse_args};
+pub use server::run;
+
+/// Parses the command line, sets up logging to stderr and runs the agent until it fails.
+pub fn main_entry() -> ExitCode {
+    logging::init();
+    let result = parse_args(std::env::args_os().skip(1)).and_then(run);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("corral-agent: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The production launch: listener on fd 3 and config on fd 4, as the runtime passes them.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+/// Starts the agent with `listener` as fd 3 and `config` as fd 4 (either may be absent).
+fn spawn_with_fds(listener: Option<RawFd>, config: Option<RawFd>) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_corral-agent"));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let plan = [(listener, 3), (config, 4)];
+    // SAFETY: only dup2/close, which are async-signal-safe, run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (from, to) in plan {
+                match from {
+                    Some(fd) if libc::dup2(fd, to) < 0 => {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Some(_) => {}
+                    // EBADF (not open) is the state we want anyway.
+                    None => {
+                        libc::close(to);
+                    }
+                }
+            }
+            Ok(())
+        })
+    };
+    cmd
+}
+
+fn post(socket: &std::path::Path, path: &str, body: &Value) -> Value {
+    let mut stream = UnixStream::connect(socket).expect("connect");
+    let body = body.to_string();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("read");
+    let (_, body) = raw.split_once("\r\n\r\n").expect("headers");
+    serde_json::from_str(body).expect("json body")
+}
+
+#[test]
+fn serves_on_inherited_fds_and_runs_as_the_configured_user() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = fs::metadata(dir.path()).expect("stat").uid() == 0;
+    // As root, run commands as nobody to check the identity switch; else as ourselves.
+    let (uid, gid) = if root {
+        (65534, 65534)
+    } else {
+        let meta = fs::metadata(dir.path()).expect("stat");
+        (meta.uid(), meta.gid())
+    };
+    let config_path = dir.path().join("config.json");
+    fs::write(
+        &config_path,
+        json!({
+            "sandbox_id": "sb", "user": "u", "uid": uid, "gid": gid,
+            "home": "/", "work_dir": "/",
+            "env": {"PATH": "/usr/bin:/bin"},
+        })
+        .to_string(),
+    )
+    .expect("config");
+    let config = File::open(&config_path).expect("open config");
+    let socket = dir.path().join("agent.sock");
+    let listener = UnixListener::bind(&socket).expect("bind");
+    let mut child = spawn_with_fds(Some(listener.as_raw_fd()), Some(config.as_raw_fd()))
+        .spawn()
+        .expect("spawn");
+    let body = post(
+        &socket,
+        "/process/execute",
+        &json!({"command": "id -u; id -g; id -G; ls -l /proc/self/fd | grep socket | wc -l"}),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(body["exitCode"], 0, "{body}");
+    assert_eq!(
+        body["result"],
+        format!("{uid}\n{gid}\n{gid}\n0\n"),
+        "identity, groups, or a leaked listener"
+    );
+}
+
+#[test]
+fn missing_fds_are_a_clear_error() {
+    let mut child = spawn_with_fds(None, None).spawn().expect("spawn");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    let status = child.wait().expect("wait");
+    assert!(!status.success());
+    assert!(stderr.contains("file descriptor 4"), "{stderr}");
+}

@@ -1,0 +1,92 @@
+//! corral's HTTP edge: the Daytona main API under `/api`, the toolbox reverse proxy under
+//! `/toolbox`, health, readiness and metrics. Handlers talk to the core's ports only.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod sandboxes;
+pub mod state;
+pub mod toolbox;
+pub mod wire;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware;
+use axum::response::IntoResponse;
+use axum::routing::{any, get};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+pub use state::{ApiConfig, AppState, Keys, hash_key};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+async fn health() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    if state.runtime.is_ready() {
+        (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ready"})),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "starting"})),
+        )
+    }
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/sandbox", get(sandboxes::list).post(sandboxes::create))
+        .route(
+            "/sandbox/{id_or_name}",
+            get(sandboxes::get).delete(sandboxes::delete),
+        )
+        .route(
+            "/sandbox/{id_or_name}/toolbox-proxy-url",
+            get(sandboxes::toolbox_proxy_url),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+                .with_code("METHOD_NOT_ALLOWED")
+        });
+    let toolbox = Router::new().route("/{id}/{*path}", any(toolbox::proxy));
+    let protected = Router::new()
+        .nest("/api", api)
+        .nest("/toolbox", toolbox)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics::render))
+        .merge(protected)
+        .fallback(not_found)
+        .layer(middleware::from_fn(metrics::track))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}

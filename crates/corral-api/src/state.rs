@@ -1,0 +1,111 @@
+//! Shared state of the HTTP handlers: the ports and settings.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+use axum::http::HeaderMap;
+use corral_core::{ApiKeyStore, Runtime, SandboxStore, StoreError};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sha2::{Digest, Sha256};
+
+/// Settings of the API layer.
+#[derive(Debug, Clone, Default)]
+pub struct ApiConfig {
+    /// The organization every sandbox belongs to (one tenant per server for now).
+    pub organization_id: String,
+    /// The externally visible base URL (`http://host:port`); when unset it is derived from the
+    /// request's `Host` header.
+    pub public_url: Option<String>,
+}
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn SandboxStore>,
+    pub keys: Arc<Keys>,
+    pub runtime: Arc<dyn Runtime>,
+    pub config: Arc<ApiConfig>,
+    pub metrics: PrometheusHandle,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// The base URL clients reach this server at.
+    pub fn base_url(&self, headers: &HeaderMap) -> String {
+        if let Some(u) = &self.config.public_url {
+            return u.trim_end_matches('/').to_owned();
+        }
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1");
+        format!("http://{host}")
+    }
+
+    /// The `toolboxProxyUrl` of every sandbox.
+    pub fn toolbox_url(&self, headers: &HeaderMap) -> String {
+        format!("{}/toolbox", self.base_url(headers))
+    }
+}
+
+/// API keys: hashes in the store, with a cache of the valid ones.
+pub struct Keys {
+    store: Arc<dyn ApiKeyStore>,
+    valid: RwLock<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys").finish_non_exhaustive()
+    }
+}
+
+/// The stored form of a key: its SHA-256, hex.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+impl Keys {
+    pub fn new(store: Arc<dyn ApiKeyStore>) -> Self {
+        Self {
+            store,
+            valid: RwLock::new(HashSet::new()),
+        }
+    }
+
+    /// Accepts a key hash that is not stored (e.g. `CORRAL_API_KEY`, valid while it is set).
+    pub fn allow(&self, hash: &str) {
+        self.valid
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash.to_owned());
+    }
+
+    /// Whether `key` is a valid API key.
+    pub async fn check(&self, key: &str) -> Result<bool, StoreError> {
+        let h = hash_key(key);
+        if self
+            .valid
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&h)
+        {
+            return Ok(true);
+        }
+        let ok = self.store.has_key(&h).await?;
+        if ok {
+            self.valid
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(h);
+        }
+        Ok(ok)
+    }
+}

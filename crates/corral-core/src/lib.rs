@@ -1,0 +1,15 @@
+//! corral's domain model: sandboxes, their states and resources, the handshake with the
+//! in-sandbox agent, and the port traits (`Store`, `Runtime`) that the server wires together.
+//!
+//! This crate knows nothing of HTTP, SQL or Linux system calls.
+
+pub mod agent;
+pub mod ports;
+pub mod sandbox;
+
+pub use ports::{
+    ApiKeyStore, ListQuery, Page, Runtime, RuntimeError, SandboxSpec, SandboxStore, StoreError,
+};
+pub use sandbox::{
+    CODE_LANGUAGE_LABEL, CodeLanguage, DesiredState, Resources, Sandbox, SandboxState,
+};

@@ -1,0 +1,123 @@
+//! The port traits: what the control plane needs from storage and from a sandbox runtime.
+//!
+//! Adapters live in other crates (`corral-store` for SQLite, `corral-runtime` for Linux
+//! namespaces); the API talks to these traits only.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use crate::sandbox::{Resources, Sandbox, SandboxState};
+
+/// Errors of a storage operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("a sandbox named {0:?} already exists")]
+    NameTaken(String),
+    #[error("storage backend failed: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A filter and page request for listing sandboxes.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Every pair must match.
+    pub labels: BTreeMap<String, String>,
+    /// Empty = any state except `destroyed`.
+    pub states: Vec<SandboxState>,
+    /// Page size.
+    pub limit: u32,
+    /// Opaque cursor from a previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of results.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// Durable storage of sandboxes. The store is the source of truth.
+#[async_trait]
+pub trait SandboxStore: Send + Sync {
+    /// Inserts a new sandbox; names are unique.
+    async fn insert(&self, sandbox: &Sandbox) -> Result<(), StoreError>;
+    /// Replaces a stored sandbox (matched by id).
+    async fn update(&self, sandbox: &Sandbox) -> Result<(), StoreError>;
+    /// Finds a sandbox by id, else by name.
+    async fn get(&self, id_or_name: &str) -> Result<Option<Sandbox>, StoreError>;
+    /// Lists sandboxes, oldest first.
+    async fn list(&self, query: &ListQuery) -> Result<Page<Sandbox>, StoreError>;
+    /// Removes a sandbox record for good.
+    async fn remove(&self, id: &str) -> Result<(), StoreError>;
+}
+
+/// Durable storage of API keys; only hashes are kept.
+#[async_trait]
+pub trait ApiKeyStore: Send + Sync {
+    /// Records a key hash under a display name.
+    async fn add_key(&self, name: &str, hash: &str) -> Result<(), StoreError>;
+    /// Whether a key hash is valid.
+    async fn has_key(&self, hash: &str) -> Result<bool, StoreError>;
+    /// How many keys exist.
+    async fn count_keys(&self) -> Result<u64, StoreError>;
+}
+
+/// Errors of a runtime operation.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The request cannot be satisfied as given (a client error).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such sandbox is running.
+    #[error("sandbox {0} is not running")]
+    NotRunning(String),
+    /// Something failed on the host; the message is for logs, not for clients.
+    #[error("{context}: {source}")]
+    Host {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl RuntimeError {
+    /// Wraps a host failure with what was being done.
+    pub fn host(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Host {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// What the runtime needs to start a sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub id: String,
+    /// The image (`host` for now).
+    pub image: String,
+    pub user: String,
+    pub env: BTreeMap<String, String>,
+    pub resources: Resources,
+}
+
+/// A sandbox runtime: starts and destroys isolated sandboxes whose PID 1 is the agent.
+#[async_trait]
+pub trait Runtime: Send + Sync {
+    /// Starts a sandbox; returns once its agent accepts connections.
+    async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError>;
+    /// Kills everything in the sandbox and removes every trace of it. Idempotent.
+    async fn destroy(&self, id: &str) -> Result<(), RuntimeError>;
+    /// The unix socket the sandbox's agent serves the toolbox API on.
+    fn agent_socket(&self, id: &str) -> PathBuf;
+    /// Whether the runtime can create sandboxes.
+    fn is_ready(&self) -> bool;
+}

@@ -1,0 +1,332 @@
+//! Per-sandbox cgroups on cgroup v1 (one hierarchy per controller, as on hybrid hosts) and
+//! cgroup v2 (one unified hierarchy). The cgroup root is a parameter so both layouts are
+//! unit-tested against a fake tree in a temp dir.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use corral_core::Resources;
+
+/// Controllers corral uses.
+const CONTROLLERS: &[&str] = &["memory", "cpu", "pids"];
+/// The CFS period used for CPU quotas, in microseconds.
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// Errors managing cgroups.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("no usable cgroup hierarchy under {0} (need memory, cpu and pids controllers)")]
+    NoHierarchy(PathBuf),
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError + use<> {
+    let path = path.to_owned();
+    move |source| CgroupError::Io { op, path, source }
+}
+
+/// Which cgroup layout the host has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// cgroup v1: one mount per controller under the root (`<root>/memory`, ...).
+    V1 { root: PathBuf },
+    /// cgroup v2: the unified hierarchy at the root.
+    V2 { root: PathBuf },
+}
+
+/// The per-sandbox limits written into cgroup files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub cpu_quota_us: u64,
+    pub pids: u64,
+}
+
+impl Limits {
+    /// Limits for a sandbox's resources with the given pids cap.
+    pub fn from_resources(r: &Resources, pids: u64) -> Self {
+        Self {
+            memory_bytes: u64::from(r.memory_gib) << 30,
+            cpu_quota_us: u64::from(r.cpu.max(1)) * CPU_PERIOD_US,
+            pids,
+        }
+    }
+}
+
+/// corral's cgroups: a parent group (`corral` by default) with one child per sandbox.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    hierarchy: Hierarchy,
+    parent: String,
+}
+
+impl Cgroups {
+    /// Detects the layout under `root` (normally `/sys/fs/cgroup`). v2 when `root` itself is a
+    /// unified hierarchy (`cgroup.controllers` exists); v1 when each controller has its own
+    /// directory. On hybrid hosts the controllers are bound to v1, so v1 is used.
+    pub fn detect(root: &Path, parent: &str) -> Result<Self, CgroupError> {
+        let hierarchy = if root.join("cgroup.controllers").exists() {
+            Hierarchy::V2 {
+                root: root.to_owned(),
+            }
+        } else if CONTROLLERS
+            .iter()
+            .all(|c| root.join(c).join("cgroup.procs").exists())
+        {
+            Hierarchy::V1 {
+                root: root.to_owned(),
+            }
+        } else {
+            return Err(CgroupError::NoHierarchy(root.to_owned()));
+        };
+        Ok(Self {
+            hierarchy,
+            parent: parent.to_owned(),
+        })
+    }
+
+    /// The detected layout.
+    pub fn hierarchy(&self) -> &Hierarchy {
+        &self.hierarchy
+    }
+
+    /// Creates the parent group(s); on v2 also delegates the controllers to its children.
+    pub fn init(&self) -> Result<(), CgroupError> {
+        match &self.hierarchy {
+            Hierarchy::V1 { root } => {
+                for c in CONTROLLERS {
+                    let p = root.join(c).join(&self.parent);
+                    fs::create_dir_all(&p).map_err(io_err("mkdir", &p))?;
+                }
+            }
+            Hierarchy::V2 { root } => {
+                let enable = "+memory +cpu +pids";
+                write(&root.join("cgroup.subtree_control"), enable)?;
+                let p = root.join(&self.parent);
+                fs::create_dir_all(&p).map_err(io_err("mkdir", &p))?;
+                write(&p.join("cgroup.subtree_control"), enable)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The directories of one sandbox's group (one per controller on v1).
+    pub fn dirs(&self, id: &str) -> Vec<PathBuf> {
+        match &self.hierarchy {
+            Hierarchy::V1 { root } => CONTROLLERS
+                .iter()
+                .map(|c| root.join(c).join(&self.parent).join(id))
+                .collect(),
+            Hierarchy::V2 { root } => vec![root.join(&self.parent).join(id)],
+        }
+    }
+
+    /// Creates a sandbox's group with its limits.
+    pub fn create(&self, id: &str, limits: &Limits) -> Result<(), CgroupError> {
+        for d in self.dirs(id) {
+            match fs::create_dir(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(CgroupError::Io {
+                        op: "mkdir",
+                        path: d,
+                        source: e,
+                    });
+                }
+            }
+        }
+        self.set_limits(id, limits)
+    }
+
+    /// Writes (or rewrites) a sandbox's limits.
+    pub fn set_limits(&self, id: &str, l: &Limits) -> Result<(), CgroupError> {
+        match &self.hierarchy {
+            Hierarchy::V1 { root } => {
+                let g = |c: &str| root.join(c).join(&self.parent).join(id);
+                write(
+                    &g("memory").join("memory.limit_in_bytes"),
+                    &l.memory_bytes.to_string(),
+                )?;
+                write(
+                    &g("cpu").join("cpu.cfs_period_us"),
+                    &CPU_PERIOD_US.to_string(),
+                )?;
+                write(
+                    &g("cpu").join("cpu.cfs_quota_us"),
+                    &l.cpu_quota_us.to_string(),
+                )?;
+                write(&g("pids").join("pids.max"), &l.pids.to_string())?;
+            }
+            Hierarchy::V2 { root } => {
+                let g = root.join(&self.parent).join(id);
+                write(&g.join("memory.max"), &l.memory_bytes.to_string())?;
+                write(
+                    &g.join("cpu.max"),
+                    &format!("{} {CPU_PERIOD_US}", l.cpu_quota_us),
+                )?;
+                write(&g.join("pids.max"), &l.pids.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves a process into a sandbox's group.
+    pub fn attach(&self, id: &str, pid: i32) -> Result<(), CgroupError> {
+        for d in self.dirs(id) {
+            write(&d.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Removes a sandbox's group; its processes must be gone. Missing groups are fine.
+    pub fn remove(&self, id: &str) -> Result<(), CgroupError> {
+        for d in self.dirs(id) {
+            match fs::remove_dir(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(CgroupError::Io {
+                        op: "rmdir",
+                        path: d,
+                        source: e,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs every process left in a sandbox's group (best effort).
+    pub fn kill_all(&self, id: &str) {
+        for d in self.dirs(id) {
+            let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) else {
+                continue;
+            };
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill(2) with a pid read from the cgroup; no memory is involved.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+
+    /// Ids of sandbox groups that exist (to find leftovers).
+    pub fn list(&self) -> Vec<String> {
+        let dir = match &self.hierarchy {
+            Hierarchy::V1 { root } => root.join("pids").join(&self.parent),
+            Hierarchy::V2 { root } => root.join(&self.parent),
+        };
+        let Ok(entries) = fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(io_err("write", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(p: &Path) -> String {
+        fs::read_to_string(p).expect("read")
+    }
+
+    /// A fake cgroup tree: real cgroupfs creates control files on mkdir; the fake makes
+    /// them appear by writing, which `fs::write` does.
+    fn fake_v1() -> tempfile::TempDir {
+        let t = tempfile::tempdir().expect("tempdir");
+        for c in CONTROLLERS {
+            fs::create_dir_all(t.path().join(c)).expect("mkdir");
+            fs::write(t.path().join(c).join("cgroup.procs"), "").expect("write");
+        }
+        t
+    }
+
+    #[test]
+    fn v1_layout_limits_attach_remove() {
+        let t = fake_v1();
+        let cg = Cgroups::detect(t.path(), "corral").expect("detect");
+        assert!(matches!(cg.hierarchy(), Hierarchy::V1 { .. }));
+        cg.init().expect("init");
+        let limits = Limits::from_resources(
+            &Resources {
+                cpu: 2,
+                gpu: 0,
+                memory_gib: 1,
+                disk_gib: 3,
+            },
+            4096,
+        );
+        cg.create("sb1", &limits).expect("create");
+        let root = t.path();
+        assert_eq!(
+            read(&root.join("memory/corral/sb1/memory.limit_in_bytes")),
+            "1073741824"
+        );
+        assert_eq!(
+            read(&root.join("cpu/corral/sb1/cpu.cfs_quota_us")),
+            "200000"
+        );
+        assert_eq!(read(&root.join("pids/corral/sb1/pids.max")), "4096");
+        cg.attach("sb1", 42).expect("attach");
+        assert_eq!(read(&root.join("memory/corral/sb1/cgroup.procs")), "42");
+        assert_eq!(cg.list(), vec!["sb1".to_string()]);
+        // A real cgroupfs rmdir ignores control files; the fake needs them gone first.
+        for d in cg.dirs("sb1") {
+            for e in fs::read_dir(&d).expect("readdir").flatten() {
+                fs::remove_file(e.path()).expect("rm");
+            }
+        }
+        cg.remove("sb1").expect("remove");
+        cg.remove("sb1").expect("remove is idempotent");
+        assert!(cg.list().is_empty());
+    }
+
+    #[test]
+    fn v2_layout_delegates_and_writes_unified_files() {
+        let t = tempfile::tempdir().expect("tempdir");
+        fs::write(t.path().join("cgroup.controllers"), "cpu memory pids").expect("write");
+        let cg = Cgroups::detect(t.path(), "corral").expect("detect");
+        assert!(matches!(cg.hierarchy(), Hierarchy::V2 { .. }));
+        cg.init().expect("init");
+        assert_eq!(
+            read(&t.path().join("cgroup.subtree_control")),
+            "+memory +cpu +pids"
+        );
+        assert_eq!(
+            read(&t.path().join("corral/cgroup.subtree_control")),
+            "+memory +cpu +pids"
+        );
+        let limits = Limits::from_resources(&Resources::default(), 100);
+        cg.create("x", &limits).expect("create");
+        let g = t.path().join("corral/x");
+        assert_eq!(read(&g.join("memory.max")), "1073741824");
+        assert_eq!(read(&g.join("cpu.max")), "100000 100000");
+        assert_eq!(read(&g.join("pids.max")), "100");
+        cg.attach("x", 7).expect("attach");
+        assert_eq!(read(&g.join("cgroup.procs")), "7");
+    }
+
+    #[test]
+    fn no_hierarchy_is_an_error() {
+        let t = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(
+            Cgroups::detect(t.path(), "corral"),
+            Err(CgroupError::NoHierarchy(_))
+        ));
+    }
+}

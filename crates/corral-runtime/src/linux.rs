@@ -1,0 +1,570 @@
+//! [`LinuxRuntime`]: the `Runtime` port on Linux namespaces, overlayfs and cgroups.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use corral_core::agent::{AGENT_PATH_IN_SANDBOX, AgentConfig};
+use corral_core::{Runtime, RuntimeError, SandboxSpec};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+use crate::cgroup::{Cgroups, Limits};
+use crate::host_image::{self, HostImage};
+use crate::spawn::{Plan, Spawner, Step};
+
+/// The longest unix socket path the kernel accepts (`sun_path` is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Settings of the Linux runtime.
+#[derive(Debug, Clone)]
+pub struct LinuxRuntimeConfig {
+    /// Holds `images/`, `sandboxes/` and `run/` (agent sockets).
+    pub data_dir: PathBuf,
+    /// The static agent binary to mount into sandboxes.
+    pub agent_binary: PathBuf,
+    /// The host tree the `host` image exposes (`/`).
+    pub host_root: PathBuf,
+    /// Where cgroup hierarchies are mounted (`/sys/fs/cgroup`).
+    pub cgroup_root: PathBuf,
+    /// The name of corral's parent cgroup.
+    pub cgroup_parent: String,
+    /// Maximum number of processes per sandbox.
+    pub pids_limit: u64,
+}
+
+/// Errors starting the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    HostImage(#[from] host_image::HostImageError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+struct Running {
+    /// For signalling; the exit watcher owns a duplicate.
+    pidfd: OwnedFd,
+    exited: watch::Receiver<bool>,
+}
+
+/// Sandboxes as Linux processes: pid/mount/uts/ipc/net/cgroup namespaces, an overlay root
+/// over the `host` image, per-sandbox cgroups, and the agent as PID 1.
+pub struct LinuxRuntime {
+    cfg: LinuxRuntimeConfig,
+    image: HostImage,
+    cgroups: Cgroups,
+    spawner: Spawner,
+    running: Mutex<HashMap<String, Running>>,
+}
+
+impl std::fmt::Debug for LinuxRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinuxRuntime")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+fn mkdirs(path: &Path, mode: u32) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+}
+
+fn cstr(s: impl AsRef<[u8]>) -> Result<CString, RuntimeError> {
+    CString::new(s.as_ref())
+        .map_err(|_| RuntimeError::Invalid("a value contains a NUL byte".into()))
+}
+
+fn cpath(p: &Path) -> Result<CString, RuntimeError> {
+    cstr(p.as_os_str().as_bytes())
+}
+
+impl LinuxRuntime {
+    /// Prepares directories, the host image and cgroups, and starts the spawner thread.
+    pub fn new(cfg: LinuxRuntimeConfig) -> Result<Self, InitError> {
+        let io = |op, path: &Path| {
+            let path = path.to_owned();
+            move |source| InitError::Io { op, path, source }
+        };
+        for p in [&cfg.data_dir, &cfg.host_root, &cfg.agent_binary] {
+            let s = p.to_string_lossy();
+            if s.contains(',') || s.contains(':') {
+                return Err(InitError::Unsupported(format!(
+                    "path {s:?} contains ',' or ':', which overlayfs options cannot express"
+                )));
+            }
+        }
+        for d in ["images", "sandboxes", "run"] {
+            let p = cfg.data_dir.join(d);
+            mkdirs(&p, 0o700).map_err(io("mkdir", &p))?;
+        }
+        let probe = cfg
+            .data_dir
+            .join("run")
+            .join(format!("{}.sock", uuid_like_max()));
+        if probe.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(InitError::Unsupported(format!(
+                "data dir {} is too long for agent socket paths (max {MAX_SOCKET_PATH} bytes); choose a shorter --data-dir",
+                cfg.data_dir.display()
+            )));
+        }
+        if !cfg.agent_binary.is_file() {
+            return Err(InitError::Unsupported(format!(
+                "agent binary {} is missing",
+                cfg.agent_binary.display()
+            )));
+        }
+        let image = host_image::build(&cfg.data_dir.join("images"), &cfg.host_root)?;
+        let cgroups = Cgroups::detect(&cfg.cgroup_root, &cfg.cgroup_parent)?;
+        cgroups.init()?;
+        let spawner = Spawner::start().map_err(io("starting spawner thread", Path::new("-")))?;
+        Ok(Self {
+            cfg,
+            image,
+            cgroups,
+            spawner,
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The cgroups corral manages (for tests and leak checks).
+    pub fn cgroups(&self) -> &Cgroups {
+        &self.cgroups
+    }
+
+    fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.cfg.data_dir.join("sandboxes").join(id)
+    }
+
+    fn running(&self) -> MutexGuard<'_, HashMap<String, Running>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts
+        // and removes), so a poisoned lock is still usable.
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the sandbox's directories and files and builds the clone plan.
+    fn prepare(&self, spec: &SandboxSpec) -> Result<Plan, RuntimeError> {
+        let account = self
+            .image
+            .account(&spec.user)
+            .ok_or_else(|| {
+                RuntimeError::Invalid(format!(
+                    "user {:?} does not exist in image {:?}",
+                    spec.user, spec.image
+                ))
+            })?
+            .clone();
+        let host = |c: &'static str| move |e: io::Error| RuntimeError::host(c, e);
+        let sb = self.sandbox_dir(&spec.id);
+        let mnt = sb.join("mnt");
+        let layers: Vec<&str> = std::iter::once("root")
+            .chain(self.image.dirs.iter().map(|d| d.name.as_str()))
+            .collect();
+        for l in &layers {
+            mkdirs(&sb.join("upper").join(l), 0o755).map_err(host("creating upper dir"))?;
+            mkdirs(&sb.join("work").join(l), 0o700).map_err(host("creating work dir"))?;
+        }
+        mkdirs(&mnt, 0o700).map_err(host("creating mount point"))?;
+        if self.image.dirs.iter().any(|d| d.name == "etc") {
+            let etc = sb.join("upper/etc");
+            fs::write(etc.join("hostname"), format!("{}\n", spec.id))
+                .map_err(host("writing /etc/hostname"))?;
+            fs::write(
+                etc.join("hosts"),
+                format!(
+                    "127.0.0.1\tlocalhost {id}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+                    id = spec.id
+                ),
+            )
+            .map_err(host("writing /etc/hosts"))?;
+        }
+
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        env.insert("PATH".into(), DEFAULT_PATH.into());
+        env.insert("HOME".into(), account.home.clone());
+        env.insert("USER".into(), account.name.clone());
+        env.insert("LOGNAME".into(), account.name.clone());
+        env.insert("SHELL".into(), account.shell.clone());
+        env.insert("HOSTNAME".into(), spec.id.clone());
+        env.insert("LANG".into(), "C.UTF-8".into());
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let config = AgentConfig {
+            sandbox_id: spec.id.clone(),
+            user: account.name.clone(),
+            uid: account.uid,
+            gid: account.gid,
+            home: account.home.clone(),
+            work_dir: account.home.clone(),
+            env,
+        };
+        let config_path = sb.join("agent.json");
+        let body = serde_json::to_vec(&config)
+            .map_err(|e| RuntimeError::host("encoding agent config", e))?;
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&config_path)
+            .and_then(|mut f| io::Write::write_all(&mut f, &body))
+            .map_err(host("writing agent config"))?;
+        let config_fd: OwnedFd = fs::File::open(&config_path)
+            .map_err(host("opening agent config"))?
+            .into();
+        let log: OwnedFd = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(sb.join("agent.log"))
+            .map_err(host("opening agent log"))?
+            .into();
+        let sock = self.agent_socket(&spec.id);
+        match fs::remove_file(&sock) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(RuntimeError::host("removing stale socket", e));
+            }
+            _ => {}
+        }
+        let listener: OwnedFd = UnixListener::bind(&sock)
+            .map_err(host("binding agent socket"))?
+            .into();
+
+        let steps = self.mount_steps(&spec.id, &sb, &mnt)?;
+        let cgroups = self.cgroups.clone();
+        let id = spec.id.clone();
+        Ok(Plan {
+            steps,
+            exec_path: cstr(AGENT_PATH_IN_SANDBOX)?,
+            argv: vec![cstr("corral-agent")?],
+            envp: vec![cstr(format!("PATH={DEFAULT_PATH}"))?],
+            listener,
+            config: config_fd,
+            log,
+            before_start: Some(Box::new(move |pid| {
+                cgroups.attach(&id, pid).map_err(io::Error::other)
+            })),
+        })
+    }
+
+    fn mount_steps(&self, id: &str, sb: &Path, mnt: &Path) -> Result<Vec<Step>, RuntimeError> {
+        let overlay = |target: &Path, lowers: &str, layer: &str| -> Result<Step, RuntimeError> {
+            Ok(Step::Mount {
+                source: Some(cstr("overlay")?),
+                target: cpath(target)?,
+                fstype: Some(cstr("overlay")?),
+                flags: 0,
+                data: Some(cstr(format!(
+                    "lowerdir={lowers},upperdir={},workdir={}",
+                    sb.join("upper").join(layer).display(),
+                    sb.join("work").join(layer).display()
+                ))?),
+            })
+        };
+        let mount = |source: Option<&str>,
+                     target: &Path,
+                     fstype: Option<&str>,
+                     flags: libc::c_ulong,
+                     data: Option<&str>| {
+            Ok::<_, RuntimeError>(Step::Mount {
+                source: source.map(cstr).transpose()?,
+                target: cpath(target)?,
+                fstype: fstype.map(cstr).transpose()?,
+                flags,
+                data: data.map(cstr).transpose()?,
+            })
+        };
+        let dev = mnt.join("dev");
+        let mut steps = vec![
+            Step::Umask { mask: 0 },
+            // Our own cgroup namespace, rooted at the sandbox's cgroup we were just moved to.
+            Step::Unshare {
+                flags: libc::CLONE_NEWCGROUP,
+            },
+            // Nothing we mount may propagate back to the host.
+            mount(
+                None,
+                Path::new("/"),
+                None,
+                libc::MS_REC | libc::MS_PRIVATE,
+                None,
+            )?,
+            overlay(mnt, &self.image.skeleton.display().to_string(), "root")?,
+        ];
+        for d in &self.image.dirs {
+            let lowers: Vec<String> = d.lowers.iter().map(|p| p.display().to_string()).collect();
+            steps.push(overlay(&mnt.join(&d.name), &lowers.join(":"), &d.name)?);
+        }
+        let agent = mnt.join(AGENT_PATH_IN_SANDBOX.trim_start_matches('/'));
+        let agent_src = self.cfg.agent_binary.display().to_string();
+        steps.push(mount(Some(&agent_src), &agent, None, libc::MS_BIND, None)?);
+        steps.push(mount(
+            None,
+            &agent,
+            None,
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            None,
+        )?);
+        steps.push(mount(
+            Some("proc"),
+            &mnt.join("proc"),
+            Some("proc"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            None,
+        )?);
+        steps.push(mount(
+            Some("tmpfs"),
+            &dev,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_STRICTATIME,
+            Some("mode=755,size=64k"),
+        )?);
+        for (name, major, minor) in [
+            ("null", 1, 3),
+            ("zero", 1, 5),
+            ("full", 1, 7),
+            ("random", 1, 8),
+            ("urandom", 1, 9),
+            ("tty", 5, 0),
+        ] {
+            steps.push(Step::Mknod {
+                path: cpath(&dev.join(name))?,
+                mode: libc::S_IFCHR | 0o666,
+                dev: libc::makedev(major, minor),
+            });
+        }
+        steps.push(Step::Mkdir {
+            path: cpath(&dev.join("pts"))?,
+            mode: 0o755,
+        });
+        steps.push(Step::Mkdir {
+            path: cpath(&dev.join("shm"))?,
+            mode: 0o1777,
+        });
+        steps.push(mount(
+            Some("devpts"),
+            &dev.join("pts"),
+            Some("devpts"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        )?);
+        steps.push(mount(
+            Some("shm"),
+            &dev.join("shm"),
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=1777,size=65536k"),
+        )?);
+        for (target, link) in [
+            ("pts/ptmx", "ptmx"),
+            ("/proc/self/fd", "fd"),
+            ("/proc/self/fd/0", "stdin"),
+            ("/proc/self/fd/1", "stdout"),
+            ("/proc/self/fd/2", "stderr"),
+        ] {
+            steps.push(Step::Symlink {
+                target: cstr(target)?,
+                link: cpath(&dev.join(link))?,
+            });
+        }
+        steps.push(mount(
+            Some("sysfs"),
+            &mnt.join("sys"),
+            Some("sysfs"),
+            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            None,
+        )?);
+        steps.push(Step::Sethostname { name: cstr(id)? });
+        steps.push(Step::PivotRoot { root: cpath(mnt)? });
+        steps.push(Step::Umask { mask: 0o022 });
+        Ok(steps)
+    }
+
+    /// What a sandbox leaves on the host: cgroups, socket, directory.
+    fn traces(&self, id: &str) -> Traces {
+        Traces {
+            id: id.to_owned(),
+            cgroups: self.cgroups.clone(),
+            sock: self.agent_socket(id),
+            dir: self.sandbox_dir(id),
+        }
+    }
+}
+
+/// A sandbox's host-side traces, removable from a blocking thread.
+struct Traces {
+    id: String,
+    cgroups: Cgroups,
+    sock: PathBuf,
+    dir: PathBuf,
+}
+
+impl Traces {
+    /// Removes the cgroups, socket and directory; the sandbox's processes must be gone.
+    fn remove(&self) -> Result<(), RuntimeError> {
+        let id = self.id.as_str();
+        // cgroup removal can race with the kernel finishing the last exits; retry briefly.
+        let mut attempt = 0;
+        loop {
+            match self.cgroups.remove(id) {
+                Ok(()) => break,
+                Err(e) if attempt < 50 => {
+                    attempt += 1;
+                    if attempt == 10 {
+                        self.cgroups.kill_all(id);
+                    }
+                    tracing::debug!(sandbox = id, error = %e, "cgroup busy, retrying");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(RuntimeError::host("removing cgroup", e)),
+            }
+        }
+        match fs::remove_file(&self.sock) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(RuntimeError::host("removing socket", e));
+            }
+            _ => {}
+        }
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(RuntimeError::host("removing sandbox dir", e))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A placeholder id as long as a real one, to check socket path lengths.
+fn uuid_like_max() -> String {
+    "0".repeat(36)
+}
+
+fn pidfd_kill(pidfd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal on a pidfd we own, with no siginfo.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            0usize,
+            0u32,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Waits for the init process behind `pidfd` to exit and reaps it.
+async fn watch_exit(pid: i32, pidfd: OwnedFd, done: watch::Sender<bool>) {
+    // SAFETY: an OwnedFd keeps the same open pidfd for as long as the AsyncFd owns it.
+    match unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) } {
+        Ok(fd) => {
+            let _ = fd.readable().await;
+        }
+        Err(e) => tracing::error!(pid, error = %e, "cannot watch sandbox init; reaping blocking"),
+    }
+    // The init has exited (or we could not watch it); reap it so no zombie stays behind.
+    let _ = tokio::task::spawn_blocking(move || {
+        // SAFETY: waitpid on our own child pid.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) }
+    })
+    .await;
+    let _ = done.send(true);
+}
+
+#[async_trait]
+impl Runtime for LinuxRuntime {
+    async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        let limits = Limits::from_resources(&spec.resources, self.cfg.pids_limit);
+        self.cgroups
+            .create(&spec.id, &limits)
+            .map_err(|e| RuntimeError::host("creating cgroup", e))?;
+        let plan = match self.prepare(spec) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = self.traces(&spec.id).remove();
+                return Err(e);
+            }
+        };
+        let spawned = match self.spawner.spawn(plan).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.traces(&spec.id).remove();
+                return Err(RuntimeError::host("starting sandbox", e));
+            }
+        };
+        let watcher_fd = spawned
+            .pidfd
+            .try_clone()
+            .map_err(|e| RuntimeError::host("duplicating pidfd", e))?;
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(watch_exit(spawned.pid, watcher_fd, tx));
+        self.running().insert(
+            spec.id.clone(),
+            Running {
+                pidfd: spawned.pidfd,
+                exited: rx,
+            },
+        );
+        tracing::debug!(sandbox = %spec.id, pid = spawned.pid, "sandbox started");
+        Ok(())
+    }
+
+    async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+        let running = self.running().remove(id);
+        if let Some(mut r) = running {
+            if let Err(e) = pidfd_kill(&r.pidfd) {
+                tracing::debug!(sandbox = id, error = %e, "kill of sandbox init failed (already gone?)");
+            }
+            // Killing a pid namespace's init kills every process in it; its exit is visible
+            // once they are all gone.
+            if tokio::time::timeout(Duration::from_secs(10), r.exited.wait_for(|e| *e))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    sandbox = id,
+                    "sandbox init did not exit within 10 s of SIGKILL"
+                );
+            }
+        } else {
+            // Not started by this process: kill whatever its cgroup still holds.
+            self.cgroups.kill_all(id);
+        }
+        let traces = self.traces(id);
+        tokio::task::spawn_blocking(move || traces.remove())
+            .await
+            .map_err(|e| RuntimeError::host("joining cleanup task", e))?
+    }
+
+    fn agent_socket(&self, id: &str) -> PathBuf {
+        self.cfg.data_dir.join("run").join(format!("{id}.sock"))
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}

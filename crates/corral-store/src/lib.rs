@@ -1,0 +1,345 @@
+//! corral's durable store: [`SqliteStore`] implements the core's `SandboxStore` and
+//! `ApiKeyStore` ports on SQLite in WAL mode, with migrations embedded in the binary.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use corral_core::{ApiKeyStore, ListQuery, Page, Sandbox, SandboxStore, StoreError};
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+/// Errors opening the store.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open database {path}: {source}")]
+    Connect { path: String, source: sqlx::Error },
+    #[error("cannot migrate database {path}: {source}")]
+    Migrate {
+        path: String,
+        source: sqlx::migrate::MigrateError,
+    },
+}
+
+/// The SQLite-backed store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn backend(e: sqlx::Error) -> StoreError {
+    StoreError::Backend(Box::new(e))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies pending migrations.
+    ///
+    /// WAL with `synchronous=NORMAL`: a crash of the server process loses no committed
+    /// transaction; only a power loss may lose the last few.
+    pub async fn open(path: &Path) -> Result<Self, OpenError> {
+        let shown = path.display().to_string();
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|source| OpenError::Connect {
+                path: shown.clone(),
+                source,
+            })?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|source| OpenError::Migrate {
+                path: shown,
+                source,
+            })?;
+        Ok(Self { pool })
+    }
+
+    /// Closes the pool, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn encode(sandbox: &Sandbox) -> Result<String, StoreError> {
+    serde_json::to_string(sandbox).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode(record: &str) -> Result<Sandbox, StoreError> {
+    serde_json::from_str(record).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[async_trait]
+impl SandboxStore for SqliteStore {
+    async fn insert(&self, sandbox: &Sandbox) -> Result<(), StoreError> {
+        let result =
+            sqlx::query("INSERT INTO sandboxes (id, name, state, record) VALUES (?, ?, ?, ?)")
+                .bind(&sandbox.id)
+                .bind(&sandbox.name)
+                .bind(sandbox.state.as_str())
+                .bind(encode(sandbox)?)
+                .execute(&self.pool)
+                .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::NameTaken(sandbox.name.clone())),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn update(&self, sandbox: &Sandbox) -> Result<(), StoreError> {
+        let result =
+            sqlx::query("UPDATE sandboxes SET name = ?, state = ?, record = ? WHERE id = ?")
+                .bind(&sandbox.name)
+                .bind(sandbox.state.as_str())
+                .bind(encode(sandbox)?)
+                .bind(&sandbox.id)
+                .execute(&self.pool)
+                .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::NameTaken(sandbox.name.clone())),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn get(&self, id_or_name: &str) -> Result<Option<Sandbox>, StoreError> {
+        // An id match wins over a name match (a name may look like another sandbox's id).
+        let row = sqlx::query(
+            "SELECT record FROM sandboxes WHERE id = ?1 OR name = ?1 ORDER BY (id = ?1) DESC LIMIT 1",
+        )
+        .bind(id_or_name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(|r| decode(r.get::<&str, _>(0))).transpose()
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page<Sandbox>, StoreError> {
+        let after: i64 = match &query.cursor {
+            None => 0,
+            Some(c) => {
+                i64::from_str(c).map_err(|_| StoreError::Corrupt(format!("bad cursor {c:?}")))?
+            }
+        };
+        let limit = i64::from(query.limit.max(1));
+        let labels =
+            serde_json::to_string(&query.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let states: Vec<&str> = query.states.iter().map(|s| s.as_str()).collect();
+        let states =
+            serde_json::to_string(&states).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // Label pairs and states arrive as JSON arrays so the statement stays fixed.
+        let rows = sqlx::query(
+            "SELECT seq, record FROM sandboxes s
+             WHERE seq > ?1
+               AND NOT EXISTS (
+                   SELECT 1 FROM json_each(?2) f
+                   WHERE json_extract(s.record, '$.labels') IS NULL
+                      OR NOT EXISTS (SELECT 1 FROM json_each(s.record, '$.labels') l
+                                     WHERE l.key = f.key AND l.value = f.value))
+               AND (json_array_length(?3) = 0 AND state != 'destroyed'
+                    OR state IN (SELECT value FROM json_each(?3)))
+             ORDER BY seq LIMIT ?4",
+        )
+        .bind(after)
+        .bind(labels)
+        .bind(states)
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let more = rows.len() as i64 > limit;
+        let mut items = Vec::with_capacity(rows.len());
+        let mut last = after;
+        for row in rows.iter().take(limit as usize) {
+            last = row.get::<i64, _>(0);
+            items.push(decode(row.get::<&str, _>(1))?);
+        }
+        Ok(Page {
+            items,
+            next_cursor: more.then(|| last.to_string()),
+        })
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM sandboxes WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ApiKeyStore for SqliteStore {
+    async fn add_key(&self, name: &str, hash: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR IGNORE INTO api_keys (hash, name) VALUES (?, ?)")
+            .bind(hash)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn has_key(&self, hash: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM api_keys WHERE hash = ?")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(row.is_some())
+    }
+
+    async fn count_keys(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_core::{DesiredState, Resources, SandboxState};
+    use std::collections::BTreeMap;
+    use time::OffsetDateTime;
+
+    fn sandbox(id: &str, name: &str, labels: &[(&str, &str)]) -> Sandbox {
+        let now = OffsetDateTime::now_utc();
+        Sandbox {
+            id: id.into(),
+            name: name.into(),
+            organization_id: "org".into(),
+            snapshot: "host".into(),
+            user: "daytona".into(),
+            env: BTreeMap::new(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            public: false,
+            network_block_all: false,
+            network_allow_list: None,
+            resources: Resources::default(),
+            state: SandboxState::Started,
+            desired_state: DesiredState::Started,
+            error_reason: None,
+            auto_stop_interval: 15,
+            auto_archive_interval: 10080,
+            auto_delete_interval: -1,
+            created_at: now,
+            updated_at: now,
+            last_activity_at: now,
+        }
+    }
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("db.sqlite"))
+            .await
+            .expect("open");
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn insert_get_by_id_or_name_and_unique_names() {
+        let (_d, s) = store().await;
+        s.insert(&sandbox("a", "alpha", &[])).await.expect("insert");
+        assert_eq!(
+            s.get("a").await.expect("get").map(|x| x.name),
+            Some("alpha".into())
+        );
+        assert_eq!(
+            s.get("alpha").await.expect("get").map(|x| x.id),
+            Some("a".into())
+        );
+        assert!(s.get("nope").await.expect("get").is_none());
+        assert!(matches!(
+            s.insert(&sandbox("b", "alpha", &[])).await,
+            Err(StoreError::NameTaken(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn list_filters_labels_and_pages() {
+        let (_d, s) = store().await;
+        for i in 0..5 {
+            let team = if i % 2 == 0 { "a" } else { "b" };
+            s.insert(&sandbox(
+                &format!("id{i}"),
+                &format!("n{i}"),
+                &[("team", team)],
+            ))
+            .await
+            .expect("insert");
+        }
+        let mut q = ListQuery {
+            limit: 2,
+            ..Default::default()
+        };
+        q.labels.insert("team".into(), "a".into());
+        let p1 = s.list(&q).await.expect("list");
+        assert_eq!(
+            p1.items.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(),
+            ["id0", "id2"]
+        );
+        q.cursor = p1.next_cursor;
+        let p2 = s.list(&q).await.expect("list");
+        assert_eq!(
+            p2.items.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(),
+            ["id4"]
+        );
+        assert!(p2.next_cursor.is_none());
+        q.labels.insert("missing".into(), "x".into());
+        q.cursor = None;
+        assert!(s.list(&q).await.expect("list").items.is_empty());
+    }
+
+    #[tokio::test]
+    async fn list_hides_destroyed_unless_asked() {
+        let (_d, s) = store().await;
+        let mut x = sandbox("a", "a", &[]);
+        x.state = SandboxState::Destroyed;
+        s.insert(&x).await.expect("insert");
+        s.insert(&sandbox("b", "b", &[])).await.expect("insert");
+        let q = ListQuery {
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(s.list(&q).await.expect("list").items.len(), 1);
+        let q = ListQuery {
+            limit: 10,
+            states: vec![SandboxState::Destroyed],
+            ..Default::default()
+        };
+        assert_eq!(s.list(&q).await.expect("list").items[0].id, "a");
+    }
+
+    #[tokio::test]
+    async fn api_keys_are_kept_by_hash() {
+        let (_d, s) = store().await;
+        assert_eq!(s.count_keys().await.expect("count"), 0);
+        s.add_key("admin", "h1").await.expect("add");
+        assert!(s.has_key("h1").await.expect("has"));
+        assert!(!s.has_key("h2").await.expect("has"));
+        assert_eq!(s.count_keys().await.expect("count"), 1);
+    }
+}

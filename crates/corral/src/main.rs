@@ -1,0 +1,193 @@
+//! `corral`: the server binary. Config, logging and wiring of store, runtime and API.
+
+mod agent_binary;
+mod bench;
+mod reconcile;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use corral_api::{ApiConfig, AppState, Keys, hash_key};
+use corral_core::ApiKeyStore;
+use corral_runtime::{LinuxRuntime, LinuxRuntimeConfig};
+use corral_store::SqliteStore;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "corral",
+    version,
+    about = "A self-hosted sandbox server that speaks Daytona's API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Start a server and measure create, exec and delete latencies over HTTP.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CORRAL_LISTEN", default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Directory for the database, images and sandboxes.
+    #[arg(long, env = "CORRAL_DATA_DIR", default_value = "./corral-data")]
+    data_dir: PathBuf,
+    /// An API key accepted as admin while set (never stored).
+    #[arg(long, env = "CORRAL_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Externally visible base URL (e.g. https://corral.example.com); default: the request's Host.
+    #[arg(long, env = "CORRAL_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Log format.
+    #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum, default_value = "json")]
+    log_format: LogFormat,
+    /// Maximum processes per sandbox.
+    #[arg(long, env = "CORRAL_PIDS_LIMIT", default_value_t = 4096)]
+    pids_limit: u64,
+    /// Where cgroup hierarchies are mounted.
+    #[arg(long, env = "CORRAL_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
+    /// Use this agent binary instead of the embedded one (must be static).
+    #[arg(long, env = "CORRAL_AGENT_BINARY")]
+    agent_binary: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Bench(args) => runtime.block_on(bench::run(args)),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// The first start with no key configured makes one, prints it once, and stores its hash.
+async fn ensure_api_key(store: &SqliteStore, env_key: Option<&str>) -> anyhow::Result<()> {
+    if env_key.is_some() || store.count_keys().await? > 0 {
+        return Ok(());
+    }
+    let key = format!("corral_{}", hex::encode(rand::random::<[u8; 24]>()));
+    store.add_key("generated", &hash_key(&key)).await?;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "Generated an API key (shown once; only its hash is stored):\n\n    {key}\n"
+    )?;
+    writeln!(
+        out,
+        "Use it with the Daytona SDK:\n    export DAYTONA_API_KEY={key}"
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(path)
+        .with_context(|| format!("creating data dir {}", path.display()))?;
+    let abs = path
+        .canonicalize()
+        .with_context(|| format!("resolving {}", path.display()))?;
+    std::fs::set_permissions(&abs, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    Ok(abs)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    init_logging(args.log_format);
+    let data_dir = absolute(&args.data_dir)?;
+    let store = SqliteStore::open(&data_dir.join("corral.db")).await?;
+    ensure_api_key(&store, args.api_key.as_deref()).await?;
+    let metrics = corral_api::metrics::install().context("installing the metrics recorder")?;
+
+    let agent_binary = match args.agent_binary {
+        Some(p) => p,
+        None => agent_binary::install(&data_dir)?,
+    };
+    let runtime = LinuxRuntime::new(LinuxRuntimeConfig {
+        data_dir: data_dir.clone(),
+        agent_binary,
+        host_root: PathBuf::from("/"),
+        cgroup_root: args.cgroup_root,
+        cgroup_parent: "corral".into(),
+        pids_limit: args.pids_limit,
+    })
+    .context("starting the Linux runtime")?;
+    let runtime: Arc<dyn corral_core::Runtime> = Arc::new(runtime);
+
+    let store = Arc::new(store);
+    let keys = Keys::new(store.clone());
+    if let Some(k) = &args.api_key {
+        keys.allow(&hash_key(k));
+    }
+    let state = AppState {
+        store: store.clone(),
+        keys: Arc::new(keys),
+        runtime: runtime.clone(),
+        config: Arc::new(ApiConfig {
+            organization_id: "corral".into(),
+            public_url: args.public_url,
+        }),
+        metrics,
+    };
+    reconcile::on_start(store.as_ref(), runtime.as_ref()).await?;
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(
+        listen = %args.listen,
+        data_dir = %data_dir.display(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "corral is ready"
+    );
+    axum::serve(listener, corral_api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    store.close().await;
+    tracing::info!("corral stopped; sandboxes keep running");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
