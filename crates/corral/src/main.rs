@@ -64,6 +64,9 @@ struct ServeArgs {
     /// Where cgroup hierarchies are mounted.
     #[arg(long, env = "CORRAL_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
     cgroup_root: PathBuf,
+    /// Name of corral's parent cgroup (one per server).
+    #[arg(long, env = "CORRAL_CGROUP_PARENT", default_value = "corral")]
+    cgroup_parent: String,
     /// Use this agent binary instead of the embedded one (must be static).
     #[arg(long, env = "CORRAL_AGENT_BINARY")]
     agent_binary: Option<PathBuf>,
@@ -144,7 +147,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         agent_binary,
         host_root: PathBuf::from("/"),
         cgroup_root: args.cgroup_root,
-        cgroup_parent: "corral".into(),
+        cgroup_parent: args.cgroup_parent,
         pids_limit: args.pids_limit,
     })
     .context("starting the Linux runtime")?;

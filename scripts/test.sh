@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite: format, lints, unit and integration tests, then the end-to-end
+# suite with the real Daytona SDK against a real `corral serve` (needs root, like the server).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace
+cargo build --release
+
+venv="${CORRAL_VENV:-.venv}"
+if ! "$venv/bin/python" -c 'import daytona, pytest' 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
+fi
+CORRAL_BIN="$PWD/target/release/corral" "$venv/bin/python" -m pytest tests/e2e -q "$@"

@@ -1,0 +1,166 @@
+"""End-to-end fixtures: a real `corral serve` on a scratch data dir, driven by the real
+Daytona SDK. Set CORRAL_BIN to choose the binary (default: target/release/corral)."""
+
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from daytona import Daytona, DaytonaConfig
+
+REPO = Path(__file__).resolve().parents[2]
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A running corral server and what it leaves on the host."""
+
+    def __init__(self):
+        self.bin = os.environ.get("CORRAL_BIN", str(REPO / "target/release/corral"))
+        self.data_dir = Path(tempfile.mkdtemp(prefix="corral-e2e-", dir="/tmp"))
+        self.port = free_port()
+        self.key = "e2e_" + secrets.token_hex(16)
+        self.cgroup_parent = "corral-e2e-" + secrets.token_hex(4)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "wb")
+        self.proc = None
+
+    def start(self):
+        env = dict(os.environ, CORRAL_API_KEY=self.key, CORRAL_LOG="info")
+        self.proc = subprocess.Popen(
+            [self.bin, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir),
+             "--cgroup-parent", self.cgroup_parent],
+            env=env, stdout=self.log, stderr=self.log,
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"corral serve exited with {self.proc.returncode}; log: {self.log.name}")
+            try:
+                status, _ = self.request("GET", "/ready", auth=False)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("corral serve did not become ready")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=10)
+
+    def request(self, method, path, body=None, auth=True, headers=None, key=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        h = {"Content-Type": "application/json"}
+        if auth:
+            h["Authorization"] = f"Bearer {key or self.key}"
+        h.update(headers or {})
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+        conn.request(method, path, body=body, headers=h)
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        try:
+            return resp.status, json.loads(data) if data else None
+        except ValueError:
+            return resp.status, data.decode(errors="replace")
+
+    def client(self, key=None) -> Daytona:
+        return Daytona(DaytonaConfig(api_key=key or self.key, api_url=f"{self.url}/api"))
+
+    # --- what a sandbox may leave behind on the host -------------------------------------
+    def cgroups(self):
+        found = []
+        for ctrl in ["pids", "memory", "cpu", ""]:
+            parent = CGROUP_ROOT / ctrl / self.cgroup_parent if ctrl else CGROUP_ROOT / self.cgroup_parent
+            if parent.is_dir():
+                found += [f"{ctrl}/{p.name}" for p in parent.iterdir() if p.is_dir()]
+        return sorted(found)
+
+    def mounts(self):
+        with open("/proc/mounts") as f:
+            return [l for l in f if str(self.data_dir) in l]
+
+    def child_processes(self):
+        """Processes whose parent is the server (each sandbox's init)."""
+        kids = []
+        for p in Path("/proc").iterdir():
+            if not p.name.isdigit():
+                continue
+            try:
+                stat = (p / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == self.proc.pid:
+                kids.append(int(p.name))
+        return kids
+
+    def sandbox_dirs(self):
+        d = self.data_dir / "sandboxes"
+        return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
+    def remove_cgroup_parent(self):
+        for ctrl in ["pids", "memory", "cpu", ""]:
+            parent = CGROUP_ROOT / ctrl / self.cgroup_parent if ctrl else CGROUP_ROOT / self.cgroup_parent
+            if parent.is_dir():
+                parent.rmdir()
+
+
+def host_processes_with(marker: str):
+    """Host pids whose command line contains `marker`."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd:
+            pids.append(int(p.name))
+    return pids
+
+
+@pytest.fixture(scope="session")
+def server():
+    s = Server()
+    s.start()
+    yield s
+    # Delete whatever the tests left, then prove nothing outlives the sandboxes.
+    d = s.client()
+    for sb in list(d.list()):
+        d.delete(sb)
+    leftovers = (s.cgroups(), s.mounts(), s.child_processes(), s.sandbox_dirs())
+    s.stop()
+    s.remove_cgroup_parent()
+    shutil.rmtree(s.data_dir, ignore_errors=True)
+    assert leftovers == ([], [], [], []), f"left behind: {leftovers}"
+
+
+@pytest.fixture(scope="session")
+def daytona(server):
+    return server.client()
+
+
+@pytest.fixture
+def sandbox(daytona):
+    sb = daytona.create()
+    yield sb
+    daytona.delete(sb)
