@@ -371,8 +371,8 @@ unsafe fn fail(err: RawFd, step: u32) -> ! {
 /// # Safety
 /// Must only be called in the child of the clone in [`spawn`].
 unsafe fn child_main(a: &ChildArgs<'_>) -> ! {
-    // SAFETY (whole body): every pointer comes from `Plan`/`spawn`, which stay valid in the
-    // child's copy of memory; all calls are async-signal-safe syscall wrappers.
+    // SAFETY: every pointer comes from `Plan`/`spawn`, which stay valid in the child's copy
+    // of memory; all calls are async-signal-safe syscall wrappers.
     unsafe {
         // Wait until the parent has put us into our cgroups.
         let mut b = [0u8; 1];
