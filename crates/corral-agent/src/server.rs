@@ -23,6 +23,13 @@ pub fn run(launch: Launch) -> Result<(), AgentError> {
     if let Err(err) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!("PR_SET_CHILD_SUBREAPER: {err}");
     }
+    // Non-dumpable: sandbox processes, even the sandbox's root, cannot ptrace us or read
+    // /proc/1/{mem,environ,maps,fd}.
+    if let Err(err) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!("PR_SET_DUMPABLE: {err}");
+    }
+    // The runtime brings `lo` up before dropping CAP_NET_ADMIN; this is a fallback (a no-op
+    // when it is already up).
     if let Err(err) = loopback::bring_up() {
         // Expected in dev mode: not root, not in a fresh network namespace.
         if launch.is_dev() {

@@ -5,9 +5,11 @@
 //! its own cgroup, with corral's agent as PID 1 serving the toolbox API on a unix socket
 //! that lives outside the sandbox. See `docs/ARCHITECTURE.md` for the full walkthrough.
 
+pub mod caps;
 pub mod cgroup;
 pub mod host_image;
 mod linux;
+pub mod seccomp;
 mod spawn;
 pub mod users;
 

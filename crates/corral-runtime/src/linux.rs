@@ -26,6 +26,31 @@ use crate::spawn::{Plan, Spawner, Step};
 const MAX_SOCKET_PATH: usize = 107;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Paths hidden from sandboxes, as Docker does: files get `/dev/null` bound over them,
+/// directories an empty read-only tmpfs. They leak host details or offer kernel attack surface.
+const MASKED: &[&str] = &[
+    "proc/acpi",
+    "proc/asound",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+];
+
+/// Paths sandboxes may read but never write (host-wide kernel knobs).
+const READ_ONLY: &[&str] = &[
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
+
 /// Settings of the Linux runtime.
 #[derive(Debug, Clone)]
 pub struct LinuxRuntimeConfig {
@@ -74,6 +99,12 @@ pub struct LinuxRuntime {
     cgroups: Cgroups,
     spawner: Spawner,
     running: Mutex<HashMap<String, Running>>,
+    /// Compiled once; loaded by every sandbox init before it execs the agent.
+    seccomp: Vec<seccompiler::BpfProgram>,
+    /// Capabilities dropped from every sandbox's bounding set.
+    dropped_caps: Vec<u32>,
+    /// `MASKED` paths that exist on this kernel, and whether each is a directory.
+    masked: Vec<(&'static str, bool)>,
 }
 
 impl std::fmt::Debug for LinuxRuntime {
@@ -139,12 +170,20 @@ impl LinuxRuntime {
         let cgroups = Cgroups::detect(&cfg.cgroup_root, &cfg.cgroup_parent)?;
         cgroups.init()?;
         let spawner = Spawner::start().map_err(io("starting spawner thread", Path::new("-")))?;
+        let seccomp = crate::seccomp::compile().map_err(|e| InitError::Unsupported(e.to_string()))?;
+        let masked = MASKED
+            .iter()
+            .filter_map(|p| fs::metadata(Path::new("/").join(p)).ok().map(|m| (*p, m.is_dir())))
+            .collect();
         Ok(Self {
             cfg,
             image,
             cgroups,
             spawner,
             running: Mutex::new(HashMap::new()),
+            seccomp,
+            dropped_caps: crate::caps::to_drop(),
+            masked,
         })
     }
 
@@ -394,9 +433,57 @@ impl LinuxRuntime {
             libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             None,
         )?);
+        let null = dev.join("null").display().to_string();
+        for (rel, is_dir) in &self.masked {
+            let target = mnt.join(rel);
+            steps.push(Step::Optional(Box::new(if *is_dir {
+                mount(
+                    Some("tmpfs"),
+                    &target,
+                    Some("tmpfs"),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    Some("size=0"),
+                )?
+            } else {
+                mount(Some(&null), &target, None, libc::MS_BIND, None)?
+            })));
+        }
+        for rel in READ_ONLY {
+            let target = mnt.join(rel);
+            steps.push(Step::Optional(Box::new(mount(
+                Some(&target.display().to_string()),
+                &target,
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            )?)));
+            steps.push(Step::Optional(Box::new(mount(
+                None,
+                &target,
+                None,
+                libc::MS_BIND
+                    | libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC,
+                None,
+            )?)));
+        }
         steps.push(Step::Sethostname { name: cstr(id)? });
         steps.push(Step::PivotRoot { root: cpath(mnt)? });
         steps.push(Step::Umask { mask: 0o022 });
+        // Hardening, last: loopback up needs CAP_NET_ADMIN, which is then dropped for good.
+        steps.push(Step::LoopbackUp);
+        steps.push(Step::DropCaps {
+            caps: self.dropped_caps.clone(),
+        });
+        steps.push(Step::NoNewPrivs);
+        for program in &self.seccomp {
+            steps.push(Step::Seccomp {
+                program: program.clone(),
+            });
+        }
         Ok(steps)
     }
 

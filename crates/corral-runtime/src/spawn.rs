@@ -55,6 +55,16 @@ pub enum Step {
     Umask {
         mask: libc::mode_t,
     },
+    /// Brings the loopback interface of the new net namespace up.
+    LoopbackUp,
+    /// Drops these capabilities from the bounding set and clears the ambient set.
+    DropCaps { caps: Vec<u32> },
+    /// Sets `no_new_privs`: setuid binaries and file capabilities grant nothing.
+    NoNewPrivs,
+    /// Loads a compiled seccomp filter.
+    Seccomp { program: Vec<seccompiler::sock_filter> },
+    /// Runs the inner step; a missing path (ENOENT) is not an error.
+    Optional(Box<Step>),
 }
 
 impl Step {
@@ -76,6 +86,11 @@ impl Step {
             Step::Sethostname { .. } => "sethostname".into(),
             Step::PivotRoot { root } => format!("pivot_root into {}", s(root)),
             Step::Umask { .. } => "umask".into(),
+            Step::LoopbackUp => "bringing up lo".into(),
+            Step::DropCaps { .. } => "dropping capabilities".into(),
+            Step::NoNewPrivs => "setting no_new_privs".into(),
+            Step::Seccomp { .. } => "loading the seccomp filter".into(),
+            Step::Optional(inner) => inner.describe(),
         }
     }
 }
@@ -402,6 +417,28 @@ unsafe fn child_main(a: &ChildArgs<'_>) -> ! {
     }
 }
 
+/// `ip link set lo up`, with two ioctls. Returns 0 or -1 with errno set.
+unsafe fn loopback_up() -> libc::c_int {
+    // SAFETY: a zeroed ifreq is valid; the name fits with its NUL; the socket is closed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return -1;
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        let mut r = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        if r == 0 {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            r = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+        }
+        libc::close(fd);
+        r
+    }
+}
+
 /// Runs one step; returns 0 or -1 with errno set.
 unsafe fn run_step(step: &Step) -> libc::c_int {
     let opt = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
@@ -444,6 +481,44 @@ unsafe fn run_step(step: &Step) -> libc::c_int {
             Step::Umask { mask } => {
                 libc::umask(*mask);
                 0
+            }
+            Step::LoopbackUp => loopback_up(),
+            Step::DropCaps { caps } => {
+                for cap in caps {
+                    if libc::prctl(libc::PR_CAPBSET_DROP, *cap as libc::c_ulong, 0, 0, 0) != 0 {
+                        return -1;
+                    }
+                }
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                )
+            }
+            Step::NoNewPrivs => libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
+            Step::Seccomp { program } => {
+                let prog = libc::sock_fprog {
+                    len: program.len() as libc::c_ushort,
+                    // seccompiler's sock_filter has the kernel's layout (u16, u8, u8, u32).
+                    filter: program.as_ptr() as *mut libc::sock_filter,
+                };
+                libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                    &prog as *const libc::sock_fprog as libc::c_ulong,
+                    0,
+                    0,
+                )
+            }
+            Step::Optional(inner) => {
+                let r = run_step(inner);
+                if r != 0 && *libc::__errno_location() == libc::ENOENT {
+                    0
+                } else {
+                    r
+                }
             }
         }
     }

@@ -1,0 +1,112 @@
+"""Attempts to break out of a sandbox, each of which must fail. Run as the sandbox's root
+user where that makes the attempt stronger."""
+
+import pytest
+from daytona import CreateSandboxFromSnapshotParams
+
+# Python snippets run inside the sandbox; each prints the errno name or "ok".
+SYSCALL = r"""
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+def call(nr, *args):
+    r = libc.syscall(nr, *[ctypes.c_long(a) for a in args])
+    return "ok" if r >= 0 else errno.errorcode[ctypes.get_errno()]
+"""
+
+
+@pytest.fixture(scope="module")
+def root_sb(daytona):
+    sb = daytona.create(CreateSandboxFromSnapshotParams(os_user="root"))
+    yield sb
+    daytona.delete(sb)
+
+
+def py(sb, code):
+    r = sb.process.code_run(SYSCALL + code)
+    assert r.exit_code == 0, r.result
+    return r.result.strip()
+
+
+def test_capabilities_are_cut_to_the_default_set(root_sb):
+    status = root_sb.process.exec("grep -E '^Cap(Bnd|Eff|Amb)' /proc/self/status").result
+    caps = {line.split(":")[0]: int(line.split(":")[1], 16) for line in status.splitlines()}
+    kept = sum(1 << c for c in [0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 31])
+    assert caps["CapBnd"] == kept
+    assert caps["CapEff"] & ~kept == 0
+    assert caps["CapAmb"] == 0
+    for cap in [2, 12, 13, 16, 17, 19, 21, 25, 27, 29, 34, 38, 39]:
+        assert not caps["CapBnd"] & (1 << cap), cap
+
+
+def test_no_new_privs_and_seccomp_are_on(sandbox):
+    status = sandbox.process.exec("grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status").result
+    assert "NoNewPrivs:\t1" in status
+    assert "Seccomp:\t2" in status
+
+
+def test_mount_and_namespace_creation_fail(root_sb):
+    r = root_sb.process.exec("mount -t tmpfs x /mnt; echo rc=$?")
+    assert "rc=0" not in r.result
+    assert py(root_sb, "print(call(165, 0, 0, 0, 0, 0))") == "EPERM"  # mount(2)
+    for flag in [0x00020000, 0x10000000, 0x20000000, 0x40000000, 0x04000000, 0x08000000]:
+        assert py(root_sb, f"print(call(272, {flag}))") == "EPERM", hex(flag)  # unshare
+    assert py(root_sb, "print(call(56, 0x10000000|17, 0, 0, 0, 0))") == "EPERM"  # clone NEWUSER
+    assert py(root_sb, "print(call(435, 0, 0))") == "ENOSYS"  # clone3
+    assert py(root_sb, "print(call(308, 0, 0))") == "EPERM"  # setns
+    # Ordinary fork still works.
+    assert root_sb.process.exec("sh -c 'echo child'").result == "child\n"
+
+
+def test_ptrace_keyring_bpf_perf_and_modules_are_denied(root_sb):
+    assert py(root_sb, "print(call(101, 16, 1, 0, 0))") == "EPERM"  # ptrace(ATTACH, pid 1)
+    assert py(root_sb, "print(call(250, 0, 0, 0, 0, 0))") == "EPERM"  # keyctl
+    assert py(root_sb, "print(call(321, 0, 0, 0))") == "EPERM"  # bpf
+    assert py(root_sb, "print(call(298, 0, 0, 0, 0, 0))") == "EPERM"  # perf_event_open
+    assert py(root_sb, "print(call(313, 0, 0, 0))") == "EPERM"  # finit_module
+    assert py(root_sb, "print(call(169, 0, 0, 0, 0))") == "EPERM"  # reboot
+
+
+def test_agent_cannot_be_killed_or_read(root_sb):
+    root_sb.process.exec("kill -9 1; kill -STOP 1; kill -TERM 1")
+    assert root_sb.process.exec("echo alive").result == "alive\n"
+    r = root_sb.process.exec("cat /proc/1/environ; cat /proc/1/maps | head -1; ls /proc/1/fd")
+    assert "PATH=" not in r.result and "corral-agent" not in r.result
+
+
+def test_proc_and_sys_are_masked_and_read_only(root_sb):
+    # Not every kernel has every file (no kcore here); whatever exists must read as empty and
+    # be a mount point (masked), and the host's timer_list does have content.
+    masked = ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/proc/latency_stats"]
+    r = root_sb.process.exec(" ; ".join(f"[ -e {p} ] && cat {p} | wc -c" for p in masked) + "; true")
+    sizes = r.result.split()
+    assert sizes and set(sizes) == {"0"}, r.result
+    mountpoints = {line.split()[4] for line in root_sb.process.exec("cat /proc/self/mountinfo").result.splitlines()}
+    assert "/proc/timer_list" in mountpoints and "/proc/keys" in mountpoints
+    assert "/proc/sys" in mountpoints
+    for path in ["/proc/sys/kernel/hostname", "/proc/sysrq-trigger", "/sys/kernel/mm/transparent_hugepage/enabled"]:
+        r = root_sb.process.exec(f"echo x > {path}; echo rc=$?")
+        assert "rc=0" not in r.result, path
+    assert root_sb.process.exec("ls -A /sys/firmware | wc -l").result.strip() == "0"
+
+
+def test_dev_is_minimal(sandbox):
+    names = set(sandbox.process.exec("ls -A /dev").result.split())
+    assert names == {"null", "zero", "full", "random", "urandom", "tty", "pts", "ptmx", "shm",
+                     "fd", "stdin", "stdout", "stderr"}
+
+
+def test_cannot_raise_limits(root_sb):
+    code = "import resource\ns, h = resource.getrlimit(resource.RLIMIT_NOFILE)\ntry:\n    resource.setrlimit(resource.RLIMIT_NOFILE, (h + 1, h + 1)); print('raised')\nexcept (ValueError, OSError) as e: print('denied')"
+    assert py(root_sb, code) == "denied"
+
+
+def test_cannot_reach_the_server_or_host_network(server, root_sb):
+    code = f"import socket\ns=socket.socket()\ns.settimeout(2)\ntry:\n    s.connect(('127.0.0.1', {server.port})); print('connected')\nexcept OSError as e: print(type(e).__name__)"
+    assert py(root_sb, code) != "connected"
+    assert root_sb.process.exec("ls /sys/class/net").result.split() == ["lo"]
+
+
+def test_setuid_binaries_grant_nothing(sandbox):
+    r = sandbox.process.exec("su -c id root </dev/null 2>&1; passwd -S root 2>&1; id -u")
+    assert r.result.strip().endswith("1000")
+    assert "uid=0" not in r.result
