@@ -170,10 +170,15 @@ impl LinuxRuntime {
         let cgroups = Cgroups::detect(&cfg.cgroup_root, &cfg.cgroup_parent)?;
         cgroups.init()?;
         let spawner = Spawner::start().map_err(io("starting spawner thread", Path::new("-")))?;
-        let seccomp = crate::seccomp::compile().map_err(|e| InitError::Unsupported(e.to_string()))?;
+        let seccomp =
+            crate::seccomp::compile().map_err(|e| InitError::Unsupported(e.to_string()))?;
         let masked = MASKED
             .iter()
-            .filter_map(|p| fs::metadata(Path::new("/").join(p)).ok().map(|m| (*p, m.is_dir())))
+            .filter_map(|p| {
+                fs::metadata(Path::new("/").join(p))
+                    .ok()
+                    .map(|m| (*p, m.is_dir()))
+            })
             .collect();
         Ok(Self {
             cfg,

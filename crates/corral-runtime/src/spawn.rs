@@ -58,11 +58,15 @@ pub enum Step {
     /// Brings the loopback interface of the new net namespace up.
     LoopbackUp,
     /// Drops these capabilities from the bounding set and clears the ambient set.
-    DropCaps { caps: Vec<u32> },
+    DropCaps {
+        caps: Vec<u32>,
+    },
     /// Sets `no_new_privs`: setuid binaries and file capabilities grant nothing.
     NoNewPrivs,
     /// Loads a compiled seccomp filter.
-    Seccomp { program: Vec<seccompiler::sock_filter> },
+    Seccomp {
+        program: Vec<seccompiler::sock_filter>,
+    },
     /// Runs the inner step; a missing path (ENOENT) is not an error.
     Optional(Box<Step>),
 }
