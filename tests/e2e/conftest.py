@@ -29,18 +29,19 @@ def free_port() -> int:
 class Server:
     """A running corral server and what it leaves on the host."""
 
-    def __init__(self):
+    def __init__(self, env=None):
         self.bin = os.environ.get("CORRAL_BIN", str(REPO / "target/release/corral"))
         self.data_dir = Path(tempfile.mkdtemp(prefix="corral-e2e-", dir="/tmp"))
         self.port = free_port()
         self.key = "e2e_" + secrets.token_hex(16)
         self.cgroup_parent = "corral-e2e-" + secrets.token_hex(4)
+        self.extra_env = env or {}
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "wb")
         self.proc = None
 
     def start(self):
-        env = dict(os.environ, CORRAL_API_KEY=self.key, CORRAL_LOG="info")
+        env = dict(os.environ, CORRAL_API_KEY=self.key, CORRAL_LOG="info", **self.extra_env)
         self.proc = subprocess.Popen(
             [self.bin, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir),
              "--cgroup-parent", self.cgroup_parent],
@@ -63,6 +64,23 @@ class Server:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=10)
+        return self.proc.returncode if self.proc else None
+
+    def crash(self):
+        """kill -9: no chance to clean up."""
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def finish(self):
+        """Deletes every sandbox, stops, and returns what was left behind."""
+        d = self.client()
+        for sb in list(d.list()):
+            d.delete(sb)
+        leftovers = (self.cgroups(), self.mounts(), self.child_processes(), self.sandbox_dirs())
+        self.stop()
+        self.remove_cgroup_parent()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        return leftovers
 
     def request(self, method, path, body=None, auth=True, headers=None, key=None):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -96,6 +114,26 @@ class Server:
     def mounts(self):
         with open("/proc/mounts") as f:
             return [l for l in f if str(self.data_dir) in l]
+
+    def sandbox_inits(self):
+        """Host pids of sandbox inits (pid 1 in their own namespace) in this server's cgroups."""
+        pids = set()
+        for ctrl in ["pids", ""]:
+            parent = CGROUP_ROOT / ctrl / self.cgroup_parent if ctrl else CGROUP_ROOT / self.cgroup_parent
+            if not parent.is_dir():
+                continue
+            for group in parent.iterdir():
+                if not group.is_dir():
+                    continue
+                for pid in (group / "cgroup.procs").read_text().split():
+                    try:
+                        status = Path(f"/proc/{pid}/status").read_text()
+                    except OSError:
+                        continue
+                    nspid = [l for l in status.splitlines() if l.startswith("NSpid:")]
+                    if nspid and nspid[0].split()[-1] == "1":
+                        pids.add(int(pid))
+        return sorted(pids)
 
     def child_processes(self):
         """Processes whose parent is the server (each sandbox's init)."""
@@ -144,13 +182,7 @@ def server():
     s.start()
     yield s
     # Delete whatever the tests left, then prove nothing outlives the sandboxes.
-    d = s.client()
-    for sb in list(d.list()):
-        d.delete(sb)
-    leftovers = (s.cgroups(), s.mounts(), s.child_processes(), s.sandbox_dirs())
-    s.stop()
-    s.remove_cgroup_parent()
-    shutil.rmtree(s.data_dir, ignore_errors=True)
+    leftovers = s.finish()
     assert leftovers == ([], [], [], []), f"left behind: {leftovers}"
 
 

@@ -4,7 +4,9 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod lifecycle;
 pub mod metrics;
+pub mod reconciler;
 pub mod sandboxes;
 pub mod state;
 pub mod toolbox;
@@ -15,7 +17,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, StatusCode};
 use axum::middleware;
 use axum::response::IntoResponse;
-use axum::routing::{any, get};
+use axum::routing::{any, get, post, put};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -61,6 +63,31 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/sandbox/{id_or_name}/toolbox-proxy-url",
             get(sandboxes::toolbox_proxy_url),
+        )
+        .route("/sandbox/{id_or_name}/start", post(sandboxes::start))
+        .route("/sandbox/{id_or_name}/stop", post(sandboxes::stop))
+        .route("/sandbox/{id_or_name}/archive", post(sandboxes::archive))
+        .route("/sandbox/{id_or_name}/recover", post(sandboxes::recover))
+        .route("/sandbox/{id_or_name}/resize", post(sandboxes::resize))
+        .route(
+            "/sandbox/{id_or_name}/labels",
+            put(sandboxes::replace_labels),
+        )
+        .route(
+            "/sandbox/{id_or_name}/last-activity",
+            post(sandboxes::last_activity),
+        )
+        .route(
+            "/sandbox/{id_or_name}/autostop/{minutes}",
+            post(sandboxes::autostop),
+        )
+        .route(
+            "/sandbox/{id_or_name}/autoarchive/{minutes}",
+            post(sandboxes::autoarchive),
+        )
+        .route(
+            "/sandbox/{id_or_name}/autodelete/{minutes}",
+            post(sandboxes::autodelete),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {

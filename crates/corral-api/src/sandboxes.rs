@@ -7,13 +7,13 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use corral_core::{
-    CODE_LANGUAGE_LABEL, CodeLanguage, DesiredState, ListQuery, Resources, Sandbox, SandboxSpec,
-    SandboxState,
+    CODE_LANGUAGE_LABEL, CodeLanguage, DesiredState, ListQuery, Resources, Sandbox, SandboxState,
 };
 use time::OffsetDateTime;
 
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryPairs};
+use crate::lifecycle;
 use crate::state::AppState;
 use crate::wire::{CreateSandbox, ListResponse, SandboxDto, UrlResponse};
 
@@ -152,7 +152,15 @@ fn new_sandbox(state: &AppState, req: CreateSandbox) -> Result<Sandbox, ApiError
         created_at: now,
         updated_at: now,
         last_activity_at: now,
+        stopped_at: None,
     })
+}
+
+/// The wire form of a sandbox, with activity not yet flushed to the store.
+fn dto(state: &AppState, headers: &HeaderMap, s: &Sandbox, with_env: bool) -> SandboxDto {
+    let mut d = SandboxDto::from_sandbox(s, &state.toolbox_url(headers), with_env);
+    d.last_activity_at = crate::wire::timestamp(state.activity.last(s));
+    d
 }
 
 /// `POST /api/sandbox`: records the sandbox, starts it, answers `started`.
@@ -163,19 +171,14 @@ pub async fn create(
 ) -> Result<Json<SandboxDto>, ApiError> {
     let started = Instant::now();
     let mut sandbox = new_sandbox(&state, req)?;
+    let _guard = state.locks.lock(&sandbox.id).await;
     // Recorded first: the store is the source of truth, so a crash during start leaves a
     // record to reconcile rather than an orphan.
     state.store.insert(&sandbox).await?;
-    let spec = SandboxSpec {
-        id: sandbox.id.clone(),
-        image: sandbox.snapshot.clone(),
-        user: sandbox.user.clone(),
-        env: sandbox.env.clone(),
-        resources: sandbox.resources,
-    };
-    if let Err(e) = state.runtime.create(&spec).await {
+    if let Err(e) = state.runtime.start(&lifecycle::spec_of(&sandbox)).await {
         let err = ApiError::from(e);
         if err.status.is_client_error() {
+            state.runtime.destroy(&sandbox.id).await?;
             state.store.remove(&sandbox.id).await?;
         } else {
             sandbox.state = SandboxState::Error;
@@ -190,11 +193,7 @@ pub async fn create(
     state.store.update(&sandbox).await?;
     metrics::histogram!("corral_sandbox_create_seconds").record(started.elapsed().as_secs_f64());
     tracing::info!(sandbox = %sandbox.id, name = %sandbox.name, "sandbox created");
-    Ok(Json(SandboxDto::from_sandbox(
-        &sandbox,
-        &state.toolbox_url(&headers),
-        true,
-    )))
+    Ok(Json(dto(&state, &headers, &sandbox, true)))
 }
 
 /// `GET /api/sandbox/{idOrName}`.
@@ -272,28 +271,253 @@ pub async fn list(
     }))
 }
 
+/// Finds a sandbox and takes its lock, re-reading it under the lock.
+async fn locked(
+    state: &AppState,
+    id_or_name: &str,
+) -> Result<(Sandbox, tokio::sync::OwnedMutexGuard<()>), ApiError> {
+    let s = find(state, id_or_name).await?;
+    let guard = state.locks.lock(&s.id).await;
+    let s = state
+        .store
+        .get(&s.id)
+        .await?
+        .ok_or_else(|| not_found(id_or_name))?;
+    Ok((s, guard))
+}
+
 /// `DELETE /api/sandbox/{idOrName}`: kills everything in it and removes every trace.
 pub async fn delete(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id_or_name): Path<String>,
 ) -> Result<Json<SandboxDto>, ApiError> {
-    let started = Instant::now();
-    let mut s = find(&state, &id_or_name).await?;
-    s.state = SandboxState::Destroying;
-    s.desired_state = DesiredState::Destroyed;
+    let (mut s, _guard) = locked(&state, &id_or_name).await?;
+    lifecycle::delete(&state, &mut s).await?;
+    Ok(Json(dto(&state, &headers, &s, true)))
+}
+
+/// `POST /api/sandbox/{idOrName}/start`.
+pub async fn start(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id_or_name): Path<String>,
+) -> Result<Json<SandboxDto>, ApiError> {
+    let (mut s, _guard) = locked(&state, &id_or_name).await?;
+    if matches!(s.state, SandboxState::Destroying | SandboxState::Destroyed) {
+        return Err(ApiError::conflict(format!(
+            "sandbox {} is being deleted",
+            s.id
+        )));
+    }
+    lifecycle::start(&state, &mut s).await?;
+    Ok(Json(dto(&state, &headers, &s, true)))
+}
+
+/// `POST /api/sandbox/{idOrName}/stop`.
+pub async fn stop(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id_or_name): Path<String>,
+) -> Result<Json<SandboxDto>, ApiError> {
+    let (mut s, _guard) = locked(&state, &id_or_name).await?;
+    if s.state == SandboxState::Error {
+        // Nothing runs; make it a clean stopped sandbox.
+        state.runtime.stop(&s.id).await?;
+        s.state = SandboxState::Started;
+    }
+    lifecycle::stop(&state, &mut s).await?;
+    Ok(Json(dto(&state, &headers, &s, true)))
+}
+
+/// `POST /api/sandbox/{idOrName}/archive`.
+pub async fn archive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id_or_name): Path<String>,
+) -> Result<Json<SandboxDto>, ApiError> {
+    let (mut s, _guard) = locked(&state, &id_or_name).await?;
+    lifecycle::archive(&state, &mut s).await?;
+    Ok(Json(dto(&state, &headers, &s, true)))
+}
+
+/// `POST /api/sandbox/{idOrName}/recover?skipStart=`: brings an errored sandbox back.
+pub async fn recover(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id_or_name): Path<String>,
+    query: QueryPairs,
+) -> Result<Json<SandboxDto>, ApiError> {
+    let (mut s, _guard) = locked(&state, &id_or_name).await?;
+    if s.state != SandboxState::Error {
+        return Err(ApiError::bad_request(format!(
+            "sandbox {} is {}, not in error",
+            s.id, s.state
+        )));
+    }
+    state.runtime.stop(&s.id).await?;
+    if query.get("skipStart") == Some("true") {
+        s.state = SandboxState::Stopped;
+        s.error_reason = None;
+        s.stopped_at = Some(OffsetDateTime::now_utc());
+        s.updated_at = OffsetDateTime::now_utc();
+        state.store.update(&s).await?;
+    } else {
+        lifecycle::start(&state, &mut s).await?;
+    }
+    Ok(Json(dto(&state, &headers, &s, true)))
+}
+
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+pub struct LabelsBody {
+    labels: BTreeMap<String, String>,
+}
+
+/// `PUT /api/sandbox/{idOrName}/labels`: replaces every label.
+pub async fn replace_labels(
+    State(state): State<AppState>,
+    Path(id_or_name): Path<String>,
+    JsonBody(body): JsonBody<LabelsBody>,
+) -> Result<Json<LabelsBody>, ApiError> {
+    if let Some(lang) = body.labels.get(CODE_LANGUAGE_LABEL)
+        && CodeLanguage::from_label(lang).is_none()
+    {
+        return Err(ApiError::bad_request(format!(
+            "label {CODE_LANGUAGE_LABEL} must be python, javascript or typescript, got {lang:?}"
+        )));
+    }
+    let (mut s, _guard) = locked(&state, &id_or_name).await?;
+    s.labels = body.labels;
     s.updated_at = OffsetDateTime::now_utc();
     state.store.update(&s).await?;
-    state.runtime.destroy(&s.id).await?;
-    state.store.remove(&s.id).await?;
-    s.state = SandboxState::Destroyed;
-    metrics::histogram!("corral_sandbox_delete_seconds").record(started.elapsed().as_secs_f64());
-    tracing::info!(sandbox = %s.id, "sandbox deleted");
-    Ok(Json(SandboxDto::from_sandbox(
-        &s,
-        &state.toolbox_url(&headers),
-        true,
-    )))
+    Ok(Json(LabelsBody { labels: s.labels }))
+}
+
+/// Which lifecycle timer a `POST /sandbox/{id}/auto*/{minutes}` sets.
+#[derive(Debug, Clone, Copy)]
+pub enum Timer {
+    Stop,
+    Archive,
+    Delete,
+}
+
+fn parse_minutes(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<f64>()
+        .ok()
+        .filter(|m| m.is_finite() && m.fract() == 0.0 && m.abs() < 1e9)
+        .map(|m| m as i64)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "interval must be a whole number of minutes, got {raw:?}"
+            ))
+        })
+}
+
+type TimerPath = Path<(String, String)>;
+
+/// `POST /api/sandbox/{idOrName}/autostop/{minutes}` (0 = never).
+pub async fn autostop(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Path((id, m)): TimerPath,
+) -> Result<Json<SandboxDto>, ApiError> {
+    set_timer(s, h, id, m, Timer::Stop).await
+}
+
+/// `POST /api/sandbox/{idOrName}/autoarchive/{minutes}` (0 = the maximum, 30 days).
+pub async fn autoarchive(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Path((id, m)): TimerPath,
+) -> Result<Json<SandboxDto>, ApiError> {
+    set_timer(s, h, id, m, Timer::Archive).await
+}
+
+/// `POST /api/sandbox/{idOrName}/autodelete/{minutes}` (negative = never, 0 = on stop).
+pub async fn autodelete(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Path((id, m)): TimerPath,
+) -> Result<Json<SandboxDto>, ApiError> {
+    set_timer(s, h, id, m, Timer::Delete).await
+}
+
+async fn set_timer(
+    state: AppState,
+    headers: HeaderMap,
+    id_or_name: String,
+    raw: String,
+    timer: Timer,
+) -> Result<Json<SandboxDto>, ApiError> {
+    let minutes = parse_minutes(&raw)?;
+    match timer {
+        Timer::Stop | Timer::Archive if minutes < 0 => {
+            return Err(ApiError::bad_request("interval must be 0 or more minutes"));
+        }
+        _ => {}
+    }
+    let (mut s, _guard) = locked(&state, &id_or_name).await?;
+    match timer {
+        Timer::Stop => s.auto_stop_interval = minutes,
+        Timer::Archive => s.auto_archive_interval = minutes,
+        Timer::Delete => s.auto_delete_interval = minutes.max(-1),
+    }
+    s.updated_at = OffsetDateTime::now_utc();
+    state.store.update(&s).await?;
+    Ok(Json(dto(&state, &headers, &s, true)))
+}
+
+/// `POST /api/sandbox/{idOrName}/resize` body.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ResizeBody {
+    cpu: Option<i64>,
+    memory: Option<i64>,
+    disk: Option<i64>,
+}
+
+/// `POST /api/sandbox/{idOrName}/resize`: new CPU and memory apply at once (also to a
+/// running sandbox); disk may only grow, and only while the sandbox is stopped.
+pub async fn resize(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id_or_name): Path<String>,
+    JsonBody(body): JsonBody<ResizeBody>,
+) -> Result<Json<SandboxDto>, ApiError> {
+    if body.cpu.is_none() && body.memory.is_none() && body.disk.is_none() {
+        return Err(ApiError::bad_request(
+            "give at least one of cpu, memory, disk",
+        ));
+    }
+    let (mut s, _guard) = locked(&state, &id_or_name).await?;
+    let mut r = s.resources;
+    r.cpu = resource(body.cpu, r.cpu, 64, "cpu")?;
+    r.memory_gib = resource(body.memory, r.memory_gib, 1024, "memory")?;
+    let disk = resource(body.disk, r.disk_gib, 10240, "disk")?;
+    if disk != r.disk_gib {
+        if disk < r.disk_gib {
+            return Err(ApiError::bad_request("disk can only grow"));
+        }
+        if state.runtime.is_running(&s.id) {
+            return Err(ApiError::bad_request("stop the sandbox to resize its disk")
+                .with_code("SANDBOX_NOT_STOPPED"));
+        }
+        r.disk_gib = disk;
+    }
+    state.runtime.resize(&s.id, &r).await?;
+    s.resources = r;
+    s.updated_at = OffsetDateTime::now_utc();
+    state.store.update(&s).await?;
+    Ok(Json(dto(&state, &headers, &s, true)))
+}
+
+/// `POST /api/sandbox/{id}/last-activity`: counts as activity for auto-stop.
+pub async fn last_activity(
+    State(state): State<AppState>,
+    Path(id_or_name): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let s = find(&state, &id_or_name).await?;
+    state.activity.touch(&s.id);
+    Ok(axum::http::StatusCode::CREATED)
 }
 
 /// `GET /api/sandbox/{id}/toolbox-proxy-url`.

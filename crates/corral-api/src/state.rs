@@ -9,13 +9,15 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sha2::{Digest, Sha256};
 
 /// Settings of the API layer.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ApiConfig {
     /// The organization every sandbox belongs to (one tenant per server for now).
     pub organization_id: String,
     /// The externally visible base URL (`http://host:port`); when unset it is derived from the
     /// request's `Host` header.
     pub public_url: Option<String>,
+    /// How long a "minute" of the lifecycle intervals lasts (60 s; shorter only in tests).
+    pub lifecycle_minute: std::time::Duration,
 }
 
 /// Everything a handler needs.
@@ -26,6 +28,8 @@ pub struct AppState {
     pub runtime: Arc<dyn Runtime>,
     pub config: Arc<ApiConfig>,
     pub metrics: PrometheusHandle,
+    pub locks: Arc<crate::lifecycle::Locks>,
+    pub activity: Arc<crate::lifecycle::Activity>,
 }
 
 impl std::fmt::Debug for AppState {

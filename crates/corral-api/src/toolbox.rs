@@ -68,6 +68,7 @@ pub async fn proxy(
         ))
         .with_code("SANDBOX_NOT_STARTED"));
     }
+    state.activity.touch(&sandbox.id);
     let stream = UnixStream::connect(state.runtime.agent_socket(&sandbox.id))
         .await
         .map_err(|e| bad_gateway(&e.to_string()))?;

@@ -109,13 +109,31 @@ pub struct SandboxSpec {
     pub resources: Resources,
 }
 
-/// A sandbox runtime: starts and destroys isolated sandboxes whose PID 1 is the agent.
+/// A sandbox runtime: runs isolated sandboxes whose PID 1 is the agent.
+///
+/// A sandbox's filesystem outlives its processes: `stop` ends the processes and keeps the
+/// files, `start` runs fresh namespaces over the same files, `archive` packs a stopped
+/// sandbox's files away and `start` brings them back, `destroy` removes everything.
 #[async_trait]
 pub trait Runtime: Send + Sync {
-    /// Starts a sandbox; returns once its agent accepts connections.
-    async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError>;
-    /// Kills everything in the sandbox and removes every trace of it. Idempotent.
+    /// Starts a sandbox over its filesystem (created empty the first time); returns once its
+    /// agent accepts connections. On failure nothing of the attempt stays running.
+    async fn start(&self, spec: &SandboxSpec) -> Result<(), RuntimeError>;
+    /// Ends every process of the sandbox and removes its cgroups; keeps its files. Idempotent.
+    async fn stop(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Stops the sandbox and removes every trace of it, archive included. Idempotent.
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Packs a stopped sandbox's files into a compressed archive and frees the live copy.
+    async fn archive(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Changes the resource limits of a sandbox (running or not).
+    async fn resize(&self, id: &str, resources: &Resources) -> Result<(), RuntimeError>;
+    /// Whether the sandbox's processes are running.
+    fn is_running(&self, id: &str) -> bool;
+    /// Takes charge of a sandbox still running from an earlier server process. Returns
+    /// whether it was found running.
+    async fn adopt(&self, id: &str) -> Result<bool, RuntimeError>;
+    /// Ids of sandboxes that have traces on the host (files, cgroups, archives).
+    fn traces(&self) -> Vec<String>;
     /// The unix socket the sandbox's agent serves the toolbox API on.
     fn agent_socket(&self, id: &str) -> PathBuf;
     /// Whether the runtime can create sandboxes.

@@ -21,6 +21,10 @@ pub enum SandboxState {
     Starting,
     Destroying,
     Destroyed,
+    Archiving,
+    Archived,
+    Restoring,
+    Resizing,
     Error,
     Unknown,
 }
@@ -36,6 +40,10 @@ impl SandboxState {
             Self::Starting => "starting",
             Self::Destroying => "destroying",
             Self::Destroyed => "destroyed",
+            Self::Archiving => "archiving",
+            Self::Archived => "archived",
+            Self::Restoring => "restoring",
+            Self::Resizing => "resizing",
             Self::Error => "error",
             Self::Unknown => "unknown",
         }
@@ -67,6 +75,7 @@ impl FromStr for SandboxState {
 pub enum DesiredState {
     Started,
     Stopped,
+    Archived,
     Destroyed,
 }
 
@@ -76,6 +85,7 @@ impl DesiredState {
         match self {
             Self::Started => "started",
             Self::Stopped => "stopped",
+            Self::Archived => "archived",
             Self::Destroyed => "destroyed",
         }
     }
@@ -161,6 +171,9 @@ pub struct Sandbox {
     pub updated_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub last_activity_at: OffsetDateTime,
+    /// When the sandbox last stopped (for auto-archive and auto-delete).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub stopped_at: Option<OffsetDateTime>,
 }
 
 impl Sandbox {

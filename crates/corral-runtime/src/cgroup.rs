@@ -205,15 +205,27 @@ impl Cgroups {
 
     /// SIGKILLs every process left in a sandbox's group (best effort).
     pub fn kill_all(&self, id: &str) {
-        for d in self.dirs(id) {
-            let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) else {
-                continue;
-            };
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                // SAFETY: kill(2) with a pid read from the cgroup; no memory is involved.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
+        for pid in self.procs(id) {
+            // SAFETY: kill(2) with a pid read from the cgroup; no memory is involved.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+    }
+
+    /// The processes in a sandbox's group.
+    pub fn procs(&self, id: &str) -> Vec<i32> {
+        let mut pids: Vec<i32> = self
+            .dirs(id)
+            .iter()
+            .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|s| {
+                s.lines()
+                    .filter_map(|l| l.trim().parse::<i32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
     }
 
     /// Ids of sandbox groups that exist (to find leftovers).

@@ -8,6 +8,7 @@
 pub mod caps;
 pub mod cgroup;
 pub mod host_image;
+pub mod layer;
 mod linux;
 pub mod seccomp;
 mod spawn;

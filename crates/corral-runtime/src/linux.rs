@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use corral_core::agent::{AGENT_PATH_IN_SANDBOX, AgentConfig};
-use corral_core::{Runtime, RuntimeError, SandboxSpec};
+use corral_core::{Resources, Runtime, RuntimeError, SandboxSpec};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
@@ -146,7 +146,7 @@ impl LinuxRuntime {
                 )));
             }
         }
-        for d in ["images", "sandboxes", "run"] {
+        for d in ["images", "sandboxes", "run", "archives"] {
             let p = cfg.data_dir.join(d);
             mkdirs(&p, 0o700).map_err(io("mkdir", &p))?;
         }
@@ -492,27 +492,107 @@ impl LinuxRuntime {
         Ok(steps)
     }
 
-    /// What a sandbox leaves on the host: cgroups, socket, directory.
-    fn traces(&self, id: &str) -> Traces {
-        Traces {
+    fn archive_path(&self, id: &str) -> PathBuf {
+        self.cfg
+            .data_dir
+            .join("archives")
+            .join(format!("{id}.tar.zst"))
+    }
+
+    /// What a sandbox leaves on the host while it runs: cgroups and socket.
+    fn runtime_traces(&self, id: &str) -> RuntimeTraces {
+        RuntimeTraces {
             id: id.to_owned(),
             cgroups: self.cgroups.clone(),
             sock: self.agent_socket(id),
-            dir: self.sandbox_dir(id),
         }
+    }
+
+    /// Ends a sandbox's processes: through its pidfd when this process started or adopted
+    /// it, else through its cgroup. Then removes its cgroups and socket.
+    async fn kill(&self, id: &str) -> Result<(), RuntimeError> {
+        let running = self.running().remove(id);
+        if let Some(mut r) = running {
+            if let Err(e) = pidfd_kill(&r.pidfd) {
+                tracing::debug!(sandbox = id, error = %e, "kill of sandbox init failed (already gone?)");
+            }
+            // Killing a pid namespace's init kills every process in it; its exit is visible
+            // once they are all gone.
+            if tokio::time::timeout(Duration::from_secs(10), r.exited.wait_for(|e| *e))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    sandbox = id,
+                    "sandbox init did not exit within 10 s of SIGKILL"
+                );
+            }
+        } else {
+            self.cgroups.kill_all(id);
+        }
+        let traces = self.runtime_traces(id);
+        tokio::task::spawn_blocking(move || traces.remove())
+            .await
+            .map_err(|e| RuntimeError::host("joining cleanup task", e))?
+    }
+
+    /// Restores an archived sandbox's files, if it is archived.
+    async fn restore_if_archived(&self, id: &str) -> Result<(), RuntimeError> {
+        let archive = self.archive_path(id);
+        let dir = self.sandbox_dir(id);
+        if !archive.exists() {
+            return Ok(());
+        }
+        tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
+            let upper = dir.join("upper");
+            if upper.exists() {
+                fs::remove_dir_all(&upper)
+                    .map_err(|e| RuntimeError::host("clearing a partial restore", e))?;
+            }
+            crate::layer::unpack(&archive, &upper)
+                .map_err(|e| RuntimeError::host("restoring archive", e))?;
+            fs::remove_file(&archive).map_err(|e| RuntimeError::host("removing archive", e))
+        })
+        .await
+        .map_err(|e| RuntimeError::host("joining restore task", e))?
+    }
+
+    /// Finds the init process of a sandbox left running by an earlier server: the member of
+    /// its cgroup whose pid is 1 in its own pid namespace.
+    fn find_init(&self, id: &str) -> Option<i32> {
+        self.cgroups.procs(id).into_iter().find(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("NSpid:"))
+                        .map(|l| l.split_whitespace().last() == Some("1"))
+                })
+                .unwrap_or(false)
+        })
+    }
+
+    fn watch(&self, id: &str, pid: i32, pidfd: OwnedFd) -> Result<(), RuntimeError> {
+        let watcher_fd = pidfd
+            .try_clone()
+            .map_err(|e| RuntimeError::host("duplicating pidfd", e))?;
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(watch_exit(pid, watcher_fd, tx));
+        self.running()
+            .insert(id.to_owned(), Running { pidfd, exited: rx });
+        Ok(())
     }
 }
 
-/// A sandbox's host-side traces, removable from a blocking thread.
-struct Traces {
+/// A running sandbox's host-side traces, removable from a blocking thread.
+struct RuntimeTraces {
     id: String,
     cgroups: Cgroups,
     sock: PathBuf,
-    dir: PathBuf,
 }
 
-impl Traces {
-    /// Removes the cgroups, socket and directory; the sandbox's processes must be gone.
+impl RuntimeTraces {
+    /// Removes the cgroups and socket; the sandbox's processes must be gone.
     fn remove(&self) -> Result<(), RuntimeError> {
         let id = self.id.as_str();
         // cgroup removal can race with the kernel finishing the last exits; retry briefly.
@@ -531,18 +611,21 @@ impl Traces {
                 Err(e) => return Err(RuntimeError::host("removing cgroup", e)),
             }
         }
-        match fs::remove_file(&self.sock) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(RuntimeError::host("removing socket", e));
-            }
-            _ => {}
-        }
-        match fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(RuntimeError::host("removing sandbox dir", e))
-            }
-            _ => Ok(()),
-        }
+        remove_file_if_exists(&self.sock).map_err(|e| RuntimeError::host("removing socket", e))
+    }
+}
+
+fn remove_file_if_exists(p: &Path) -> io::Result<()> {
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn remove_dir_if_exists(p: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(p) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -569,7 +652,18 @@ fn pidfd_kill(pidfd: &OwnedFd) -> io::Result<()> {
     }
 }
 
-/// Waits for the init process behind `pidfd` to exit and reaps it.
+fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+/// Waits for the init process behind `pidfd` to exit and reaps it when it is our child
+/// (an adopted init belongs to whoever the kernel re-parented it to).
 async fn watch_exit(pid: i32, pidfd: OwnedFd, done: watch::Sender<bool>) {
     // SAFETY: an OwnedFd keeps the same open pidfd for as long as the AsyncFd owns it.
     match unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) } {
@@ -578,9 +672,8 @@ async fn watch_exit(pid: i32, pidfd: OwnedFd, done: watch::Sender<bool>) {
         }
         Err(e) => tracing::error!(pid, error = %e, "cannot watch sandbox init; reaping blocking"),
     }
-    // The init has exited (or we could not watch it); reap it so no zombie stays behind.
     let _ = tokio::task::spawn_blocking(move || {
-        // SAFETY: waitpid on our own child pid.
+        // SAFETY: waitpid on a pid; ECHILD (not our child) is harmless.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) }
     })
     .await;
@@ -589,67 +682,137 @@ async fn watch_exit(pid: i32, pidfd: OwnedFd, done: watch::Sender<bool>) {
 
 #[async_trait]
 impl Runtime for LinuxRuntime {
-    async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+    async fn start(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        if self.is_running(&spec.id) {
+            return Ok(());
+        }
+        self.restore_if_archived(&spec.id).await?;
         let limits = Limits::from_resources(&spec.resources, self.cfg.pids_limit);
         self.cgroups
             .create(&spec.id, &limits)
             .map_err(|e| RuntimeError::host("creating cgroup", e))?;
-        let plan = match self.prepare(spec) {
-            Ok(p) => p,
+        let spawned = match self.prepare(spec) {
+            Ok(plan) => self
+                .spawner
+                .spawn(plan)
+                .await
+                .map_err(|e| RuntimeError::host("starting sandbox", e)),
+            Err(e) => Err(e),
+        };
+        let spawned = match spawned {
+            Ok(s) => s,
             Err(e) => {
-                let _ = self.traces(&spec.id).remove();
+                if let Err(clean) = self.runtime_traces(&spec.id).remove() {
+                    tracing::warn!(sandbox = %spec.id, error = %clean, "cleanup after a failed start");
+                }
                 return Err(e);
             }
         };
-        let spawned = match self.spawner.spawn(plan).await {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = self.traces(&spec.id).remove();
-                return Err(RuntimeError::host("starting sandbox", e));
-            }
-        };
-        let watcher_fd = spawned
-            .pidfd
-            .try_clone()
-            .map_err(|e| RuntimeError::host("duplicating pidfd", e))?;
-        let (tx, rx) = watch::channel(false);
-        tokio::spawn(watch_exit(spawned.pid, watcher_fd, tx));
-        self.running().insert(
-            spec.id.clone(),
-            Running {
-                pidfd: spawned.pidfd,
-                exited: rx,
-            },
-        );
         tracing::debug!(sandbox = %spec.id, pid = spawned.pid, "sandbox started");
-        Ok(())
+        self.watch(&spec.id, spawned.pid, spawned.pidfd)
+    }
+
+    async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        self.kill(id).await
     }
 
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
-        let running = self.running().remove(id);
-        if let Some(mut r) = running {
-            if let Err(e) = pidfd_kill(&r.pidfd) {
-                tracing::debug!(sandbox = id, error = %e, "kill of sandbox init failed (already gone?)");
-            }
-            // Killing a pid namespace's init kills every process in it; its exit is visible
-            // once they are all gone.
-            if tokio::time::timeout(Duration::from_secs(10), r.exited.wait_for(|e| *e))
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    sandbox = id,
-                    "sandbox init did not exit within 10 s of SIGKILL"
-                );
-            }
-        } else {
-            // Not started by this process: kill whatever its cgroup still holds.
-            self.cgroups.kill_all(id);
+        self.kill(id).await?;
+        let dir = self.sandbox_dir(id);
+        let archive = self.archive_path(id);
+        tokio::task::spawn_blocking(move || {
+            remove_dir_if_exists(&dir)
+                .map_err(|e| RuntimeError::host("removing sandbox dir", e))?;
+            remove_file_if_exists(&archive).map_err(|e| RuntimeError::host("removing archive", e))
+        })
+        .await
+        .map_err(|e| RuntimeError::host("joining cleanup task", e))?
+    }
+
+    async fn archive(&self, id: &str) -> Result<(), RuntimeError> {
+        if self.is_running(id) {
+            return Err(RuntimeError::Invalid(format!(
+                "sandbox {id} must be stopped before it is archived"
+            )));
         }
-        let traces = self.traces(id);
-        tokio::task::spawn_blocking(move || traces.remove())
-            .await
-            .map_err(|e| RuntimeError::host("joining cleanup task", e))?
+        let dir = self.sandbox_dir(id);
+        let archive = self.archive_path(id);
+        let layers: Vec<String> = std::iter::once("root".to_string())
+            .chain(self.image.dirs.iter().map(|d| d.name.clone()))
+            .collect();
+        tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
+            if !dir.exists() {
+                return if archive.exists() {
+                    Ok(())
+                } else {
+                    Err(RuntimeError::NotRunning(dir.display().to_string()))
+                };
+            }
+            let tmp = archive.with_extension("partial");
+            let uppers: Vec<(String, PathBuf)> = layers
+                .iter()
+                .map(|l| (l.clone(), dir.join("upper").join(l)))
+                .collect();
+            let refs: Vec<(&str, &Path)> = uppers
+                .iter()
+                .map(|(n, p)| (n.as_str(), p.as_path()))
+                .collect();
+            crate::layer::pack(&refs, &tmp)
+                .map_err(|e| RuntimeError::host("packing sandbox files", e))?;
+            fs::rename(&tmp, &archive).map_err(|e| RuntimeError::host("installing archive", e))?;
+            remove_dir_if_exists(&dir)
+                .map_err(|e| RuntimeError::host("freeing archived sandbox", e))
+        })
+        .await
+        .map_err(|e| RuntimeError::host("joining archive task", e))?
+    }
+
+    async fn resize(&self, id: &str, resources: &Resources) -> Result<(), RuntimeError> {
+        if self.is_running(id) {
+            let limits = Limits::from_resources(resources, self.cfg.pids_limit);
+            self.cgroups
+                .set_limits(id, &limits)
+                .map_err(|e| RuntimeError::host("updating cgroup limits", e))?;
+        }
+        Ok(())
+    }
+
+    fn is_running(&self, id: &str) -> bool {
+        self.running().get(id).is_some_and(|r| !*r.exited.borrow())
+    }
+
+    async fn adopt(&self, id: &str) -> Result<bool, RuntimeError> {
+        if self.is_running(id) {
+            return Ok(true);
+        }
+        let Some(pid) = self.find_init(id) else {
+            return Ok(false);
+        };
+        let pidfd = match pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(false),
+            Err(e) => return Err(RuntimeError::host("opening pidfd of adopted sandbox", e)),
+        };
+        tracing::info!(sandbox = id, pid, "adopted a running sandbox");
+        self.watch(id, pid, pidfd)?;
+        Ok(true)
+    }
+
+    fn traces(&self) -> Vec<String> {
+        let mut ids: std::collections::BTreeSet<String> = self.cgroups.list().into_iter().collect();
+        for dir in ["sandboxes", "archives"] {
+            if let Ok(entries) = fs::read_dir(self.cfg.data_dir.join(dir)) {
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    ids.insert(
+                        name.trim_end_matches(".tar.zst")
+                            .trim_end_matches(".partial")
+                            .to_owned(),
+                    );
+                }
+            }
+        }
+        ids.into_iter().collect()
     }
 
     fn agent_socket(&self, id: &str) -> PathBuf {

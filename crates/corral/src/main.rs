@@ -2,7 +2,6 @@
 
 mod agent_binary;
 mod bench;
-mod reconcile;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -67,6 +66,17 @@ struct ServeArgs {
     /// Name of corral's parent cgroup (one per server).
     #[arg(long, env = "CORRAL_CGROUP_PARENT", default_value = "corral")]
     cgroup_parent: String,
+    /// Seconds between reconciler passes (lifecycle timers, dead sandboxes).
+    #[arg(long, env = "CORRAL_RECONCILE_SECONDS", default_value_t = 10.0)]
+    reconcile_seconds: f64,
+    /// Length of a lifecycle "minute" in milliseconds. Only for tests of auto-stop/archive/delete.
+    #[arg(
+        long,
+        env = "CORRAL_LIFECYCLE_MINUTE_MS",
+        default_value_t = 60_000,
+        hide = true
+    )]
+    lifecycle_minute_ms: u64,
     /// Use this agent binary instead of the embedded one (must be static).
     #[arg(long, env = "CORRAL_AGENT_BINARY")]
     agent_binary: Option<PathBuf>,
@@ -165,10 +175,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config: Arc::new(ApiConfig {
             organization_id: "corral".into(),
             public_url: args.public_url,
+            lifecycle_minute: std::time::Duration::from_millis(args.lifecycle_minute_ms.max(1)),
         }),
         metrics,
+        locks: Default::default(),
+        activity: Default::default(),
     };
-    reconcile::on_start(store.as_ref(), runtime.as_ref()).await?;
+    corral_api::reconciler::on_start(&state)
+        .await
+        .map_err(|e| anyhow::anyhow!("reconciling recorded sandboxes: {}", e.message))?;
+    let tick = std::time::Duration::from_secs_f64(args.reconcile_seconds.clamp(0.05, 3600.0));
+    tokio::spawn(corral_api::reconciler::run(state.clone(), tick));
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -1,0 +1,172 @@
+//! Lifecycle operations shared by the HTTP handlers and the reconciler: start, stop,
+//! archive, delete, with per-sandbox serialisation and activity tracking.
+//!
+//! Every operation records a transitional state before it acts on the runtime and the final
+//! state after, so a server that dies midway finds the sandbox in a state the start-up
+//! reconciliation knows how to finish (see `reconciler::on_start`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use corral_core::{DesiredState, Sandbox, SandboxSpec, SandboxState};
+use time::OffsetDateTime;
+use tokio::sync::OwnedMutexGuard;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// One async lock per sandbox, so lifecycle operations on a sandbox never interleave.
+#[derive(Debug, Default)]
+pub struct Locks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl Locks {
+    /// Waits for and takes the lock of sandbox `id`.
+    pub async fn lock(&self, id: &str) -> OwnedMutexGuard<()> {
+        let m = {
+            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(id.to_owned()).or_default().clone()
+        };
+        m.lock_owned().await
+    }
+
+    /// Forgets a deleted sandbox's lock.
+    pub fn forget(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+}
+
+/// Last toolbox/preview activity per sandbox, kept in memory and flushed to the store by
+/// the reconciler, so a busy sandbox costs no database write per request.
+#[derive(Debug, Default)]
+pub struct Activity(Mutex<HashMap<String, OffsetDateTime>>);
+
+impl Activity {
+    /// Records activity on sandbox `id` now.
+    pub fn touch(&self, id: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), OffsetDateTime::now_utc());
+    }
+
+    /// The latest known activity of a sandbox (memory or record).
+    pub fn last(&self, s: &Sandbox) -> OffsetDateTime {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&s.id)
+            .copied()
+            .map_or(s.last_activity_at, |t| t.max(s.last_activity_at))
+    }
+
+    /// Takes every recorded activity (for flushing).
+    pub fn drain(&self) -> HashMap<String, OffsetDateTime> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// What the runtime needs to (re)start a sandbox.
+pub fn spec_of(s: &Sandbox) -> SandboxSpec {
+    SandboxSpec {
+        id: s.id.clone(),
+        image: s.snapshot.clone(),
+        user: s.user.clone(),
+        env: s.env.clone(),
+        resources: s.resources,
+    }
+}
+
+async fn save(state: &AppState, s: &mut Sandbox, st: SandboxState) -> Result<(), ApiError> {
+    s.state = st;
+    s.updated_at = OffsetDateTime::now_utc();
+    state.store.update(s).await?;
+    Ok(())
+}
+
+/// Starts a stopped, archived or errored sandbox (a no-op when it is started).
+pub async fn start(state: &AppState, s: &mut Sandbox) -> Result<(), ApiError> {
+    if s.state == SandboxState::Started && state.runtime.is_running(&s.id) {
+        return Ok(());
+    }
+    let began = Instant::now();
+    let transitional = if s.state == SandboxState::Archived {
+        SandboxState::Restoring
+    } else {
+        SandboxState::Starting
+    };
+    s.desired_state = DesiredState::Started;
+    save(state, s, transitional).await?;
+    if let Err(e) = state.runtime.start(&spec_of(s)).await {
+        let err = ApiError::from(e);
+        s.error_reason = Some(format!("the sandbox failed to start: {}", err.message));
+        save(state, s, SandboxState::Error).await?;
+        return Err(err);
+    }
+    s.error_reason = None;
+    s.stopped_at = None;
+    s.last_activity_at = OffsetDateTime::now_utc();
+    save(state, s, SandboxState::Started).await?;
+    metrics::histogram!("corral_sandbox_start_seconds").record(began.elapsed().as_secs_f64());
+    tracing::info!(sandbox = %s.id, "sandbox started");
+    Ok(())
+}
+
+/// Stops a sandbox, keeping its files; deletes it instead when its auto-delete interval is 0.
+/// Returns whether the sandbox still exists.
+pub async fn stop(state: &AppState, s: &mut Sandbox) -> Result<bool, ApiError> {
+    if matches!(s.state, SandboxState::Stopped | SandboxState::Archived) {
+        return Ok(true);
+    }
+    let began = Instant::now();
+    s.desired_state = DesiredState::Stopped;
+    save(state, s, SandboxState::Stopping).await?;
+    state.runtime.stop(&s.id).await?;
+    s.stopped_at = Some(OffsetDateTime::now_utc());
+    save(state, s, SandboxState::Stopped).await?;
+    metrics::histogram!("corral_sandbox_stop_seconds").record(began.elapsed().as_secs_f64());
+    tracing::info!(sandbox = %s.id, "sandbox stopped");
+    if s.auto_delete_interval == 0 {
+        delete(state, s).await?;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Packs a stopped sandbox's files into an archive.
+pub async fn archive(state: &AppState, s: &mut Sandbox) -> Result<(), ApiError> {
+    match s.state {
+        SandboxState::Archived => return Ok(()),
+        SandboxState::Stopped => {}
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "sandbox {} is {other}; stop it before archiving",
+                s.id
+            ))
+            .with_code("SANDBOX_NOT_STOPPED"));
+        }
+    }
+    let began = Instant::now();
+    s.desired_state = DesiredState::Archived;
+    save(state, s, SandboxState::Archiving).await?;
+    if let Err(e) = state.runtime.archive(&s.id).await {
+        save(state, s, SandboxState::Stopped).await?;
+        return Err(e.into());
+    }
+    save(state, s, SandboxState::Archived).await?;
+    metrics::histogram!("corral_sandbox_archive_seconds").record(began.elapsed().as_secs_f64());
+    tracing::info!(sandbox = %s.id, "sandbox archived");
+    Ok(())
+}
+
+/// Kills everything in the sandbox, removes every trace of it and its record.
+pub async fn delete(state: &AppState, s: &mut Sandbox) -> Result<(), ApiError> {
+    let began = Instant::now();
+    s.desired_state = DesiredState::Destroyed;
+    save(state, s, SandboxState::Destroying).await?;
+    state.runtime.destroy(&s.id).await?;
+    state.store.remove(&s.id).await?;
+    s.state = SandboxState::Destroyed;
+    state.locks.forget(&s.id);
+    metrics::histogram!("corral_sandbox_delete_seconds").record(began.elapsed().as_secs_f64());
+    tracing::info!(sandbox = %s.id, "sandbox deleted");
+    Ok(())
+}

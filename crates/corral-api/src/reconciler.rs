@@ -1,0 +1,157 @@
+//! The reconciler: drives each sandbox's actual state toward its desired state and runs the
+//! lifecycle timers (auto-stop after idle minutes, auto-archive and auto-delete after
+//! stopped minutes). Also what the server does with recorded sandboxes when it starts.
+
+use std::time::Duration;
+
+use corral_core::{ListQuery, Sandbox, SandboxState};
+use time::OffsetDateTime;
+
+use crate::error::ApiError;
+use crate::lifecycle;
+use crate::state::AppState;
+
+/// Auto-archive interval 0 means "the maximum": 30 days.
+const MAX_AUTO_ARCHIVE_MINUTES: i64 = 30 * 24 * 60;
+
+/// Every recorded sandbox (all pages).
+async fn all(state: &AppState) -> Result<Vec<Sandbox>, ApiError> {
+    let mut query = ListQuery {
+        limit: 200,
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    loop {
+        let page = state.store.list(&query).await?;
+        out.extend(page.items);
+        match page.next_cursor {
+            Some(c) => query.cursor = Some(c),
+            None => return Ok(out),
+        }
+    }
+}
+
+fn minutes(state: &AppState, n: i64) -> time::Duration {
+    time::Duration::try_from(state.config.lifecycle_minute).unwrap_or(time::Duration::MINUTE)
+        * (n as i32)
+}
+
+/// Brings recorded state in line with what is running, once, when the server starts:
+/// running sandboxes are adopted (exec works at once), sandboxes whose init died are marked
+/// `error` (start or recover runs them again), interrupted operations are finished, and
+/// traces of sandboxes that no longer exist are removed.
+pub async fn on_start(state: &AppState) -> Result<(), ApiError> {
+    let recorded = all(state).await?;
+    for mut s in recorded.iter().cloned() {
+        match s.state {
+            SandboxState::Destroying => lifecycle::delete(state, &mut s).await?,
+            SandboxState::Started
+            | SandboxState::Creating
+            | SandboxState::Starting
+            | SandboxState::Restoring
+            | SandboxState::Resizing
+            | SandboxState::Stopping => {
+                let running = state.runtime.adopt(&s.id).await?;
+                let next = match (running, s.state) {
+                    (true, SandboxState::Stopping) => {
+                        lifecycle::stop(state, &mut s).await?;
+                        continue;
+                    }
+                    (true, _) => SandboxState::Started,
+                    (false, SandboxState::Stopping) => SandboxState::Stopped,
+                    (false, _) => {
+                        s.error_reason =
+                            Some("the sandbox was not running when the server started".into());
+                        SandboxState::Error
+                    }
+                };
+                if next != s.state {
+                    tracing::warn!(sandbox = %s.id, from = %s.state, to = %next, "reconciled on start");
+                    s.state = next;
+                    s.updated_at = OffsetDateTime::now_utc();
+                    state.store.update(&s).await?;
+                }
+            }
+            SandboxState::Archiving => {
+                // Finish the interrupted archive (it is idempotent).
+                s.state = SandboxState::Stopped;
+                lifecycle::archive(state, &mut s).await?;
+            }
+            _ => {}
+        }
+    }
+    let known: std::collections::HashSet<&str> = recorded.iter().map(|s| s.id.as_str()).collect();
+    for id in state.runtime.traces() {
+        if !known.contains(id.as_str()) {
+            tracing::warn!(sandbox = %id, "removing leftovers of a sandbox that no longer exists");
+            state.runtime.destroy(&id).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the reconciler every `tick` until the process ends.
+pub async fn run(state: AppState, tick: Duration) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Err(e) = reconcile_once(&state).await {
+            tracing::error!(error = %e.message, "reconciler pass failed");
+        }
+    }
+}
+
+/// One pass: flush activity, then apply timers and reality to every sandbox.
+pub async fn reconcile_once(state: &AppState) -> Result<(), ApiError> {
+    let activity = state.activity.drain();
+    let now = OffsetDateTime::now_utc();
+    for id in all(state).await?.into_iter().map(|s| s.id) {
+        let _guard = state.locks.lock(&id).await;
+        let Some(mut s) = state.store.get(&id).await? else {
+            continue;
+        };
+        if let Some(t) = activity.get(&id)
+            && *t > s.last_activity_at
+        {
+            s.last_activity_at = *t;
+            state.store.update(&s).await?;
+        }
+        let last = state.activity.last(&s);
+        match s.state {
+            SandboxState::Started if !state.runtime.is_running(&s.id) => {
+                s.state = SandboxState::Error;
+                s.error_reason = Some("the sandbox's init process exited".into());
+                s.updated_at = now;
+                state.store.update(&s).await?;
+                tracing::warn!(sandbox = %s.id, "sandbox init exited; marked error");
+            }
+            SandboxState::Started
+                if s.auto_stop_interval > 0
+                    && now - last >= minutes(state, s.auto_stop_interval) =>
+            {
+                tracing::info!(sandbox = %s.id, "auto-stop after inactivity");
+                lifecycle::stop(state, &mut s).await?;
+            }
+            SandboxState::Stopped => {
+                let since = s.stopped_at.unwrap_or(s.updated_at);
+                let archive_after = if s.auto_archive_interval == 0 {
+                    MAX_AUTO_ARCHIVE_MINUTES
+                } else {
+                    s.auto_archive_interval
+                };
+                if s.auto_delete_interval >= 0
+                    && now - since >= minutes(state, s.auto_delete_interval)
+                {
+                    tracing::info!(sandbox = %s.id, "auto-delete after being stopped");
+                    lifecycle::delete(state, &mut s).await?;
+                } else if archive_after > 0 && now - since >= minutes(state, archive_after) {
+                    tracing::info!(sandbox = %s.id, "auto-archive after being stopped");
+                    lifecycle::archive(state, &mut s).await?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
