@@ -76,10 +76,16 @@ class Server:
         d = self.client()
         for sb in list(d.list()):
             d.delete(sb)
-        leftovers = (self.cgroups(), self.mounts(), self.child_processes(), self.sandbox_dirs())
+        leftovers = (self.cgroups(), self.mounts(), self.child_processes(), self.sandbox_dirs() + self.volumes())
         self.stop()
         self.remove_cgroup_parent()
+        # The disk pool is the server's, not a sandbox's: unmount it (its loop device is
+        # auto-cleared) so the test leaves the host as it found it.
+        subprocess.run(["umount", "-l", str(self.data_dir / "disk")], stderr=subprocess.DEVNULL)
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        if leftovers == ([], [], [], []):
+            self.log.close()
+            os.unlink(self.log.name)
         return leftovers
 
     def request(self, method, path, body=None, auth=True, headers=None, key=None):
@@ -112,8 +118,15 @@ class Server:
         return sorted(found)
 
     def mounts(self):
+        """Mounts under the data dir, except the server's own btrfs disk pool."""
+        pool = f" {self.data_dir}/disk "
         with open("/proc/mounts") as f:
-            return [l for l in f if str(self.data_dir) in l]
+            return [l for l in f if str(self.data_dir) in l and pool not in l]
+
+    def volumes(self):
+        """Per-sandbox btrfs volumes in the disk pool."""
+        d = self.data_dir / "disk"
+        return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
 
     def sandbox_inits(self):
         """Host pids of sandbox inits (pid 1 in their own namespace) in this server's cgroups."""

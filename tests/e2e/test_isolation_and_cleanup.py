@@ -39,12 +39,34 @@ def test_sandbox_sees_no_host_secrets_or_data(server, sandbox):
 
 
 def test_many_cycles_leave_nothing_behind(server, daytona):
-    before = (server.cgroups(), server.mounts(), server.child_processes(), server.sandbox_dirs())
+    before = (server.cgroups(), server.mounts(), server.child_processes(), server.sandbox_dirs(), server.volumes())
     for i in range(24):
         sb = daytona.create()
         assert sb.process.exec(f"echo {i}; sleep 333.{i} >/dev/null 2>&1 &").result == f"{i}\n"
         daytona.delete(sb)
-    after = (server.cgroups(), server.mounts(), server.child_processes(), server.sandbox_dirs())
+    after = (server.cgroups(), server.mounts(), server.child_processes(), server.sandbox_dirs(), server.volumes())
     assert after == before
     assert host_processes_with("sleep 333.") == []
     assert list((server.data_dir / "run").iterdir()) == []
+
+
+def test_disk_limit_gives_edquot_inside_and_the_host_is_untouched(server, daytona):
+    if not (server.data_dir / "disk").is_dir():
+        import os
+        if os.environ.get("CORRAL_E2E_STRICT"):
+            raise AssertionError("the btrfs disk pool is not set up (btrfs-progs missing?)")
+        import pytest
+        pytest.skip("no btrfs disk pool on this host")
+    # The SDK sends resources only with image-based creates; ask for 1 GiB directly.
+    status, body = server.request("POST", "/api/sandbox", {"disk": 1})
+    assert status == 200 and body["disk"] == 1
+    sb = daytona.get(body["id"])
+    try:
+        r = sb.process.exec("dd if=/dev/zero of=/home/daytona/fill bs=1M count=1300 2>&1; sync; echo rc=$?")
+        assert "Disk quota exceeded" in r.result or "No space left" in r.result, r.result
+        size = int(sb.process.exec("stat -c %s /home/daytona/fill").result)
+        assert (1 << 30) * 0.9 <= size <= (1 << 30) * 1.05, size
+        # The sandbox stays usable once space is freed.
+        assert sb.process.exec("rm /home/daytona/fill && echo ok > /tmp/x && cat /tmp/x").result == "ok\n"
+    finally:
+        daytona.delete(sb)

@@ -7,6 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -16,20 +17,26 @@ fn spawn_with_fds(listener: Option<RawFd>, config: Option<RawFd>) -> Command {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let plan = [(listener, 3), (config, 4)];
-    // SAFETY: only dup2/close, which are async-signal-safe, run between fork and exec.
+    // SAFETY: only fcntl/dup2/close, which are async-signal-safe, run between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            for (from, to) in plan {
-                match from {
-                    Some(fd) if libc::dup2(fd, to) < 0 => {
+            // Move the sources out of the way first: a source already numbered 3 or 4 would
+            // otherwise be clobbered, or dup2'ed onto itself and keep FD_CLOEXEC.
+            let mut moved = [-1; 2];
+            for (slot, from) in moved.iter_mut().zip([listener, config]) {
+                if let Some(fd) = from {
+                    *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
+                    if *slot < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    Some(_) => {}
-                    // EBADF (not open) is the state we want anyway.
-                    None => {
-                        libc::close(to);
-                    }
+                }
+            }
+            for (from, to) in moved.into_iter().zip([3, 4]) {
+                if from < 0 {
+                    // Not open (EBADF) is the state we want.
+                    libc::close(to);
+                } else if libc::dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
             }
             Ok(())
@@ -40,6 +47,9 @@ fn spawn_with_fds(listener: Option<RawFd>, config: Option<RawFd>) -> Command {
 
 fn post(socket: &std::path::Path, path: &str, body: &Value) -> Value {
     let mut stream = UnixStream::connect(socket).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
     let body = body.to_string();
     write!(
         stream,

@@ -5,6 +5,7 @@
 //! its own cgroup, with corral's agent as PID 1 serving the toolbox API on a unix socket
 //! that lives outside the sandbox. See `docs/ARCHITECTURE.md` for the full walkthrough.
 
+pub mod btrfs;
 pub mod caps;
 pub mod cgroup;
 pub mod host_image;
@@ -14,4 +15,4 @@ pub mod seccomp;
 mod spawn;
 pub mod users;
 
-pub use linux::{InitError, LinuxRuntime, LinuxRuntimeConfig};
+pub use linux::{DiskConfig, InitError, LinuxRuntime, LinuxRuntimeConfig, default_pool_bytes};

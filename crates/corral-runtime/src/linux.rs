@@ -51,6 +51,83 @@ const READ_ONLY: &[&str] = &[
     "proc/sysrq-trigger",
 ];
 
+/// Where sandboxes' writable layers live and how their size is limited.
+#[derive(Debug, Clone)]
+pub enum DiskConfig {
+    /// Plain directories under the data dir: no disk limit.
+    Plain,
+    /// One btrfs subvolume per sandbox with a quota-group limit, in a btrfs filesystem at
+    /// `<data>/disk` (a loop-mounted image `<data>/disk.img` of `pool_bytes` when the data
+    /// dir is not on btrfs).
+    Btrfs { pool_bytes: u64 },
+}
+
+/// A default size for the btrfs pool image: 90% of the space free on the data dir's
+/// filesystem now (the image is sparse; it only takes what sandboxes write), at least 1 GiB.
+pub fn default_pool_bytes(data_dir: &Path) -> u64 {
+    let free = nix::sys::statvfs::statvfs(data_dir)
+        .map(|v| v.blocks_available() * v.fragment_size())
+        .unwrap_or(0);
+    (free / 10 * 9).max(1 << 30)
+}
+
+/// The writable-layer store in use.
+#[derive(Debug, Clone)]
+enum Disk {
+    Plain(PathBuf),
+    Pool(crate::btrfs::Pool),
+}
+
+impl Disk {
+    /// The directory holding a sandbox's `upper/` and `work/` dirs.
+    fn layer_dir(&self, id: &str) -> PathBuf {
+        match self {
+            Disk::Plain(root) => root.join(id),
+            Disk::Pool(pool) => pool.volume_path(id),
+        }
+    }
+
+    /// Creates (or keeps) a sandbox's layer dir with its size limit.
+    fn create(&self, id: &str, limit: u64) -> Result<PathBuf, RuntimeError> {
+        match self {
+            Disk::Plain(root) => {
+                let d = root.join(id);
+                mkdirs(&d, 0o755).map_err(|e| RuntimeError::host("creating layer dir", e))?;
+                Ok(d)
+            }
+            Disk::Pool(pool) => pool
+                .create_volume(id, Some(limit))
+                .map_err(|e| RuntimeError::host("creating disk volume", e)),
+        }
+    }
+
+    fn set_limit(&self, id: &str, limit: u64) -> Result<(), RuntimeError> {
+        match self {
+            Disk::Pool(pool) if pool.volume_path(id).exists() => pool
+                .set_limit(id, Some(limit))
+                .map_err(|e| RuntimeError::host("changing disk limit", e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        match self {
+            Disk::Plain(root) => remove_dir_if_exists(&root.join(id))
+                .map_err(|e| RuntimeError::host("removing layer dir", e)),
+            Disk::Pool(pool) => pool
+                .delete_volume(id)
+                .map_err(|e| RuntimeError::host("removing disk volume", e)),
+        }
+    }
+
+    fn list(&self) -> Vec<String> {
+        match self {
+            Disk::Plain(_) => Vec::new(),
+            Disk::Pool(pool) => pool.list(),
+        }
+    }
+}
+
 /// Settings of the Linux runtime.
 #[derive(Debug, Clone)]
 pub struct LinuxRuntimeConfig {
@@ -66,6 +143,8 @@ pub struct LinuxRuntimeConfig {
     pub cgroup_parent: String,
     /// Maximum number of processes per sandbox.
     pub pids_limit: u64,
+    /// Where writable layers live.
+    pub disk: DiskConfig,
 }
 
 /// Errors starting the runtime.
@@ -105,6 +184,7 @@ pub struct LinuxRuntime {
     dropped_caps: Vec<u32>,
     /// `MASKED` paths that exist on this kernel, and whether each is a directory.
     masked: Vec<(&'static str, bool)>,
+    disk: Disk,
 }
 
 impl std::fmt::Debug for LinuxRuntime {
@@ -169,6 +249,19 @@ impl LinuxRuntime {
         let image = host_image::build(&cfg.data_dir.join("images"), &cfg.host_root)?;
         let cgroups = Cgroups::detect(&cfg.cgroup_root, &cfg.cgroup_parent)?;
         cgroups.init()?;
+        let disk = match cfg.disk {
+            DiskConfig::Plain => Disk::Plain(cfg.data_dir.join("sandboxes")),
+            DiskConfig::Btrfs { pool_bytes } => Disk::Pool(
+                crate::btrfs::Pool::open(
+                    &cfg.data_dir.join("disk"),
+                    &cfg.data_dir.join("disk.img"),
+                    pool_bytes,
+                )
+                .map_err(|e| {
+                    InitError::Unsupported(format!("setting up the btrfs disk pool: {e}"))
+                })?,
+            ),
+        };
         let spawner = Spawner::start().map_err(io("starting spawner thread", Path::new("-")))?;
         let seccomp =
             crate::seccomp::compile().map_err(|e| InitError::Unsupported(e.to_string()))?;
@@ -189,6 +282,7 @@ impl LinuxRuntime {
             seccomp,
             dropped_caps: crate::caps::to_drop(),
             masked,
+            disk,
         })
     }
 
@@ -222,16 +316,16 @@ impl LinuxRuntime {
         let host = |c: &'static str| move |e: io::Error| RuntimeError::host(c, e);
         let sb = self.sandbox_dir(&spec.id);
         let mnt = sb.join("mnt");
-        let layers: Vec<&str> = std::iter::once("root")
-            .chain(self.image.dirs.iter().map(|d| d.name.as_str()))
-            .collect();
-        for l in &layers {
-            mkdirs(&sb.join("upper").join(l), 0o755).map_err(host("creating upper dir"))?;
-            mkdirs(&sb.join("work").join(l), 0o700).map_err(host("creating work dir"))?;
+        let layer = self
+            .disk
+            .create(&spec.id, u64::from(spec.resources.disk_gib) << 30)?;
+        for l in self.layer_names() {
+            mkdirs(&layer.join("upper").join(&l), 0o755).map_err(host("creating upper dir"))?;
+            mkdirs(&layer.join("work").join(&l), 0o700).map_err(host("creating work dir"))?;
         }
         mkdirs(&mnt, 0o700).map_err(host("creating mount point"))?;
         if self.image.dirs.iter().any(|d| d.name == "etc") {
-            let etc = sb.join("upper/etc");
+            let etc = layer.join("upper/etc");
             fs::write(etc.join("hostname"), format!("{}\n", spec.id))
                 .map_err(host("writing /etc/hostname"))?;
             fs::write(
@@ -294,7 +388,7 @@ impl LinuxRuntime {
             .map_err(host("binding agent socket"))?
             .into();
 
-        let steps = self.mount_steps(&spec.id, &sb, &mnt)?;
+        let steps = self.mount_steps(&spec.id, &layer, &mnt)?;
         let cgroups = self.cgroups.clone();
         let id = spec.id.clone();
         Ok(Plan {
@@ -311,8 +405,15 @@ impl LinuxRuntime {
         })
     }
 
-    fn mount_steps(&self, id: &str, sb: &Path, mnt: &Path) -> Result<Vec<Step>, RuntimeError> {
-        let overlay = |target: &Path, lowers: &str, layer: &str| -> Result<Step, RuntimeError> {
+    /// Names of a sandbox's overlay layers: its root and each overlaid host directory.
+    fn layer_names(&self) -> Vec<String> {
+        std::iter::once("root".to_string())
+            .chain(self.image.dirs.iter().map(|d| d.name.clone()))
+            .collect()
+    }
+
+    fn mount_steps(&self, id: &str, layer: &Path, mnt: &Path) -> Result<Vec<Step>, RuntimeError> {
+        let overlay = |target: &Path, lowers: &str, name: &str| -> Result<Step, RuntimeError> {
             Ok(Step::Mount {
                 source: Some(cstr("overlay")?),
                 target: cpath(target)?,
@@ -320,8 +421,8 @@ impl LinuxRuntime {
                 flags: 0,
                 data: Some(cstr(format!(
                     "lowerdir={lowers},upperdir={},workdir={}",
-                    sb.join("upper").join(layer).display(),
-                    sb.join("work").join(layer).display()
+                    layer.join("upper").join(name).display(),
+                    layer.join("work").join(name).display()
                 ))?),
             })
         };
@@ -537,14 +638,16 @@ impl LinuxRuntime {
     }
 
     /// Restores an archived sandbox's files, if it is archived.
-    async fn restore_if_archived(&self, id: &str) -> Result<(), RuntimeError> {
-        let archive = self.archive_path(id);
-        let dir = self.sandbox_dir(id);
+    async fn restore_if_archived(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        let archive = self.archive_path(&spec.id);
         if !archive.exists() {
             return Ok(());
         }
+        let disk = self.disk.clone();
+        let id = spec.id.clone();
+        let limit = u64::from(spec.resources.disk_gib) << 30;
         tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
-            let upper = dir.join("upper");
+            let upper = disk.create(&id, limit)?.join("upper");
             if upper.exists() {
                 fs::remove_dir_all(&upper)
                     .map_err(|e| RuntimeError::host("clearing a partial restore", e))?;
@@ -686,7 +789,7 @@ impl Runtime for LinuxRuntime {
         if self.is_running(&spec.id) {
             return Ok(());
         }
-        self.restore_if_archived(&spec.id).await?;
+        self.restore_if_archived(spec).await?;
         let limits = Limits::from_resources(&spec.resources, self.cfg.pids_limit);
         self.cgroups
             .create(&spec.id, &limits)
@@ -720,7 +823,10 @@ impl Runtime for LinuxRuntime {
         self.kill(id).await?;
         let dir = self.sandbox_dir(id);
         let archive = self.archive_path(id);
+        let disk = self.disk.clone();
+        let id = id.to_owned();
         tokio::task::spawn_blocking(move || {
+            disk.remove(&id)?;
             remove_dir_if_exists(&dir)
                 .map_err(|e| RuntimeError::host("removing sandbox dir", e))?;
             remove_file_if_exists(&archive).map_err(|e| RuntimeError::host("removing archive", e))
@@ -735,11 +841,12 @@ impl Runtime for LinuxRuntime {
                 "sandbox {id} must be stopped before it is archived"
             )));
         }
-        let dir = self.sandbox_dir(id);
+        let dir = self.disk.layer_dir(id);
+        let sandbox_dir = self.sandbox_dir(id);
         let archive = self.archive_path(id);
-        let layers: Vec<String> = std::iter::once("root".to_string())
-            .chain(self.image.dirs.iter().map(|d| d.name.clone()))
-            .collect();
+        let layers = self.layer_names();
+        let disk = self.disk.clone();
+        let id = id.to_owned();
         tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
             if !dir.exists() {
                 return if archive.exists() {
@@ -760,7 +867,8 @@ impl Runtime for LinuxRuntime {
             crate::layer::pack(&refs, &tmp)
                 .map_err(|e| RuntimeError::host("packing sandbox files", e))?;
             fs::rename(&tmp, &archive).map_err(|e| RuntimeError::host("installing archive", e))?;
-            remove_dir_if_exists(&dir)
+            disk.remove(&id)?;
+            remove_dir_if_exists(&sandbox_dir)
                 .map_err(|e| RuntimeError::host("freeing archived sandbox", e))
         })
         .await
@@ -768,6 +876,8 @@ impl Runtime for LinuxRuntime {
     }
 
     async fn resize(&self, id: &str, resources: &Resources) -> Result<(), RuntimeError> {
+        self.disk
+            .set_limit(id, u64::from(resources.disk_gib) << 30)?;
         if self.is_running(id) {
             let limits = Limits::from_resources(resources, self.cfg.pids_limit);
             self.cgroups
@@ -799,7 +909,12 @@ impl Runtime for LinuxRuntime {
     }
 
     fn traces(&self) -> Vec<String> {
-        let mut ids: std::collections::BTreeSet<String> = self.cgroups.list().into_iter().collect();
+        let mut ids: std::collections::BTreeSet<String> = self
+            .cgroups
+            .list()
+            .into_iter()
+            .chain(self.disk.list())
+            .collect();
         for dir in ["sandboxes", "archives"] {
             if let Ok(entries) = fs::read_dir(self.cfg.data_dir.join(dir)) {
                 for e in entries.flatten() {

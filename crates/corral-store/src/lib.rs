@@ -248,6 +248,7 @@ mod tests {
             created_at: now,
             updated_at: now,
             last_activity_at: now,
+            stopped_at: None,
         }
     }
 

@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use corral_api::{ApiConfig, AppState, Keys, hash_key};
 use corral_core::ApiKeyStore;
-use corral_runtime::{LinuxRuntime, LinuxRuntimeConfig};
+use corral_runtime::{DiskConfig, LinuxRuntime, LinuxRuntimeConfig};
 use corral_store::SqliteStore;
 
 #[derive(Debug, Parser)]
@@ -32,6 +32,16 @@ enum Command {
     Serve(ServeArgs),
     /// Start a server and measure create, exec and delete latencies over HTTP.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DiskQuota {
+    /// btrfs when it can be set up, else no disk limits (with a warning).
+    Auto,
+    /// btrfs, or refuse to start.
+    Btrfs,
+    /// No disk limits.
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -77,6 +87,12 @@ struct ServeArgs {
         hide = true
     )]
     lifecycle_minute_ms: u64,
+    /// Per-sandbox disk limits: a btrfs subvolume with a quota per sandbox.
+    #[arg(long, env = "CORRAL_DISK_QUOTA", value_enum, default_value = "auto")]
+    disk_quota: DiskQuota,
+    /// Size of the btrfs pool image in GiB (default: 90% of the free space, sparse).
+    #[arg(long, env = "CORRAL_DISK_POOL_GIB")]
+    disk_pool_gib: Option<u64>,
     /// Use this agent binary instead of the embedded one (must be static).
     #[arg(long, env = "CORRAL_AGENT_BINARY")]
     agent_binary: Option<PathBuf>,
@@ -152,14 +168,37 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(p) => p,
         None => agent_binary::install(&data_dir)?,
     };
-    let runtime = LinuxRuntime::new(LinuxRuntimeConfig {
+    let pool_bytes = args
+        .disk_pool_gib
+        .map(|g| g << 30)
+        .unwrap_or_else(|| corral_runtime::default_pool_bytes(&data_dir));
+    let mut runtime_cfg = LinuxRuntimeConfig {
         data_dir: data_dir.clone(),
         agent_binary,
         host_root: PathBuf::from("/"),
         cgroup_root: args.cgroup_root,
         cgroup_parent: args.cgroup_parent,
         pids_limit: args.pids_limit,
-    })
+        disk: match args.disk_quota {
+            DiskQuota::Off => DiskConfig::Plain,
+            DiskQuota::Auto | DiskQuota::Btrfs => DiskConfig::Btrfs { pool_bytes },
+        },
+    };
+    let runtime = match LinuxRuntime::new(runtime_cfg.clone()) {
+        Err(e)
+            if args.disk_quota == DiskQuota::Auto
+                && matches!(runtime_cfg.disk, DiskConfig::Btrfs { .. }) =>
+        {
+            tracing::warn!(
+                error = %e,
+                "per-sandbox disk limits are OFF: the btrfs disk pool could not be set up \
+                 (install btrfs-progs, or pass --disk-quota off to silence this)"
+            );
+            runtime_cfg.disk = DiskConfig::Plain;
+            LinuxRuntime::new(runtime_cfg)
+        }
+        other => other,
+    }
     .context("starting the Linux runtime")?;
     let runtime: Arc<dyn corral_core::Runtime> = Arc::new(runtime);
 

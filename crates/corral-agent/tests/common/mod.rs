@@ -94,6 +94,9 @@ impl Agent {
     /// Writes a request and returns the open connection without reading the answer.
     pub fn send(&self, method: &str, path: &str, body: Option<&str>) -> UnixStream {
         let mut stream = UnixStream::connect(&self.socket).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
         let body = body.unwrap_or("");
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\
