@@ -110,3 +110,41 @@ def test_setuid_binaries_grant_nothing(sandbox):
     r = sandbox.process.exec("su -c id root </dev/null 2>&1; passwd -S root 2>&1; id -u")
     assert r.result.strip().endswith("1000")
     assert "uid=0" not in r.result
+
+
+@pytest.fixture(scope="module", params=["root", "daytona"])
+def any_user_sb(request, daytona):
+    sb = daytona.create(CreateSandboxFromSnapshotParams(os_user=request.param))
+    yield sb
+    daytona.delete(sb)
+
+
+ATTEMPTS = {
+    "read host secrets": "cat /etc/shadow /etc/gshadow",
+    "read kernel log": "head -c 100 /dev/kmsg",
+    "read kernel memory": "head -c 100 /dev/mem || head -c 100 /proc/kcore",
+    "create a device node": "mknod /tmp/sda b 8 0",
+    "mount proc again": "mkdir -p /tmp/p && mount -t proc proc /tmp/p",
+    "unshare a user namespace": "unshare -U true",
+    "unshare a mount namespace": "unshare -m true",
+    "raw socket": "python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)'",
+    "add a network link": "ip link add dummy0 type dummy",
+    "change the clock": "date -s '2001-01-01'",
+    "write a kernel knob": "echo 1 > /proc/sys/net/ipv4/ip_forward",
+    "write sysfs": "echo 1 > /sys/kernel/profiling",
+    "load a module": "python3 -c 'import ctypes; l=ctypes.CDLL(None, use_errno=True); assert l.syscall(313, 0, 0, 0) == 0'",
+    "ptrace PID 1": "python3 -c 'import ctypes; l=ctypes.CDLL(None, use_errno=True); assert l.syscall(101, 16, 1, 0, 0) == 0'",
+    "reach the server data dir": "ls /tmp/corral-e2e-* /work /root/.cargo",
+    "raise the file limit": "ulimit -n 10000000",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ATTEMPTS))
+def test_escape_attempt_fails(any_user_sb, name):
+    r = any_user_sb.process.exec(f"{ATTEMPTS[name]} >/dev/null 2>&1; echo rc=$?")
+    assert r.result.strip() != "rc=0", f"{name} succeeded as {any_user_sb.user}"
+
+
+def test_sees_only_its_own_processes(any_user_sb):
+    r = any_user_sb.process.exec("ls /proc | grep -c '^[0-9]'")
+    assert int(r.result) <= 4, r.result

@@ -64,6 +64,8 @@ pub fn spawn(reaper: &Reaper, creds: Credentials, spec: &ProcessSpec) -> io::Res
         .stdout(writer.try_clone()?)
         .stderr(writer)
         .process_group(0);
+    // SAFETY: `raise_oom_score` makes only open/write/close calls on static data.
+    unsafe { cmd.pre_exec(raise_oom_score) };
     if let Some(switch) = IdSwitch::plan(creds) {
         // SAFETY: the closure only makes the async-signal-safe calls setgroups/setgid/setuid and
         // reads errno; it allocates nothing and touches no lock.
@@ -89,6 +91,24 @@ pub fn spawn(reaper: &Reaper, creds: Credentials, spec: &ProcessSpec) -> io::Res
         stdin,
         exit,
     })
+}
+
+/// Children start at `oom_score_adj` +500 so the OOM killer picks them before the agent (which
+/// the runtime sets to -1000 where the host allows it). Raising the value needs no privilege.
+/// Best effort; async-signal-safe.
+fn raise_oom_score() -> io::Result<()> {
+    // SAFETY: a static NUL-terminated path and a static one-byte buffer.
+    unsafe {
+        let fd = libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if fd >= 0 {
+            libc::write(fd, b"500".as_ptr().cast(), 3);
+            libc::close(fd);
+        }
+    }
+    Ok(())
 }
 
 /// SIGKILLs a process group on drop (request cancelled, timeout) unless disarmed after exit.

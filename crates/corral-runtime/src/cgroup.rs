@@ -150,10 +150,22 @@ impl Cgroups {
         match &self.hierarchy {
             Hierarchy::V1 { root } => {
                 let g = |c: &str| root.join(c).join(&self.parent).join(id);
-                write(
-                    &g("memory").join("memory.limit_in_bytes"),
-                    &l.memory_bytes.to_string(),
-                )?;
+                // With swap accounting, memory+swap gets the same cap (no swapping past the
+                // limit). The two limits must stay ordered (memsw >= mem) at every step, so
+                // try both orders.
+                let mem = g("memory");
+                let bytes = l.memory_bytes.to_string();
+                let memsw = mem.join("memory.memsw.limit_in_bytes");
+                if memsw.exists() {
+                    if write(&memsw, &bytes).is_ok() {
+                        write(&mem.join("memory.limit_in_bytes"), &bytes)?;
+                    } else {
+                        write(&mem.join("memory.limit_in_bytes"), &bytes)?;
+                        write(&memsw, &bytes)?;
+                    }
+                } else {
+                    write(&mem.join("memory.limit_in_bytes"), &bytes)?;
+                }
                 write(
                     &g("cpu").join("cpu.cfs_period_us"),
                     &CPU_PERIOD_US.to_string(),
@@ -167,6 +179,9 @@ impl Cgroups {
             Hierarchy::V2 { root } => {
                 let g = root.join(&self.parent).join(id);
                 write(&g.join("memory.max"), &l.memory_bytes.to_string())?;
+                if g.join("memory.swap.max").exists() {
+                    write(&g.join("memory.swap.max"), "0")?;
+                }
                 write(
                     &g.join("cpu.max"),
                     &format!("{} {CPU_PERIOD_US}", l.cpu_quota_us),

@@ -581,6 +581,13 @@ impl LinuxRuntime {
         steps.push(Step::Umask { mask: 0o022 });
         // Hardening, last: loopback up needs CAP_NET_ADMIN, which is then dropped for good.
         steps.push(Step::LoopbackUp);
+        // The OOM killer must pick a sandbox's hungry process, never its agent. -1000 needs
+        // CAP_SYS_RESOURCE, which some hosts (containers) do not grant even to root, so it is
+        // best effort; the agent also starts its children at +500, which needs no privilege.
+        steps.push(Step::BestEffort(Box::new(Step::WriteFile {
+            path: cstr("/proc/self/oom_score_adj")?,
+            data: b"-1000".to_vec(),
+        })));
         steps.push(Step::DropCaps {
             caps: self.dropped_caps.clone(),
         });

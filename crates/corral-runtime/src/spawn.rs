@@ -57,6 +57,11 @@ pub enum Step {
     },
     /// Brings the loopback interface of the new net namespace up.
     LoopbackUp,
+    /// Writes `data` to an existing file (e.g. a /proc knob).
+    WriteFile {
+        path: CString,
+        data: Vec<u8>,
+    },
     /// Drops these capabilities from the bounding set and clears the ambient set.
     DropCaps {
         caps: Vec<u32>,
@@ -69,6 +74,8 @@ pub enum Step {
     },
     /// Runs the inner step; a missing path (ENOENT) is not an error.
     Optional(Box<Step>),
+    /// Runs the inner step and ignores any failure.
+    BestEffort(Box<Step>),
 }
 
 impl Step {
@@ -91,10 +98,11 @@ impl Step {
             Step::PivotRoot { root } => format!("pivot_root into {}", s(root)),
             Step::Umask { .. } => "umask".into(),
             Step::LoopbackUp => "bringing up lo".into(),
+            Step::WriteFile { path, .. } => format!("writing {}", s(path)),
             Step::DropCaps { .. } => "dropping capabilities".into(),
             Step::NoNewPrivs => "setting no_new_privs".into(),
             Step::Seccomp { .. } => "loading the seccomp filter".into(),
-            Step::Optional(inner) => inner.describe(),
+            Step::Optional(inner) | Step::BestEffort(inner) => inner.describe(),
         }
     }
 }
@@ -487,6 +495,15 @@ unsafe fn run_step(step: &Step) -> libc::c_int {
                 0
             }
             Step::LoopbackUp => loopback_up(),
+            Step::WriteFile { path, data } => {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return -1;
+                }
+                let n = libc::write(fd, data.as_ptr().cast(), data.len());
+                libc::close(fd);
+                if n == data.len() as isize { 0 } else { -1 }
+            }
             Step::DropCaps { caps } => {
                 for cap in caps {
                     if libc::prctl(libc::PR_CAPBSET_DROP, *cap as libc::c_ulong, 0, 0, 0) != 0 {
@@ -515,6 +532,10 @@ unsafe fn run_step(step: &Step) -> libc::c_int {
                     0,
                     0,
                 )
+            }
+            Step::BestEffort(inner) => {
+                run_step(inner);
+                0
             }
             Step::Optional(inner) => {
                 let r = run_step(inner);
