@@ -233,3 +233,27 @@ def test_sigterm_exits_0_and_leaves_sandboxes_running():
         assert s.client().get(sb.id).process.exec("echo back").result == "back\n"
     finally:
         assert s.finish() == ([], [], [], [])
+
+
+def test_sigterm_finishes_in_flight_requests():
+    import threading
+
+    s = Server()
+    s.start()
+    try:
+        sb = s.client().create()
+        out = {}
+
+        def slow_exec():
+            out["r"] = sb.process.exec("sleep 1.5; echo done")
+
+        t = threading.Thread(target=slow_exec)
+        t.start()
+        time.sleep(0.5)
+        s.proc.send_signal(signal.SIGTERM)
+        t.join(timeout=10)
+        assert out["r"].result == "done\n"
+        assert s.proc.wait(timeout=10) == 0
+        s.start()
+    finally:
+        assert s.finish() == ([], [], [], [])
