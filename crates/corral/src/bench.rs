@@ -30,6 +30,27 @@ pub struct BenchArgs {
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// The bench server's own cgroup parent, removed afterwards.
+const CGROUP_PARENT: &str = "corral-bench";
+
+/// Removes what the bench server owns beyond its sandboxes: the disk pool mount (its loop
+/// device is auto-cleared), its cgroup parents, and the data dir.
+fn cleanup_server_traces(data_dir: &std::path::Path) {
+    let pool = data_dir.join("disk");
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&pool)
+        .status();
+    for ctrl in ["memory", "cpu", "pids", ""] {
+        let _ = std::fs::remove_dir(
+            std::path::Path::new("/sys/fs/cgroup")
+                .join(ctrl)
+                .join(CGROUP_PARENT),
+        );
+    }
+    let _ = std::fs::remove_dir_all(data_dir);
+}
+
 struct Api {
     client: HttpClient,
     base: String,
@@ -70,11 +91,19 @@ fn ms(d: Duration) -> String {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
-    let _ = std::fs::remove_dir_all(&args.data_dir);
+    cleanup_server_traces(&args.data_dir);
     let key = "bench-key";
     let listen = format!("127.0.0.1:{}", args.port);
     let mut server = tokio::process::Command::new(exe)
-        .args(["serve", "--listen", &listen, "--log-format", "text"])
+        .args([
+            "serve",
+            "--listen",
+            &listen,
+            "--log-format",
+            "text",
+            "--cgroup-parent",
+            CGROUP_PARENT,
+        ])
         .arg("--data-dir")
         .arg(&args.data_dir)
         .env("CORRAL_API_KEY", key)
@@ -142,8 +171,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             delete.push(d);
         }
     }
-    let _ = server.kill().await;
-    let _ = std::fs::remove_dir_all(&args.data_dir);
+    // Every sandbox is deleted; stop the server and take down what it owns itself.
+    if let Some(pid) = server.id() {
+        // SIGTERM for a graceful stop, as a user would.
+        let _ = std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status();
+    }
+    let _ = server.wait().await;
+    cleanup_server_traces(&args.data_dir);
 
     use std::io::Write;
     let mut out = std::io::stdout().lock();
