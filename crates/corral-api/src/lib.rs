@@ -1,6 +1,7 @@
 //! corral's HTTP edge: the Daytona main API under `/api`, the toolbox reverse proxy under
 //! `/toolbox`, health, readiness and metrics. Handlers talk to the core's ports only.
 
+pub mod agent_client;
 pub mod auth;
 pub mod error;
 pub mod extract;

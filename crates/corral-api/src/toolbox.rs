@@ -53,6 +53,24 @@ fn bad_gateway(what: &str) -> ApiError {
     .with_code("BAD_GATEWAY")
 }
 
+/// Resolves the sandbox a toolbox request is for. A running sandbox addressed by id is
+/// answered from the runtime's memory (no database read on the exec path); anything else
+/// goes through the store for a precise error.
+async fn resolve(state: &AppState, id_or_name: &str) -> Result<String, ApiError> {
+    if state.runtime.is_running(id_or_name) {
+        return Ok(id_or_name.to_owned());
+    }
+    let sandbox = find(state, id_or_name).await?;
+    if sandbox.state != SandboxState::Started || !state.runtime.is_running(&sandbox.id) {
+        return Err(ApiError::conflict(format!(
+            "sandbox {} is {}, not started",
+            sandbox.id, sandbox.state
+        ))
+        .with_code("SANDBOX_NOT_STARTED"));
+    }
+    Ok(sandbox.id)
+}
+
 /// Proxies one request to the agent of sandbox `id`.
 pub async fn proxy(
     State(state): State<AppState>,
@@ -60,16 +78,51 @@ pub async fn proxy(
     mut req: Request,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let sandbox = find(&state, &id).await?;
-    if sandbox.state != SandboxState::Started {
-        return Err(ApiError::conflict(format!(
-            "sandbox {} is {}, not started",
-            sandbox.id, sandbox.state
-        ))
-        .with_code("SANDBOX_NOT_STARTED"));
-    }
-    state.activity.touch(&sandbox.id);
-    let stream = UnixStream::connect(state.runtime.agent_socket(&sandbox.id))
+    let id = resolve(&state, &id).await?;
+    state.activity.touch(&id);
+
+    let upgrade = req.headers().get(header::UPGRADE).cloned();
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(header::HOST, HeaderValue::from_static("agent"));
+    parts.version = axum::http::Version::HTTP_11;
+
+    let Some(u) = upgrade else {
+        // Plain requests share pooled keep-alive connections to the agent.
+        parts.uri = format!("http://{id}/{path}{query}")
+            .parse()
+            .map_err(|_| ApiError::bad_request("invalid toolbox path"))?;
+        let resp = state
+            .agents
+            .request(Request::from_parts(parts, body))
+            .await
+            .map_err(|e| bad_gateway(&e.to_string()))?;
+        if path == "process/execute" {
+            metrics::histogram!("corral_sandbox_exec_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        return Ok(Response::from_parts(parts, Body::new(body)));
+    };
+
+    // Upgrades (WebSockets) get a connection of their own, spliced after the 101.
+    parts.uri = format!("/{path}{query}")
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid toolbox path"))?;
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts.headers.insert(header::UPGRADE, u);
+    let stream = UnixStream::connect(state.runtime.agent_socket(&id))
         .await
         .map_err(|e| bad_gateway(&e.to_string()))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
@@ -80,72 +133,41 @@ pub async fn proxy(
             tracing::debug!(error = %e, "agent connection ended with an error");
         }
     });
-
-    let upgrade = req.headers().get(header::UPGRADE).cloned();
-    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    let query = parts
-        .uri
-        .query()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
-    let uri = format!("/{path}{query}");
-    parts.uri = uri
-        .parse()
-        .map_err(|_| ApiError::bad_request("invalid toolbox path"))?;
+    let mut resp = sender
+        .send_request(Request::from_parts(parts, body))
+        .await
+        .map_err(|e| bad_gateway(&e.to_string()))?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        return Ok(Response::from_parts(parts, Body::new(body)));
+    }
+    let Some(client_upgrade) = client_upgrade else {
+        return Err(bad_gateway("the agent switched protocols unasked"));
+    };
+    let agent_upgrade = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        match tokio::try_join!(client_upgrade, agent_upgrade) {
+            Ok((client, agent)) => {
+                let mut client = TokioIo::new(client);
+                let mut agent = TokioIo::new(agent);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut agent).await {
+                    tracing::debug!(error = %e, "upgraded toolbox connection ended");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "toolbox upgrade failed"),
+        }
+    });
+    let (mut parts, _) = resp.into_parts();
+    let up = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
     parts
         .headers
-        .insert(header::HOST, HeaderValue::from_static("agent"));
-    if let Some(u) = &upgrade {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, u.clone());
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(up) = up {
+        parts.headers.insert(header::UPGRADE, up);
     }
-    parts.version = axum::http::Version::HTTP_11;
-    let upstream = Request::from_parts(parts, body);
-
-    let mut resp = sender
-        .send_request(upstream)
-        .await
-        .map_err(|e| bad_gateway(&e.to_string()))?;
-    if path == "process/execute" {
-        metrics::histogram!("corral_sandbox_exec_seconds").record(started.elapsed().as_secs_f64());
-    }
-
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_upgrade) = client_upgrade else {
-            return Err(bad_gateway("the agent switched protocols unasked"));
-        };
-        let agent_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            match tokio::try_join!(client_upgrade, agent_upgrade) {
-                Ok((client, agent)) => {
-                    let mut client = TokioIo::new(client);
-                    let mut agent = TokioIo::new(agent);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut agent).await {
-                        tracing::debug!(error = %e, "upgraded toolbox connection ended");
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "toolbox upgrade failed"),
-            }
-        });
-        let (mut parts, _) = resp.into_parts();
-        let up = parts.headers.get(header::UPGRADE).cloned();
-        strip_hop_by_hop(&mut parts.headers);
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        if let Some(up) = up {
-            parts.headers.insert(header::UPGRADE, up);
-        }
-        return Ok(Response::from_parts(parts, Body::empty()));
-    }
-
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, Body::new(body)))
+    Ok(Response::from_parts(parts, Body::empty()))
 }
 
 #[cfg(test)]

@@ -218,6 +218,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }),
         metrics,
         locks: Default::default(),
+        agents: corral_api::agent_client::client(runtime.clone()),
         activity: Default::default(),
     };
     corral_api::reconciler::on_start(&state)
