@@ -35,7 +35,9 @@ class Server:
         self.port = free_port()
         self.key = "e2e_" + secrets.token_hex(16)
         self.cgroup_parent = "corral-e2e-" + secrets.token_hex(4)
-        self.extra_env = env or {}
+        # The warm pool is off unless a test asks for it: leak checks compare the host
+        # before and after, and a pool refilling in the background would blur them.
+        self.extra_env = {"CORRAL_POOL_SIZE": "0", **(env or {})}
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "wb")
         self.proc = None
@@ -76,8 +78,12 @@ class Server:
         d = self.client()
         for sb in list(d.list()):
             d.delete(sb)
-        leftovers = (self.cgroups(), self.mounts(), self.child_processes(), self.sandbox_dirs() + self.volumes())
+        kids = self.child_processes()
+        # A graceful stop also destroys unclaimed warm-pool sandboxes; measure after it.
         self.stop()
+        pool_size = int(self.extra_env.get("CORRAL_POOL_SIZE", "0"))
+        leftovers = (self.cgroups(), self.mounts(), kids if pool_size == 0 else self.sandbox_inits(),
+                     self.sandbox_dirs() + self.volumes())
         self.remove_cgroup_parent()
         # The disk pool is the server's, not a sandbox's: unmount it (its loop device is
         # auto-cleared) so the test leaves the host as it found it.

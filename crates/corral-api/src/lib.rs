@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod lifecycle;
 pub mod metrics;
+pub mod pool;
 pub mod reconciler;
 pub mod sandboxes;
 pub mod state;

@@ -19,7 +19,7 @@ use crate::wire::{CreateSandbox, ListResponse, SandboxDto, UrlResponse};
 
 /// The image sandboxes get when the request names none.
 pub const DEFAULT_SNAPSHOT: &str = "host";
-const DEFAULT_USER: &str = "daytona";
+pub(crate) const DEFAULT_USER: &str = "daytona";
 const DEFAULT_AUTO_STOP: i64 = 15;
 const DEFAULT_AUTO_ARCHIVE: i64 = 10080;
 const DEFAULT_AUTO_DELETE: i64 = -1;
@@ -163,6 +163,41 @@ fn dto(state: &AppState, headers: &HeaderMap, s: &Sandbox, with_env: bool) -> Sa
     d
 }
 
+/// Gives the new sandbox a running pooled sandbox when its shape matches the pool's.
+async fn claim_pooled(
+    state: &AppState,
+    sandbox: &mut Sandbox,
+) -> Result<Option<Sandbox>, ApiError> {
+    let shape = crate::pool::pooled_spec(String::new());
+    let matches = sandbox.snapshot == shape.image
+        && sandbox.user == shape.user
+        && sandbox.env.is_empty()
+        && sandbox.resources == shape.resources;
+    if !matches {
+        return Ok(None);
+    }
+    while let Some(id) = state.pool.take() {
+        if !state.runtime.is_running(&id) {
+            state.runtime.destroy(&id).await?;
+            continue;
+        }
+        let fresh_name = sandbox.name == sandbox.id;
+        sandbox.id = id;
+        if fresh_name {
+            sandbox.name = sandbox.id.clone();
+        }
+        sandbox.state = SandboxState::Started;
+        if let Err(e) = state.store.insert(sandbox).await {
+            // E.g. a taken name: the pooled sandbox has no owner now; remove it.
+            state.runtime.destroy(&sandbox.id).await?;
+            return Err(e.into());
+        }
+        tracing::info!(sandbox = %sandbox.id, name = %sandbox.name, "sandbox created from the warm pool");
+        return Ok(Some(sandbox.clone()));
+    }
+    Ok(None)
+}
+
 /// `POST /api/sandbox`: records the sandbox, starts it, answers `started`.
 pub async fn create(
     State(state): State<AppState>,
@@ -171,6 +206,13 @@ pub async fn create(
 ) -> Result<Json<SandboxDto>, ApiError> {
     let started = Instant::now();
     let mut sandbox = new_sandbox(&state, req)?;
+    if let Some(claimed) = claim_pooled(&state, &mut sandbox).await? {
+        metrics::histogram!("corral_sandbox_create_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("corral_sandbox_create_total", "path" => "pool").increment(1);
+        return Ok(Json(dto(&state, &headers, &claimed, true)));
+    }
+    metrics::counter!("corral_sandbox_create_total", "path" => "cold").increment(1);
     let _guard = state.locks.lock(&sandbox.id).await;
     // Recorded first: the store is the source of truth, so a crash during start leaves a
     // record to reconcile rather than an orphan.

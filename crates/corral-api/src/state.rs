@@ -29,6 +29,8 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     pub metrics: PrometheusHandle,
     pub locks: Arc<crate::lifecycle::Locks>,
+    /// Sandboxes started ahead of demand.
+    pub pool: Arc<crate::pool::WarmPool>,
     /// Pooled connections to sandbox agents.
     pub agents: crate::agent_client::AgentClient,
     pub activity: Arc<crate::lifecycle::Activity>,

@@ -93,6 +93,9 @@ struct ServeArgs {
     /// Size of the btrfs pool image in GiB (default: 90% of the free space, sparse).
     #[arg(long, env = "CORRAL_DISK_POOL_GIB")]
     disk_pool_gib: Option<u64>,
+    /// Sandboxes kept started ahead of demand (default shape only); 0 disables the pool.
+    #[arg(long, env = "CORRAL_POOL_SIZE", default_value_t = 4)]
+    pool_size: usize,
     /// Use this agent binary instead of the embedded one (must be static).
     #[arg(long, env = "CORRAL_AGENT_BINARY")]
     agent_binary: Option<PathBuf>,
@@ -218,6 +221,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }),
         metrics,
         locks: Default::default(),
+        pool: Arc::new(corral_api::pool::WarmPool::new(args.pool_size)),
         agents: corral_api::agent_client::client(runtime.clone()),
         activity: Default::default(),
     };
@@ -226,6 +230,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("reconciling recorded sandboxes: {}", e.message))?;
     let tick = std::time::Duration::from_secs_f64(args.reconcile_seconds.clamp(0.05, 3600.0));
     tokio::spawn(corral_api::reconciler::run(state.clone(), tick));
+    tokio::spawn(corral_api::pool::WarmPool::fill_forever(state.clone()));
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -236,9 +241,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         startup_ms = started.elapsed().as_millis() as u64,
         "corral is ready"
     );
-    axum::serve(listener, corral_api::router(state))
+    axum::serve(listener, corral_api::router(state.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    corral_api::pool::WarmPool::drain(&state).await;
     store.close().await;
     tracing::info!("corral stopped; sandboxes keep running");
     Ok(())
