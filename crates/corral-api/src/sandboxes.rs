@@ -206,7 +206,10 @@ pub async fn create(
 ) -> Result<Json<SandboxDto>, ApiError> {
     let started = Instant::now();
     let mut sandbox = new_sandbox(&state, req)?;
+    let claim_started = Instant::now();
     if let Some(claimed) = claim_pooled(&state, &mut sandbox).await? {
+        metrics::histogram!("corral_create_phase_seconds", "phase" => "claim")
+            .record(claim_started.elapsed().as_secs_f64());
         metrics::histogram!("corral_sandbox_create_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("corral_sandbox_create_total", "path" => "pool").increment(1);
@@ -216,7 +219,10 @@ pub async fn create(
     let _guard = state.locks.lock(&sandbox.id).await;
     // Recorded first: the store is the source of truth, so a crash during start leaves a
     // record to reconcile rather than an orphan.
+    let t = Instant::now();
     state.store.insert(&sandbox).await?;
+    metrics::histogram!("corral_create_phase_seconds", "phase" => "record")
+        .record(t.elapsed().as_secs_f64());
     if let Err(e) = state.runtime.start(&lifecycle::spec_of(&sandbox)).await {
         let err = ApiError::from(e);
         if err.status.is_client_error() {

@@ -10,7 +10,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use corral_core::agent::{AGENT_PATH_IN_SANDBOX, AgentConfig};
@@ -796,17 +796,34 @@ impl Runtime for LinuxRuntime {
         if self.is_running(&spec.id) {
             return Ok(());
         }
+        let phase = |name: &'static str, since: Instant| {
+            metrics::histogram!("corral_start_phase_seconds", "phase" => name)
+                .record(since.elapsed().as_secs_f64());
+        };
+        let t = Instant::now();
         self.restore_if_archived(spec).await?;
+        phase("restore", t);
+        let t = Instant::now();
         let limits = Limits::from_resources(&spec.resources, self.cfg.pids_limit);
         self.cgroups
             .create(&spec.id, &limits)
             .map_err(|e| RuntimeError::host("creating cgroup", e))?;
+        phase("cgroup", t);
+        let t = Instant::now();
         let spawned = match self.prepare(spec) {
-            Ok(plan) => self
-                .spawner
-                .spawn(plan)
-                .await
-                .map_err(|e| RuntimeError::host("starting sandbox", e)),
+            Ok(plan) => {
+                // Writable layer, config, socket and the clone plan are ready.
+                phase("prepare", t);
+                let t = Instant::now();
+                // Clone into namespaces, mounts, pivot_root, hardening, exec of the agent.
+                let r = self
+                    .spawner
+                    .spawn(plan)
+                    .await
+                    .map_err(|e| RuntimeError::host("starting sandbox", e));
+                phase("namespaces_mounts_exec", t);
+                r
+            }
             Err(e) => Err(e),
         };
         let spawned = match spawned {
