@@ -185,6 +185,9 @@ pub struct LinuxRuntime {
     /// `MASKED` paths that exist on this kernel, and whether each is a directory.
     masked: Vec<(&'static str, bool)>,
     disk: Disk,
+    /// The open-files limit the server was started with; sandboxes get it back (the server
+    /// raises its own soft limit to hold fds for many sandboxes).
+    nofile: (u64, u64),
 }
 
 impl std::fmt::Debug for LinuxRuntime {
@@ -262,6 +265,7 @@ impl LinuxRuntime {
                 })?,
             ),
         };
+        let nofile = raise_nofile();
         let spawner = Spawner::start().map_err(io("starting spawner thread", Path::new("-")))?;
         let seccomp =
             crate::seccomp::compile().map_err(|e| InitError::Unsupported(e.to_string()))?;
@@ -283,6 +287,7 @@ impl LinuxRuntime {
             dropped_caps: crate::caps::to_drop(),
             masked,
             disk,
+            nofile,
         })
     }
 
@@ -591,6 +596,11 @@ impl LinuxRuntime {
         steps.push(Step::DropCaps {
             caps: self.dropped_caps.clone(),
         });
+        steps.push(Step::Rlimit {
+            resource: libc::RLIMIT_NOFILE,
+            soft: self.nofile.0,
+            hard: self.nofile.1,
+        });
         steps.push(Step::NoNewPrivs);
         for program in &self.seccomp {
             steps.push(Step::Seccomp {
@@ -736,6 +746,27 @@ fn remove_dir_if_exists(p: &Path) -> io::Result<()> {
     match fs::remove_dir_all(p) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// Raises the server's open-files soft limit to its hard limit (each sandbox costs the
+/// server a few fds: pidfds, pooled agent connections). Returns the limits it started with.
+fn raise_nofile() -> (u64, u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return (1024, 1024);
+        }
+        let original = (lim.rlim_cur, lim.rlim_max);
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            tracing::warn!("could not raise the open-files limit; many sandboxes may exhaust it");
+        }
+        original
     }
 }
 

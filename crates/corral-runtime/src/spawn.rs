@@ -76,6 +76,12 @@ pub enum Step {
     Optional(Box<Step>),
     /// Runs the inner step and ignores any failure.
     BestEffort(Box<Step>),
+    /// Sets a resource limit.
+    Rlimit {
+        resource: u32,
+        soft: u64,
+        hard: u64,
+    },
 }
 
 impl Step {
@@ -103,6 +109,7 @@ impl Step {
             Step::NoNewPrivs => "setting no_new_privs".into(),
             Step::Seccomp { .. } => "loading the seccomp filter".into(),
             Step::Optional(inner) | Step::BestEffort(inner) => inner.describe(),
+            Step::Rlimit { resource, .. } => format!("setting rlimit {resource}"),
         }
     }
 }
@@ -532,6 +539,17 @@ unsafe fn run_step(step: &Step) -> libc::c_int {
                     0,
                     0,
                 )
+            }
+            Step::Rlimit {
+                resource,
+                soft,
+                hard,
+            } => {
+                let lim = libc::rlimit {
+                    rlim_cur: *soft,
+                    rlim_max: *hard,
+                };
+                libc::setrlimit(*resource, &lim)
             }
             Step::BestEffort(inner) => {
                 run_step(inner);
