@@ -629,6 +629,7 @@ impl LinuxRuntime {
     /// Ends a sandbox's processes: through its pidfd when this process started or adopted
     /// it, else through its cgroup. Then removes its cgroups and socket.
     async fn kill(&self, id: &str) -> Result<(), RuntimeError> {
+        let t = Instant::now();
         let running = self.running().remove(id);
         if let Some(mut r) = running {
             if let Err(e) = pidfd_kill(&r.pidfd) {
@@ -648,10 +649,16 @@ impl LinuxRuntime {
         } else {
             self.cgroups.kill_all(id);
         }
+        metrics::histogram!("corral_stop_phase_seconds", "phase" => "kill_and_wait")
+            .record(t.elapsed().as_secs_f64());
+        let t = Instant::now();
         let traces = self.runtime_traces(id);
-        tokio::task::spawn_blocking(move || traces.remove())
+        let r = tokio::task::spawn_blocking(move || traces.remove())
             .await
-            .map_err(|e| RuntimeError::host("joining cleanup task", e))?
+            .map_err(|e| RuntimeError::host("joining cleanup task", e))?;
+        metrics::histogram!("corral_stop_phase_seconds", "phase" => "cgroups_socket")
+            .record(t.elapsed().as_secs_f64());
+        r
     }
 
     /// Restores an archived sandbox's files, if it is archived.
@@ -810,14 +817,19 @@ async fn watch_exit(pid: i32, pidfd: OwnedFd, done: watch::Sender<bool>) {
     match unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) } {
         Ok(fd) => {
             let _ = fd.readable().await;
+            // Readable means exited, so this does not block.
+            // SAFETY: waitpid on a pid; ECHILD (not our child: adopted) is harmless.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
         }
-        Err(e) => tracing::error!(pid, error = %e, "cannot watch sandbox init; reaping blocking"),
+        Err(e) => {
+            tracing::error!(pid, error = %e, "cannot watch sandbox init; reaping blocking");
+            let _ = tokio::task::spawn_blocking(move || {
+                // SAFETY: waitpid on a pid; ECHILD (not our child) is harmless.
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) }
+            })
+            .await;
+        }
     }
-    let _ = tokio::task::spawn_blocking(move || {
-        // SAFETY: waitpid on a pid; ECHILD (not our child) is harmless.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) }
-    })
-    .await;
     let _ = done.send(true);
 }
 
