@@ -161,3 +161,19 @@ def test_unknown_sandbox_is_not_found(daytona):
 def test_wrong_key_is_rejected_by_the_sdk(server):
     with pytest.raises(DaytonaAuthenticationError):
         server.client(key="wrong-key").get("anything")
+
+
+def test_code_run_python_is_warm_and_matches_a_fresh_interpreter(sandbox):
+    code = "import os, sys\nprint(sys.argv[1:], os.environ.get('Q'), __name__)\nprint('err', file=sys.stderr)"
+    first = sandbox.process.code_run(code, params=CodeRunParams(argv=["a", "b"], env={"Q": "1"}))
+    # The fork server now runs, as the sandbox user, and serves the next run.
+    procs = sandbox.process.exec("ps -o user=,args= -e").result
+    assert any(l.split()[0] == "daytona" and "python3 -u -c" in l for l in procs.splitlines()), procs
+    second = sandbox.process.code_run(code, params=CodeRunParams(argv=["a", "b"], env={"Q": "1"}))
+    assert first.result == second.result == "['a', 'b'] 1 __main__\nerr\n"
+    # Nothing of one run is seen by the next.
+    sandbox.process.code_run("import xml.dom\nleak = 1")
+    assert sandbox.process.code_run("import sys\nprint('xml.dom' in sys.modules, 'leak' in globals())").result == "False False\n"
+    # If the server dies, the next run still works.
+    sandbox.process.exec("pkill -f 'python3 -u -c'")
+    assert sandbox.process.code_run("print(2+2)").result == "4\n"

@@ -11,6 +11,7 @@ mod launch;
 mod logging;
 mod loopback;
 mod params;
+mod pyfork;
 mod reaper;
 mod runner;
 mod server;

@@ -1,8 +1,9 @@
 //! Runs a child to completion: merged output, optional stdin, timeout, kill on cancel.
 //!
-//! Output rule: output is read while the child runs; once the reaper reports the child's exit,
-//! whatever is already buffered in the pipe is drained with non-blocking reads and the result
-//! is returned. Anything written later (by a background process such as `sleep 100 &` that
+//! Output rule: output is read while the child runs; once the child's exit is reported (by the
+//! reaper, or by the python fork server for the children it forks), whatever is already
+//! buffered in the pipe is drained with non-blocking reads and the result is returned.
+//! Anything written later (by a background process such as `sleep 100 &` that
 //! inherited the pipe) is dropped, so such processes never hold the response up.
 
 use std::os::fd::AsFd;
@@ -11,9 +12,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::reaper::{ExitCode, Reaper};
-use crate::spawn::{Credentials, ProcessSpec, Spawned, spawn};
+use crate::spawn::{Credentials, KillGuard, ProcessSpec, Spawned, spawn};
 
 /// At most this much output is kept; the rest is read and discarded.
 const OUTPUT_LIMIT: usize = 32 << 20;
@@ -35,14 +37,29 @@ pub enum RunOutcome {
 pub async fn run(
     reaper: &Reaper,
     creds: Credentials,
-    mut spec: ProcessSpec,
+    spec: ProcessSpec,
     timeout: Option<Duration>,
 ) -> RunOutcome {
+    run_until(reaper, creds, spec, deadline(timeout)).await
+}
+
+/// When a run that starts now with `timeout` must end.
+pub fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.map(|limit| Instant::now() + limit)
+}
+
+/// [`run`] with an absolute deadline.
+pub async fn run_until(
+    reaper: &Reaper,
+    creds: Credentials,
+    mut spec: ProcessSpec,
+    deadline: Option<Instant>,
+) -> RunOutcome {
     let Spawned {
-        mut guard,
+        guard,
         output,
         stdin,
-        mut exit,
+        exit,
     } = match spawn(reaper, creds, &spec) {
         Ok(spawned) => spawned,
         Err(err) => {
@@ -50,13 +67,31 @@ pub async fn run(
         }
     };
     let stdin = stdin.zip(spec.stdin.take());
+    supervise(guard, output, stdin, exit, deadline).await
+}
+
+/// Collects the output of a started child until it exits or `deadline` passes (then its group
+/// is killed). `exit` delivers its exit code; should it close without one (the code is lost),
+/// the group is killed and the exit code is -1. Dropping the future kills the group.
+pub async fn supervise(
+    mut guard: KillGuard,
+    output: pipe::Receiver,
+    stdin: Option<(pipe::Sender, Vec<u8>)>,
+    mut exit: oneshot::Receiver<ExitCode>,
+    deadline: Option<Instant>,
+) -> RunOutcome {
     let collected = collect(output, stdin, &mut exit);
-    let finished = match timeout {
-        Some(limit) => tokio::time::timeout(limit, collected).await.ok(),
+    let finished = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, collected).await.ok(),
         None => Some(collected.await),
     };
     match finished {
         Some((exit_code, output)) => {
+            let exit_code = exit_code.unwrap_or_else(|| {
+                tracing::warn!("the exit code of a child was lost; killing its process group");
+                guard.kill();
+                -1
+            });
             guard.disarm();
             RunOutcome::Exited {
                 exit_code,
@@ -76,7 +111,7 @@ async fn collect(
     mut output: pipe::Receiver,
     stdin: Option<(pipe::Sender, Vec<u8>)>,
     exit: &mut oneshot::Receiver<ExitCode>,
-) -> (ExitCode, Vec<u8>) {
+) -> (Option<ExitCode>, Vec<u8>) {
     let mut writing = stdin.is_some();
     // Written concurrently with reading, so a child that fills its output pipe before it has
     // consumed its stdin cannot deadlock us; dropping the sender closes the child's stdin.
@@ -101,7 +136,7 @@ async fn collect(
                     reading = false;
                 }
             },
-            code = &mut *exit => break code.unwrap_or(-1),
+            code = &mut *exit => break code.ok(),
         }
     };
     if reading {

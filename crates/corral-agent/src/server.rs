@@ -7,6 +7,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::api::{AppState, router};
 use crate::error::AgentError;
 use crate::launch::{Launch, Startup, acquire};
+use crate::pyfork::ForkServer;
 use crate::reaper::{Reaper, reap_forever};
 use crate::{loopback, signals};
 
@@ -64,6 +65,7 @@ async fn serve(startup: Startup, pid1: bool) -> Result<(), AgentError> {
     let state = AppState {
         config: Arc::new(startup.config),
         reaper,
+        python: Arc::new(ForkServer::from_env()),
     };
     axum::serve(listener, router(state))
         .await

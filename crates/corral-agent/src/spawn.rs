@@ -64,20 +64,11 @@ pub fn spawn(reaper: &Reaper, creds: Credentials, spec: &ProcessSpec) -> io::Res
         .stdout(writer.try_clone()?)
         .stderr(writer)
         .process_group(0);
-    // SAFETY: `raise_oom_score` makes only open/write/close calls on static data.
-    unsafe { cmd.pre_exec(raise_oom_score) };
-    if let Some(switch) = IdSwitch::plan(creds) {
-        // SAFETY: the closure only makes the async-signal-safe calls setgroups/setgid/setuid and
-        // reads errno; it allocates nothing and touches no lock.
-        unsafe { cmd.pre_exec(move || switch.apply()) };
-    }
+    confine(&mut cmd, creds);
     let (mut child, exit) = reaper.spawn(&mut cmd)?;
     // The Command holds our copies of the pipe's write end; close them so EOF can happen.
     drop(cmd);
-    let guard = KillGuard {
-        pgid: Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?),
-        armed: true,
-    };
+    let guard = KillGuard::new(i32::try_from(child.id()).map_err(io::Error::other)?);
     let stdin = child
         .stdin
         .take()
@@ -91,6 +82,18 @@ pub fn spawn(reaper: &Reaper, creds: Credentials, spec: &ProcessSpec) -> io::Res
         stdin,
         exit,
     })
+}
+
+/// What every child of the agent gets between fork and exec: `oom_score_adj` +500, then the
+/// switch to `creds`.
+pub fn confine(cmd: &mut Command, creds: Credentials) {
+    // SAFETY: `raise_oom_score` makes only open/write/close calls on static data.
+    unsafe { cmd.pre_exec(raise_oom_score) };
+    if let Some(switch) = IdSwitch::plan(creds) {
+        // SAFETY: the closure only makes the async-signal-safe calls setgroups/setgid/setuid and
+        // reads errno; it allocates nothing and touches no lock.
+        unsafe { cmd.pre_exec(move || switch.apply()) };
+    }
 }
 
 /// Children start at `oom_score_adj` +500 so the OOM killer picks them before the agent (which
@@ -122,6 +125,14 @@ pub struct KillGuard {
 }
 
 impl KillGuard {
+    /// An armed guard for the process group `pgid`.
+    pub fn new(pgid: i32) -> Self {
+        Self {
+            pgid: Pid::from_raw(pgid),
+            armed: true,
+        }
+    }
+
     /// Kills the group now (and not again on drop).
     pub fn kill(&mut self) {
         if self.armed {

@@ -1,17 +1,23 @@
 //! `POST /process/code-run`: run a snippet of python, javascript or typescript.
+//!
+//! Python runs on the sandbox's fork server when it can ([`crate::pyfork`]), else like the
+//! other languages: a fresh interpreter per call.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use super::json::JsonBody;
 use super::outcome::finish;
 use super::{ApiError, AppState};
 use crate::coderun::{Language, prepare};
 use crate::params;
-use crate::runner::{RunOutcome, run};
+use crate::pyfork::{self, Job};
+use crate::runner::{self, RunOutcome};
 use crate::spawn::ProcessSpec;
 
 /// Daytona's `CodeRunRequest`.
@@ -55,10 +61,48 @@ pub async fn code_run(
         params::merge_env(&config.env, request.envs.as_ref()).map_err(ApiError::bad_request)?;
     let cwd = params::resolve_cwd(&config.work_dir, &config.home, None);
     params::require_dir(&cwd).map_err(ApiError::bad_request)?;
-    let timeout = params::timeout(request.timeout);
+    let deadline = runner::deadline(params::timeout(request.timeout));
     let argv = request.argv.unwrap_or_default();
+    let warm = match (language, pyfork::warm_env(&config.env, &env)) {
+        (Language::Python, Some(changed)) => {
+            let job = Job {
+                code: &request.code,
+                argv: &argv,
+                env: changed,
+                cwd: &cwd,
+            };
+            let creds = state.credentials();
+            state
+                .python
+                .run(&state.reaper, creds, &state.config, &job, deadline)
+                .await
+        }
+        _ => None,
+    };
+    let outcome = match warm {
+        Some(outcome) => outcome,
+        None => run_per_call(&state, language, &request.code, &argv, env, cwd, deadline).await,
+    };
+    let (exit_code, result) = finish(outcome, request.timeout)?;
+    Ok(Json(CodeRunResponse {
+        exit_code,
+        result,
+        artifacts: CodeRunArtifacts { charts: Vec::new() },
+    }))
+}
+
+/// Starts the language's interpreter for this one run.
+async fn run_per_call(
+    state: &AppState,
+    language: Language,
+    code: &str,
+    argv: &[String],
+    env: BTreeMap<String, String>,
+    cwd: PathBuf,
+    deadline: Option<Instant>,
+) -> RunOutcome {
     let creds = state.credentials();
-    let outcome = match prepare(language, &request.code, &argv, &env, creds) {
+    match prepare(language, code, argv, &env, creds) {
         Err(err) => RunOutcome::SpawnFailed(format!("failed to prepare the code: {err}")),
         Ok(prepared) => {
             let spec = ProcessSpec {
@@ -68,16 +112,10 @@ pub async fn code_run(
                 env,
                 stdin: prepared.stdin,
             };
-            let outcome = run(&state.reaper, creds, spec, timeout).await;
+            let outcome = runner::run_until(&state.reaper, creds, spec, deadline).await;
             // Deletes the TypeScript script only now that the child is done with it.
             drop(prepared.script);
             outcome
         }
-    };
-    let (exit_code, result) = finish(outcome, request.timeout)?;
-    Ok(Json(CodeRunResponse {
-        exit_code,
-        result,
-        artifacts: CodeRunArtifacts { charts: Vec::new() },
-    }))
+    }
 }

@@ -17,6 +17,7 @@ use corral_core::agent::AgentConfig;
 
 pub use error::ApiError;
 
+use crate::pyfork::ForkServer;
 use crate::reaper::Reaper;
 use crate::spawn::Credentials;
 
@@ -28,6 +29,8 @@ const BODY_LIMIT: usize = 64 << 20;
 pub struct AppState {
     pub config: Arc<AgentConfig>,
     pub reaper: Arc<Reaper>,
+    /// Warm python for code-run, started on first use.
+    pub python: Arc<ForkServer>,
 }
 
 impl AppState {

@@ -23,6 +23,12 @@ pub struct Agent {
 
 impl Agent {
     pub fn start() -> Agent {
+        Agent::start_with(&[], None)
+    }
+
+    /// Starts an agent with extra variables in its own environment and, when given, `path` as
+    /// the sandbox's PATH (default: ours).
+    pub fn start_with(agent_env: &[(&str, &str)], path: Option<&str>) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let home = dir.path().join("home");
         let work_dir = dir.path().join("work");
@@ -37,7 +43,9 @@ impl Agent {
             "home": home,
             "work_dir": work_dir,
             "env": {
-                "PATH": std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".to_owned()),
+                "PATH": path.map(str::to_owned).unwrap_or_else(|| {
+                    std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".to_owned())
+                }),
                 "HOME": home,
                 "FOO": "bar",
             },
@@ -51,6 +59,7 @@ impl Agent {
             .arg(&socket)
             .arg("--config")
             .arg(&config_path)
+            .envs(agent_env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
