@@ -20,6 +20,8 @@ pub struct WarmPool {
     size: usize,
     ready: Mutex<VecDeque<String>>,
     wake: Notify,
+    /// Set on shutdown: the filler stops and starts nothing more.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// The shape pooled sandboxes have.
@@ -40,6 +42,7 @@ impl WarmPool {
             size,
             ready: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -64,13 +67,21 @@ impl WarmPool {
         self.len() == 0
     }
 
-    /// Keeps the pool full until the process ends.
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Keeps the pool full until [`WarmPool::drain`] closes it.
     pub async fn fill_forever(state: AppState) {
         let pool = state.pool.clone();
-        loop {
-            while pool.len() < pool.size {
+        while !pool.is_closed() {
+            while pool.len() < pool.size && !pool.is_closed() {
                 let id = uuid::Uuid::new_v4().to_string();
                 match state.runtime.start(&pooled_spec(id.clone())).await {
+                    Ok(()) if pool.is_closed() => {
+                        // Closed while it started: nobody will claim it.
+                        let _ = state.runtime.destroy(&id).await;
+                    }
                     Ok(()) => pool.ready().push_back(id),
                     Err(e) => {
                         tracing::warn!(error = %e, "could not start a pooled sandbox; retrying in 1 s");
@@ -84,8 +95,15 @@ impl WarmPool {
         }
     }
 
-    /// Destroys every unclaimed sandbox (on shutdown).
-    pub async fn drain(state: &AppState) {
+    /// Closes the pool: waits for the filler (`filler`, the task running
+    /// [`WarmPool::fill_forever`]) to stop, then destroys every unclaimed sandbox.
+    pub async fn drain(state: &AppState, filler: tokio::task::JoinHandle<()>) {
+        state
+            .pool
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        state.pool.wake.notify_one();
+        let _ = filler.await;
         let ids: Vec<String> = state.pool.ready().drain(..).collect();
         for id in ids {
             if let Err(e) = state.runtime.destroy(&id).await {

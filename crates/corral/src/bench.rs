@@ -229,13 +229,15 @@ impl Api {
 
     /// Runs `true` in a sandbox; the time the call took.
     async fn exec_true(&self, id: &str) -> anyhow::Result<Duration> {
+        self.toolbox(id, "process/execute", r#"{"command":"true"}"#)
+            .await
+    }
+
+    /// A toolbox call that must answer exit code 0; the time it took.
+    async fn toolbox(&self, id: &str, path: &str, body: &str) -> anyhow::Result<Duration> {
         let t = Instant::now();
         let (status, body) = self
-            .call(
-                "POST",
-                &format!("/toolbox/{id}/process/execute"),
-                Some(r#"{"command":"true"}"#),
-            )
+            .call("POST", &format!("/toolbox/{id}/{path}"), Some(body))
             .await?;
         let took = t.elapsed();
         if status != 200 {
@@ -243,7 +245,7 @@ impl Api {
         }
         let v: serde_json::Value = serde_json::from_slice(&body)?;
         if v["exitCode"].as_i64() != Some(0) {
-            bail!("exec of true answered {}", String::from_utf8_lossy(&body));
+            bail!("{path} answered {}", String::from_utf8_lossy(&body));
         }
         Ok(took)
     }
@@ -317,6 +319,11 @@ struct Results {
     rss_after_kib: Option<u64>,
     create: Option<Stats>,
     exec: Option<Stats>,
+    /// `true` in a sandbox that has already run commands (the steady state).
+    exec_warm: Option<Stats>,
+    /// `print(1)` by code_run (warm interpreter) and by exec of a fresh `python3 -c`.
+    code_run_warm: Option<Stats>,
+    python_cold: Option<Stats>,
     delete: Option<Stats>,
     cycle: Option<Stats>,
     rate: Option<Rate>,
@@ -588,6 +595,26 @@ async fn latency(cfg: &Config, api: &Api, res: &mut Results) -> anyhow::Result<(
     res.exec = Some(Stats::of(&exec));
     res.delete = Some(Stats::of(&delete));
     res.cycle = Some(Stats::of(&cycle));
+
+    // The steady state of one sandbox: exec, and python by code_run vs a fresh python3.
+    let (id, _) = api.create().await?;
+    let (mut warm, mut code, mut cold) = (Vec::new(), Vec::new(), Vec::new());
+    let code_run = r#"{"code":"print(1)","language":"python"}"#;
+    let fresh = r#"{"command":"python3 -u -c 'print(1)'"}"#;
+    for i in 0..cfg.warmup.max(1) + cfg.iterations {
+        let w = api.exec_true(&id).await?;
+        let c = api.toolbox(&id, "process/code-run", code_run).await?;
+        let f = api.toolbox(&id, "process/execute", fresh).await?;
+        if i >= cfg.warmup.max(1) {
+            warm.push(w);
+            code.push(c);
+            cold.push(f);
+        }
+    }
+    api.delete(&id).await?;
+    res.exec_warm = Some(Stats::of(&warm));
+    res.code_run_warm = Some(Stats::of(&code));
+    res.python_cold = Some(Stats::of(&cold));
     Ok(())
 }
 
@@ -815,6 +842,13 @@ fn ratios(res: &Results) -> Vec<(&'static str, f64)> {
         ("corral create+exec+delete / bwrap", ratio(cycle, bwrap)),
         ("corral create / bwrap", ratio(create, bwrap)),
         ("podman run / bwrap", ratio(podman, bwrap)),
+        (
+            "fresh python3 / warm code_run (print(1))",
+            ratio(
+                res.python_cold.map(|s| s.p50),
+                res.code_run_warm.map(|s| s.p50),
+            ),
+        ),
         ("bwrap / plain true", ratio(bwrap, floor)),
         (
             "corral create+exec+delete / plain true",
@@ -882,11 +916,24 @@ fn render(cfg: &Config, res: &Results) -> String {
         res.create,
         "p50<=5 p99<=25",
     );
+    row(w, "corral exec true, first in a new sandbox", res.exec, "");
     row(
         w,
-        "corral POST .../process/execute true",
-        res.exec,
+        "corral exec true, running sandbox",
+        res.exec_warm,
         "p50<=2",
+    );
+    row(
+        w,
+        "corral code_run print(1) (warm python)",
+        res.code_run_warm,
+        ">=3x faster",
+    );
+    row(
+        w,
+        "corral exec python3 -c print(1) (cold)",
+        res.python_cold,
+        "",
     );
     row(w, "corral DELETE /api/sandbox/{id}", res.delete, "p50<=5");
     row(w, "corral create+exec+delete", res.cycle, "");
@@ -1182,6 +1229,9 @@ fn to_json(cfg: &Config, res: &Results) -> serde_json::Value {
         "corral": {
             "create": st(res.create),
             "exec_true": st(res.exec),
+            "exec_true_running_sandbox": st(res.exec_warm),
+            "code_run_python_warm": st(res.code_run_warm),
+            "exec_python3_cold": st(res.python_cold),
             "delete": st(res.delete),
             "create_exec_delete": st(res.cycle),
         },

@@ -228,23 +228,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     corral_api::reconciler::on_start(&state)
         .await
         .map_err(|e| anyhow::anyhow!("reconciling recorded sandboxes: {}", e.message))?;
-    let tick = std::time::Duration::from_secs_f64(args.reconcile_seconds.clamp(0.05, 3600.0));
-    tokio::spawn(corral_api::reconciler::run(state.clone(), tick));
-    tokio::spawn(corral_api::pool::WarmPool::fill_forever(state.clone()));
-
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
+    // Background work starts only once the port is ours, so a failed start leaves nothing.
+    let tick = std::time::Duration::from_secs_f64(args.reconcile_seconds.clamp(0.05, 3600.0));
+    tokio::spawn(corral_api::reconciler::run(state.clone(), tick));
+    let filler = tokio::spawn(corral_api::pool::WarmPool::fill_forever(state.clone()));
+
     tracing::info!(
         listen = %args.listen,
         data_dir = %data_dir.display(),
         startup_ms = started.elapsed().as_millis() as u64,
         "corral is ready"
     );
-    axum::serve(listener, corral_api::router(state.clone()))
+    let served = axum::serve(listener, corral_api::router(state.clone()))
         .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    corral_api::pool::WarmPool::drain(&state).await;
+        .await;
+    // Whatever ended serving, unclaimed pooled sandboxes must not outlive the server.
+    corral_api::pool::WarmPool::drain(&state, filler).await;
+    served?;
     store.close().await;
     tracing::info!("corral stopped; sandboxes keep running");
     Ok(())
