@@ -90,3 +90,26 @@ def test_delete_answers_the_sandbox_json(server):
 def test_toolbox_proxy_url(server, sandbox):
     status, body = server.request("GET", f"/api/sandbox/{sandbox.id}/toolbox-proxy-url")
     assert status == 200 and body == {"url": f"{server.url}/toolbox"}
+
+
+def test_bad_lifecycle_requests_are_4xx(server, sandbox):
+    sid = sandbox.id
+    cases = [
+        ("POST", f"/api/sandbox/{sid}/autostop/abc", None, 400),
+        ("POST", f"/api/sandbox/{sid}/autostop/-5", None, 400),
+        ("POST", f"/api/sandbox/{sid}/autoarchive/1.5", None, 400),
+        ("PUT", f"/api/sandbox/{sid}/labels", "{bad", 400),
+        ("PUT", f"/api/sandbox/{sid}/labels", '{"labels": {"a": 1}}', 400),
+        ("PUT", f"/api/sandbox/{sid}/labels", '{"labels": {"code-toolbox-language": "cobol"}}', 400),
+        ("POST", f"/api/sandbox/{sid}/resize", "{}", 400),
+        ("POST", f"/api/sandbox/{sid}/resize", '{"cpu": 0}', 400),
+        ("POST", f"/api/sandbox/{sid}/resize", '{"memory": "big"}', 400),
+        ("POST", f"/api/sandbox/{sid}/archive", None, 400),
+        ("POST", f"/api/sandbox/{sid}/recover", None, 400),
+        ("POST", "/api/sandbox/nope/start", None, 404),
+        ("POST", "/api/sandbox/nope/stop", None, 404),
+        ("GET", f"/api/sandbox/{sid}/start", None, 405),
+    ]
+    for method, path, body, expected in cases:
+        status, resp = server.request(method, path, body)
+        assert_error(status, resp, expected)
