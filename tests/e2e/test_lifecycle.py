@@ -95,6 +95,16 @@ def test_labels_are_replaced(sandbox, daytona):
     assert daytona.get(sandbox.id).labels == {"x": "1"}
 
 
+def test_interval_setters(sandbox, daytona):
+    sandbox.set_autostop_interval(0)
+    sandbox.set_auto_archive_interval(60)
+    sandbox.set_auto_delete_interval(-1)
+    got = daytona.get(sandbox.id)
+    assert (got.auto_stop_interval, got.auto_archive_interval, got.auto_delete_interval) == (0, 60, -1)
+    sandbox.set_autostop_interval(30)
+    assert daytona.get(sandbox.id).auto_stop_interval == 30
+
+
 def test_resize_changes_cgroup_limits(server, daytona):
     sb = daytona.create()
     try:
