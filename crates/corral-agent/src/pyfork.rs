@@ -732,13 +732,7 @@ fn dispatch(table: &Mutex<Table>, frame: &[u8]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::params::tests::map;
 
     #[test]
     fn only_changed_variables_are_sent() {
