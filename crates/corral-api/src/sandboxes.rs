@@ -55,6 +55,18 @@ fn validate_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The `code-toolbox-language` label, when present, must name a language the SDK accepts.
+fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    match labels.get(CODE_LANGUAGE_LABEL) {
+        Some(lang) if CodeLanguage::from_label(lang).is_none() => {
+            Err(ApiError::bad_request(format!(
+                "label {CODE_LANGUAGE_LABEL} must be python, javascript or typescript, got {lang:?}"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn validate_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
     for (k, v) in env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
@@ -102,13 +114,7 @@ fn new_sandbox(state: &AppState, req: CreateSandbox) -> Result<Sandbox, ApiError
         .with_code("SNAPSHOT_NOT_FOUND"));
     }
     let labels = req.labels.unwrap_or_default();
-    if let Some(lang) = labels.get(CODE_LANGUAGE_LABEL)
-        && CodeLanguage::from_label(lang).is_none()
-    {
-        return Err(ApiError::bad_request(format!(
-            "label {CODE_LANGUAGE_LABEL} must be python, javascript or typescript, got {lang:?}"
-        )));
-    }
+    validate_labels(&labels)?;
     let env = req.env.unwrap_or_default();
     validate_env(&env)?;
     let defaults = Resources::default();
@@ -369,11 +375,7 @@ pub async fn stop(
     Path(id_or_name): Path<String>,
 ) -> Result<Json<SandboxDto>, ApiError> {
     let (mut s, _guard) = locked(&state, &id_or_name).await?;
-    if s.state == SandboxState::Error {
-        // Nothing runs; make it a clean stopped sandbox.
-        state.runtime.stop(&s.id).await?;
-        s.state = SandboxState::Started;
-    }
+    // From `error` too: stop ends whatever is left and leaves a clean stopped sandbox.
     lifecycle::stop(&state, &mut s).await?;
     Ok(Json(dto(&state, &headers, &s, true)))
 }
@@ -427,13 +429,7 @@ pub async fn replace_labels(
     Path(id_or_name): Path<String>,
     JsonBody(body): JsonBody<LabelsBody>,
 ) -> Result<Json<LabelsBody>, ApiError> {
-    if let Some(lang) = body.labels.get(CODE_LANGUAGE_LABEL)
-        && CodeLanguage::from_label(lang).is_none()
-    {
-        return Err(ApiError::bad_request(format!(
-            "label {CODE_LANGUAGE_LABEL} must be python, javascript or typescript, got {lang:?}"
-        )));
-    }
+    validate_labels(&body.labels)?;
     let (mut s, _guard) = locked(&state, &id_or_name).await?;
     s.labels = body.labels;
     s.updated_at = OffsetDateTime::now_utc();
