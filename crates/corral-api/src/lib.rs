@@ -7,7 +7,9 @@ pub mod error;
 pub mod extract;
 pub mod lifecycle;
 pub mod metrics;
+pub mod network;
 pub mod pool;
+pub mod preview;
 pub mod reconciler;
 pub mod sandboxes;
 pub mod state;
@@ -91,6 +93,26 @@ pub fn router(state: AppState) -> Router {
             "/sandbox/{id_or_name}/autodelete/{minutes}",
             post(sandboxes::autodelete),
         )
+        .route(
+            "/sandbox/{id_or_name}/network-settings",
+            post(network::update_settings),
+        )
+        .route(
+            "/sandbox/{id_or_name}/public/{is_public}",
+            post(preview::set_public),
+        )
+        .route(
+            "/sandbox/{id_or_name}/ports/{port}/preview-url",
+            get(preview::preview_url),
+        )
+        .route(
+            "/sandbox/{id_or_name}/ports/{port}/signed-preview-url",
+            get(preview::signed_preview_url),
+        )
+        .route(
+            "/sandbox/{id_or_name}/ports/{port}/signed-preview-url/{token}/expire",
+            post(preview::expire_signed_preview_url),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -110,6 +132,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .merge(protected)
         .fallback(not_found)
+        // Requests for `{port}-{sandbox}.{preview domain}` go to the sandbox, not the API.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            preview::dispatch,
+        ))
         .layer(middleware::from_fn(metrics::track))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {

@@ -18,6 +18,8 @@ pub struct ApiConfig {
     pub public_url: Option<String>,
     /// How long a "minute" of the lifecycle intervals lasts (60 s; shorter only in tests).
     pub lifecycle_minute: std::time::Duration,
+    /// The domain preview hosts live under: `{port}-{sandboxId}.{preview_domain}`.
+    pub preview_domain: String,
 }
 
 /// Everything a handler needs.

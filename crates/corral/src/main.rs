@@ -64,6 +64,11 @@ struct ServeArgs {
     /// Externally visible base URL (e.g. https://corral.example.com); default: the request's Host.
     #[arg(long, env = "CORRAL_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Domain of preview URLs (`{port}-{sandboxId}.{domain}`); the server routes on the
+    /// request's Host header. `localhost` works on one box: browsers and curl resolve
+    /// `*.localhost` to loopback.
+    #[arg(long, env = "CORRAL_PREVIEW_DOMAIN", default_value = "localhost")]
+    preview_domain: String,
     /// Log format.
     #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
@@ -218,6 +223,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             organization_id: "corral".into(),
             public_url: args.public_url,
             lifecycle_minute: std::time::Duration::from_millis(args.lifecycle_minute_ms.max(1)),
+            preview_domain: args.preview_domain.trim_matches('.').to_ascii_lowercase(),
         }),
         metrics,
         locks: Default::default(),
