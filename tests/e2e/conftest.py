@@ -20,6 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
+_net_counter = 0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -35,9 +38,16 @@ class Server:
         self.port = free_port()
         self.key = "e2e_" + secrets.token_hex(16)
         self.cgroup_parent = "corral-e2e-" + secrets.token_hex(4)
+        # Each server gets its own sandbox network and interface prefix (several servers
+        # may run at once), so leak checks can name exactly what this one created.
+        global _net_counter
+        _net_counter += 1
+        self.net_prefix = "t" + secrets.token_hex(3)
+        self.net_cidr = f"10.{130 + _net_counter % 120}.0.0/16"
         # The warm pool is off unless a test asks for it: leak checks compare the host
         # before and after, and a pool refilling in the background would blur them.
-        self.extra_env = {"CORRAL_POOL_SIZE": "0", **(env or {})}
+        self.extra_env = {"CORRAL_POOL_SIZE": "0", "CORRAL_NET_PREFIX": self.net_prefix,
+                          "CORRAL_NET_CIDR": self.net_cidr, **(env or {})}
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "wb")
         self.proc = None
@@ -83,7 +93,7 @@ class Server:
         self.stop()
         pool_size = int(self.extra_env.get("CORRAL_POOL_SIZE", "0"))
         leftovers = (self.cgroups(), self.mounts(), kids if pool_size == 0 else self.sandbox_inits(),
-                     self.sandbox_dirs() + self.volumes())
+                     self.sandbox_dirs() + self.volumes() + self.network_leftovers())
         self.remove_cgroup_parent()
         # The disk pool is the server's, not a sandbox's: unmount it (its loop device is
         # auto-cleared) so the test leaves the host as it found it.
@@ -168,6 +178,30 @@ class Server:
             if ppid == self.proc.pid:
                 kids.append(int(p.name))
         return kids
+
+    def net_links(self):
+        """Host-side interfaces of this server's network slots."""
+        out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+        names = [l.split(":")[1].strip().split("@")[0] for l in out.splitlines() if ":" in l]
+        return sorted(n for n in names if n.startswith(self.net_prefix))
+
+    def nft_table(self):
+        """This server's nftables table, if it exists."""
+        r = subprocess.run(["nft", "list", "table", "inet", f"corral_{self.net_prefix}"],
+                           capture_output=True, text=True)
+        return r.returncode == 0
+
+    def network_leftovers(self, wait=3.0):
+        """Slot interfaces and the nftables table left after the server stopped. The kernel
+        removes a dropped namespace's interfaces in the background: allow it a moment."""
+        deadline = time.time() + wait
+        while True:
+            found = [f"link {n}" for n in self.net_links()]
+            if self.nft_table():
+                found.append(f"nft table corral_{self.net_prefix}")
+            if not found or time.time() > deadline:
+                return found
+            time.sleep(0.1)
 
     def sandbox_dirs(self):
         d = self.data_dir / "sandboxes"

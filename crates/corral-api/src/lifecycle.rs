@@ -124,6 +124,7 @@ pub fn spec_of(s: &Sandbox) -> SandboxSpec {
         user: s.user.clone(),
         env: s.env.clone(),
         resources: s.resources,
+        egress: s.egress(),
     }
 }
 

@@ -32,6 +32,7 @@ pub fn pooled_spec(id: String) -> SandboxSpec {
         user: crate::sandboxes::DEFAULT_USER.into(),
         env: BTreeMap::new(),
         resources: Resources::default(),
+        egress: corral_core::Egress::Open,
     }
 }
 

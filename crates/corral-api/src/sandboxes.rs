@@ -113,6 +113,11 @@ fn new_sandbox(state: &AppState, req: CreateSandbox) -> Result<Sandbox, ApiError
         ))
         .with_code("SNAPSHOT_NOT_FOUND"));
     }
+    let network_block_all = req.network_block_all.unwrap_or(false);
+    let network_allow_list = crate::network::checked_allow_list(
+        req.network_allow_list,
+        req.domain_allow_list.as_deref(),
+    )?;
     let labels = req.labels.unwrap_or_default();
     validate_labels(&labels)?;
     let env = req.env.unwrap_or_default();
@@ -146,8 +151,8 @@ fn new_sandbox(state: &AppState, req: CreateSandbox) -> Result<Sandbox, ApiError
         env,
         labels,
         public: req.public.unwrap_or(false),
-        network_block_all: req.network_block_all.unwrap_or(false),
-        network_allow_list: req.network_allow_list,
+        network_block_all,
+        network_allow_list,
         resources,
         state: SandboxState::Creating,
         desired_state: DesiredState::Started,
@@ -163,7 +168,12 @@ fn new_sandbox(state: &AppState, req: CreateSandbox) -> Result<Sandbox, ApiError
 }
 
 /// The wire form of a sandbox, with activity not yet flushed to the store.
-fn dto(state: &AppState, headers: &HeaderMap, s: &Sandbox, with_env: bool) -> SandboxDto {
+pub(crate) fn dto(
+    state: &AppState,
+    headers: &HeaderMap,
+    s: &Sandbox,
+    with_env: bool,
+) -> SandboxDto {
     let mut d = SandboxDto::from_sandbox(s, &state.toolbox_url(headers), with_env);
     d.last_activity_at = crate::wire::timestamp(state.activity.last(s));
     d
@@ -178,7 +188,8 @@ async fn claim_pooled(
     let matches = sandbox.snapshot == shape.image
         && sandbox.user == shape.user
         && sandbox.env.is_empty()
-        && sandbox.resources == shape.resources;
+        && sandbox.resources == shape.resources
+        && sandbox.egress() == shape.egress;
     if !matches {
         return Ok(None);
     }

@@ -20,6 +20,7 @@ pub struct CreateSandbox {
     pub public: Option<bool>,
     pub network_block_all: Option<bool>,
     pub network_allow_list: Option<String>,
+    pub domain_allow_list: Option<String>,
     pub target: Option<String>,
     pub cpu: Option<i64>,
     pub gpu: Option<i64>,

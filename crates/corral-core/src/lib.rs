@@ -11,5 +11,6 @@ pub use ports::{
     ApiKeyStore, ListQuery, Page, Runtime, RuntimeError, SandboxSpec, SandboxStore, StoreError,
 };
 pub use sandbox::{
-    CODE_LANGUAGE_LABEL, CodeLanguage, DesiredState, Resources, Sandbox, SandboxState,
+    CODE_LANGUAGE_LABEL, CodeLanguage, DesiredState, Egress, EgressError, Resources, Sandbox,
+    SandboxState,
 };

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 
-use crate::sandbox::{Resources, Sandbox, SandboxState};
+use crate::sandbox::{Egress, Resources, Sandbox, SandboxState};
 
 /// Errors of a storage operation.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +107,8 @@ pub struct SandboxSpec {
     pub user: String,
     pub env: BTreeMap<String, String>,
     pub resources: Resources,
+    /// Where the sandbox may send traffic.
+    pub egress: Egress,
 }
 
 /// A running sandbox's resource figures, read from its cgroups on the host.
@@ -142,6 +144,9 @@ pub trait Runtime: Send + Sync {
     async fn archive(&self, id: &str) -> Result<(), RuntimeError>;
     /// Changes the resource limits of a sandbox (running or not).
     async fn resize(&self, id: &str, resources: &Resources) -> Result<(), RuntimeError>;
+    /// Changes where a sandbox may send traffic; takes effect at once when it runs, else at
+    /// its next start (the spec passed to `start` carries the policy too).
+    async fn set_egress(&self, id: &str, egress: &Egress) -> Result<(), RuntimeError>;
     /// Whether the sandbox's processes are running.
     fn is_running(&self, id: &str) -> bool;
     /// Takes charge of a sandbox still running from an earlier server process. Returns
@@ -153,6 +158,8 @@ pub trait Runtime: Send + Sync {
     fn agent_socket(&self, id: &str) -> PathBuf;
     /// Whether the runtime can create sandboxes.
     fn is_ready(&self) -> bool;
+    /// Stops background work at server shutdown; running sandboxes keep running.
+    fn shutdown(&self) {}
     /// The resource figures of a running sandbox, when the runtime can tell.
     async fn usage(&self, id: &str) -> Option<Usage> {
         let _ = id;

@@ -140,6 +140,68 @@ impl CodeLanguage {
     }
 }
 
+/// The most CIDRs an allow list may hold.
+pub const MAX_ALLOW_LIST: usize = 64;
+
+/// Where a sandbox may send traffic. Whatever the policy, a sandbox never reaches the host,
+/// another sandbox, or link-local (metadata) addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Egress {
+    /// Any routed destination.
+    #[default]
+    Open,
+    /// Nothing leaves the sandbox (its loopback still works).
+    BlockAll,
+    /// Only these IPv4 networks (and the configured DNS resolvers).
+    Allow(Vec<ipnet::Ipv4Net>),
+}
+
+/// A network policy that cannot be applied as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EgressError {
+    #[error("networkAllowList entry {0:?} is not an IPv4 CIDR such as 10.0.0.0/8 or 1.2.3.4/32")]
+    BadCidr(String),
+    #[error("networkAllowList may hold at most {MAX_ALLOW_LIST} CIDRs")]
+    TooMany,
+}
+
+impl Egress {
+    /// The policy of Daytona's two settings: block-all wins; else a non-empty allow list
+    /// (comma-separated IPv4 CIDRs) limits egress to it; else egress is open.
+    pub fn from_settings(block_all: bool, allow_list: Option<&str>) -> Result<Self, EgressError> {
+        if block_all {
+            return Ok(Self::BlockAll);
+        }
+        let Some(list) = allow_list.map(str::trim).filter(|l| !l.is_empty()) else {
+            return Ok(Self::Open);
+        };
+        let nets = Self::parse_allow_list(list)?;
+        Ok(Self::Allow(nets))
+    }
+
+    /// Parses comma-separated IPv4 CIDRs (a bare address means /32).
+    pub fn parse_allow_list(list: &str) -> Result<Vec<ipnet::Ipv4Net>, EgressError> {
+        let mut nets = Vec::new();
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let net = entry
+                .parse::<ipnet::Ipv4Net>()
+                .or_else(|_| {
+                    entry
+                        .parse::<std::net::Ipv4Addr>()
+                        .map(ipnet::Ipv4Net::from)
+                })
+                .map_err(|_| EgressError::BadCidr(entry.to_owned()))?;
+            nets.push(net.trunc());
+        }
+        if nets.len() > MAX_ALLOW_LIST {
+            return Err(EgressError::TooMany);
+        }
+        nets.sort();
+        nets.dedup();
+        Ok(nets)
+    }
+}
+
 /// A sandbox as the control plane records it. The store is the source of truth.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sandbox {
@@ -222,5 +284,59 @@ mod tests {
     fn defaults_match_open_source_daytona() {
         let r = Resources::default();
         assert_eq!((r.cpu, r.memory_gib, r.disk_gib), (1, 1, 3));
+    }
+}
+
+impl Sandbox {
+    /// The sandbox's egress policy. A stored allow list that no longer parses blocks
+    /// everything (fail closed); the API validates lists before storing them.
+    pub fn egress(&self) -> Egress {
+        Egress::from_settings(self.network_block_all, self.network_allow_list.as_deref())
+            .unwrap_or(Egress::BlockAll)
+    }
+}
+
+#[cfg(test)]
+mod egress_tests {
+    use super::*;
+
+    #[test]
+    fn block_all_wins_and_empty_list_is_open() {
+        assert_eq!(
+            Egress::from_settings(true, Some("10.0.0.0/8")),
+            Ok(Egress::BlockAll)
+        );
+        assert_eq!(Egress::from_settings(false, Some(" ")), Ok(Egress::Open));
+        assert_eq!(Egress::from_settings(false, None), Ok(Egress::Open));
+    }
+
+    #[test]
+    fn allow_list_is_parsed_normalised_and_checked() {
+        let e = Egress::from_settings(false, Some("10.1.2.3/8, 192.168.1.7,10.0.0.0/8"))
+            .expect("valid");
+        assert_eq!(
+            e,
+            Egress::Allow(vec![
+                "10.0.0.0/8".parse().expect("valid"),
+                "192.168.1.7/32".parse().expect("valid")
+            ])
+        );
+        assert_eq!(
+            Egress::from_settings(false, Some("10.0.0.0/33")),
+            Err(EgressError::BadCidr("10.0.0.0/33".into()))
+        );
+        assert!(matches!(
+            Egress::from_settings(false, Some("example.com")),
+            Err(EgressError::BadCidr(_))
+        ));
+        assert!(matches!(
+            Egress::from_settings(false, Some("::1/128")),
+            Err(EgressError::BadCidr(_))
+        ));
+        let many: Vec<String> = (0..65).map(|i| format!("10.0.{i}.0/24")).collect();
+        assert_eq!(
+            Egress::from_settings(false, Some(&many.join(","))),
+            Err(EgressError::TooMany)
+        );
     }
 }

@@ -145,6 +145,8 @@ pub struct LinuxRuntimeConfig {
     pub pids_limit: u64,
     /// Where writable layers live.
     pub disk: DiskConfig,
+    /// Sandbox networking (NAT and egress policies); `None`: loopback only.
+    pub network: Option<crate::net::NetConfig>,
 }
 
 /// Errors starting the runtime.
@@ -154,6 +156,8 @@ pub enum InitError {
     HostImage(#[from] host_image::HostImageError),
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error("setting up sandbox networking: {0}")]
+    Network(#[from] crate::net::NetError),
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -188,6 +192,8 @@ pub struct LinuxRuntime {
     /// The open-files limit the server was started with; sandboxes get it back (the server
     /// raises its own soft limit to hold fds for many sandboxes).
     nofile: (u64, u64),
+    /// Pooled network slots and egress rules; `None` when sandboxes get loopback only.
+    net: Option<std::sync::Arc<crate::net::Network>>,
 }
 
 impl std::fmt::Debug for LinuxRuntime {
@@ -266,6 +272,11 @@ impl LinuxRuntime {
             ),
         };
         let nofile = raise_nofile();
+        let net = cfg
+            .network
+            .clone()
+            .map(crate::net::Network::open)
+            .transpose()?;
         let spawner = Spawner::start().map_err(io("starting spawner thread", Path::new("-")))?;
         let seccomp =
             crate::seccomp::compile().map_err(|e| InitError::Unsupported(e.to_string()))?;
@@ -288,6 +299,7 @@ impl LinuxRuntime {
             masked,
             disk,
             nofile,
+            net,
         })
     }
 
@@ -349,6 +361,19 @@ impl LinuxRuntime {
                 ),
             )
             .map_err(host("writing /etc/hosts"))?;
+            if let Some(net) = &self.net
+                && !net.dns().is_empty()
+            {
+                let mut conf = String::from("# written by corral\n");
+                for ns in net.dns() {
+                    conf.push_str(&format!("nameserver {ns}\n"));
+                }
+                // The host's file may be a symlink into /run (systemd-resolved).
+                remove_file_if_exists(&etc.join("resolv.conf"))
+                    .map_err(host("replacing /etc/resolv.conf"))?;
+                fs::write(etc.join("resolv.conf"), conf)
+                    .map_err(host("writing /etc/resolv.conf"))?;
+            }
         }
 
         let mut env: BTreeMap<String, String> = BTreeMap::new();
@@ -400,7 +425,22 @@ impl LinuxRuntime {
                 data: b"0".to_vec(),
             });
         }
-        steps.extend(self.mount_steps(&spec.id, &layer, &mnt)?);
+        // Then into its network slot (before /sys is mounted, which shows the mounter's
+        // network namespace), with its egress policy already in force.
+        let netns = match &self.net {
+            Some(net) => {
+                let lease = net
+                    .lease(&spec.id, &spec.egress)
+                    .map_err(|e| RuntimeError::host("taking a network slot", e))?;
+                steps.push(Step::Setns {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(&lease.netns),
+                    nstype: libc::CLONE_NEWNET,
+                });
+                Some(lease.netns)
+            }
+            None => None,
+        };
+        steps.extend(self.mount_steps(&spec.id, &layer, &mnt, netns.is_none())?);
         Ok(Plan {
             steps,
             exec_path: cstr(AGENT_PATH_IN_SANDBOX)?,
@@ -409,6 +449,7 @@ impl LinuxRuntime {
             listener,
             config: config_fd,
             log,
+            netns,
         })
     }
 
@@ -419,7 +460,13 @@ impl LinuxRuntime {
             .collect()
     }
 
-    fn mount_steps(&self, id: &str, layer: &Path, mnt: &Path) -> Result<Vec<Step>, RuntimeError> {
+    fn mount_steps(
+        &self,
+        id: &str,
+        layer: &Path,
+        mnt: &Path,
+        own_loopback: bool,
+    ) -> Result<Vec<Step>, RuntimeError> {
         let overlay = |target: &Path, lowers: &str, name: &str| -> Result<Step, RuntimeError> {
             Ok(Step::Mount {
                 source: Some(cstr("overlay")?),
@@ -587,7 +634,10 @@ impl LinuxRuntime {
         steps.push(Step::PivotRoot { root: cpath(mnt)? });
         steps.push(Step::Umask { mask: 0o022 });
         // Hardening, last: loopback up needs CAP_NET_ADMIN, which is then dropped for good.
-        steps.push(Step::LoopbackUp);
+        // (A network slot's loopback is up already.)
+        if own_loopback {
+            steps.push(Step::LoopbackUp);
+        }
         // The OOM killer must pick a sandbox's hungry process, never its agent. -1000 needs
         // CAP_SYS_RESOURCE, which some hosts (containers) do not grant even to root, so it is
         // best effort; the agent also starts its children at +500, which needs no privilege.
@@ -668,6 +718,10 @@ impl LinuxRuntime {
             }
         } else {
             self.cgroups.kill_all(id);
+        }
+        // Its processes are gone: its network slot can serve another sandbox.
+        if let Some(net) = &self.net {
+            net.release(id);
         }
         metrics::histogram!("corral_stop_phase_seconds", "phase" => "kill_and_wait")
             .record(t.elapsed().as_secs_f64());
@@ -866,6 +920,9 @@ impl Runtime for LinuxRuntime {
         let spawned = match spawned {
             Ok(s) => s,
             Err(e) => {
+                if let Some(net) = &self.net {
+                    net.release(&spec.id);
+                }
                 if let Err(clean) = self.runtime_traces(&spec.id).remove() {
                     tracing::warn!(sandbox = %spec.id, error = %clean, "cleanup after a failed start");
                 }
@@ -970,6 +1027,31 @@ impl Runtime for LinuxRuntime {
         Ok(())
     }
 
+    async fn set_egress(&self, id: &str, egress: &corral_core::Egress) -> Result<(), RuntimeError> {
+        let Some(net) = self.net.clone() else {
+            return match egress {
+                corral_core::Egress::Open => Ok(()),
+                _ => Err(RuntimeError::Invalid(
+                    "this server runs sandboxes without network (--network none): they \
+                     have no egress to limit"
+                        .into(),
+                )),
+            };
+        };
+        let (id, egress) = (id.to_owned(), egress.clone());
+        tokio::task::spawn_blocking(move || net.set_egress(&id, &egress))
+            .await
+            .map_err(|e| RuntimeError::host("joining network task", e))?
+            .map(|_| ())
+            .map_err(|e| RuntimeError::host("applying the egress policy", e))
+    }
+
+    fn shutdown(&self) {
+        if let Some(net) = &self.net {
+            net.shutdown();
+        }
+    }
+
     fn is_running(&self, id: &str) -> bool {
         self.running().get(id).is_some_and(|r| !*r.exited.borrow())
     }
@@ -987,6 +1069,9 @@ impl Runtime for LinuxRuntime {
             Err(e) => return Err(RuntimeError::host("opening pidfd of adopted sandbox", e)),
         };
         tracing::info!(sandbox = id, pid, "adopted a running sandbox");
+        if let Some(net) = &self.net {
+            net.adopt(id, pid);
+        }
         self.watch(id, pid, pidfd)?;
         Ok(true)
     }

@@ -57,6 +57,11 @@ pub enum Step {
     },
     /// Brings the loopback interface of the new net namespace up.
     LoopbackUp,
+    /// Enters an existing namespace (`setns(fd, nstype)`); the fd belongs to the plan.
+    Setns {
+        fd: RawFd,
+        nstype: libc::c_int,
+    },
     /// Writes `data` to an existing file (e.g. a /proc knob).
     WriteFile {
         path: CString,
@@ -104,6 +109,7 @@ impl Step {
             Step::PivotRoot { root } => format!("pivot_root into {}", s(root)),
             Step::Umask { .. } => "umask".into(),
             Step::LoopbackUp => "bringing up lo".into(),
+            Step::Setns { .. } => "entering the network namespace".into(),
             Step::WriteFile { path, .. } => format!("writing {}", s(path)),
             Step::DropCaps { .. } => "dropping capabilities".into(),
             Step::NoNewPrivs => "setting no_new_privs".into(),
@@ -127,6 +133,9 @@ pub struct Plan {
     pub config: OwnedFd,
     /// Becomes stdout and stderr of the agent.
     pub log: OwnedFd,
+    /// A prepared network namespace the child enters (a `Step::Setns` names its fd) instead
+    /// of creating an empty one.
+    pub netns: Option<OwnedFd>,
 }
 
 impl std::fmt::Debug for Plan {
@@ -374,6 +383,11 @@ fn spawn(plan: Plan, stack: &mut ChildStack) -> Result<Spawned, SpawnError> {
         sigmask: old,
     };
 
+    let clone_flags = if plan.netns.is_some() {
+        CLONE_FLAGS & !libc::CLONE_NEWNET
+    } else {
+        CLONE_FLAGS
+    };
     let mut pidfd: libc::c_int = -1;
     // SAFETY: `child_entry` runs on `stack` (ours, unused by anyone else) with a pointer to
     // `child`, which lives on this frame; CLONE_VFORK keeps this thread suspended, and every
@@ -383,7 +397,7 @@ fn spawn(plan: Plan, stack: &mut ChildStack) -> Result<Spawned, SpawnError> {
         libc::clone(
             child_entry,
             stack.top(),
-            CLONE_FLAGS | libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            clone_flags | libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
             (&raw mut child).cast(),
             &mut pidfd as *mut libc::c_int,
         )
@@ -581,6 +595,7 @@ unsafe fn run_step(step: &Step) -> libc::c_int {
                 0
             }
             Step::LoopbackUp => loopback_up(),
+            Step::Setns { fd, nstype } => libc::setns(*fd, *nstype),
             Step::WriteFile { path, data } => {
                 let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 {

@@ -44,6 +44,14 @@ enum DiskQuota {
     Off,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum NetworkMode {
+    /// Each sandbox gets its own address behind NAT, with egress policies.
+    Nat,
+    /// Loopback only: sandboxes reach nothing outside themselves.
+    None,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Json,
@@ -69,6 +77,20 @@ struct ServeArgs {
     /// `*.localhost` to loopback.
     #[arg(long, env = "CORRAL_PREVIEW_DOMAIN", default_value = "localhost")]
     preview_domain: String,
+    /// Sandbox networking.
+    #[arg(long, env = "CORRAL_NETWORK", value_enum, default_value = "nat")]
+    network: NetworkMode,
+    /// Addresses for sandboxes (a /30 each); must not overlap the host's networks.
+    #[arg(long, env = "CORRAL_NET_CIDR", default_value = "10.117.0.0/16")]
+    net_cidr: ipnet::Ipv4Net,
+    /// Prefix of sandboxes' host-side interfaces; corral's nftables table is
+    /// `corral_<prefix>`. Give each server on one host its own prefix and CIDR.
+    #[arg(long, env = "CORRAL_NET_PREFIX", default_value = "crv")]
+    net_prefix: String,
+    /// DNS resolvers for sandboxes (comma-separated IPv4); default: the host's non-loopback
+    /// resolvers.
+    #[arg(long, env = "CORRAL_DNS", value_delimiter = ',')]
+    dns: Vec<std::net::Ipv4Addr>,
     /// Log format.
     #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
@@ -191,6 +213,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             DiskQuota::Off => DiskConfig::Plain,
             DiskQuota::Auto | DiskQuota::Btrfs => DiskConfig::Btrfs { pool_bytes },
         },
+        network: match args.network {
+            NetworkMode::None => None,
+            NetworkMode::Nat => {
+                let dns = if args.dns.is_empty() {
+                    corral_runtime::net::host_resolvers()
+                } else {
+                    args.dns.clone()
+                };
+                if dns.is_empty() {
+                    tracing::warn!(
+                        "no DNS resolver that sandboxes can reach was found (the host's are \
+                         loopback only); sandboxes keep the host's resolv.conf; pass --dns"
+                    );
+                }
+                Some(corral_runtime::net::NetConfig {
+                    cidr: args.net_cidr,
+                    prefix: args.net_prefix.clone(),
+                    dns,
+                    spare: 8,
+                    max_free: 64,
+                })
+            }
+        },
     };
     let runtime = match LinuxRuntime::new(runtime_cfg.clone()) {
         Err(e)
@@ -256,6 +301,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     state.teardowns.wait().await;
     // Whatever ended serving, unclaimed pooled sandboxes must not outlive the server.
     corral_api::pool::WarmPool::drain(&state, filler).await;
+    runtime.shutdown();
     served?;
     store.close().await;
     tracing::info!("corral stopped; sandboxes keep running");
