@@ -126,6 +126,10 @@ type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// The bench server's own cgroup parent, removed afterwards.
 const CGROUP_PARENT: &str = "corral-bench";
+/// The bench server's network: its own interface prefix, nftables table and addresses, so
+/// it never meets another server's.
+const NET_PREFIX: &str = "crbench";
+const NET_CIDR: &str = "10.118.0.0/16";
 
 /// Removes what the bench server owns beyond its sandboxes: the disk pool mount (its loop
 /// device is auto-cleared), its cgroup parents, and the data dir.
@@ -355,6 +359,8 @@ struct Results {
     /// sandbox the deletes or the server's graceful stop left behind.
     leftover_processes: usize,
     leftover_cgroups: usize,
+    /// Network slot interfaces and nftables tables left after the server stopped.
+    leftover_net: usize,
     peers: Option<Peers>,
 }
 
@@ -503,10 +509,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             ));
         }
     }
-    if res.leftover_processes + res.leftover_cgroups > 0 {
+    if res.leftover_processes + res.leftover_cgroups + res.leftover_net > 0 {
         problems.push(format!(
-            "after deleting every sandbox: {} sandbox processes and {} cgroups were left",
-            res.leftover_processes, res.leftover_cgroups
+            "after deleting every sandbox: {} sandbox processes, {} cgroups and {} network \
+             interfaces or tables were left",
+            res.leftover_processes, res.leftover_cgroups, res.leftover_net
         ));
     }
     if !problems.is_empty() {
@@ -517,6 +524,35 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 /// Starts the server, runs the corral phases, and always deletes every sandbox, stops the
 /// server and removes its traces.
+/// The bench server's slot interfaces and nftables table still present after it stopped.
+/// Dropped namespaces are removed by the kernel in the background: allowed 3 s.
+async fn network_leftovers() -> usize {
+    let count = || {
+        let links = std::fs::read_dir("/sys/class/net")
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(NET_PREFIX))
+                    .count()
+            })
+            .unwrap_or(0);
+        let table = std::process::Command::new("nft")
+            .args(["list", "table", "inet", &format!("corral_{NET_PREFIX}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        links + usize::from(table)
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let n = count();
+        if n == 0 || Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn corral_part(cfg: &Config, res: &mut Results) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     cleanup_server_traces(&cfg.data_dir);
@@ -544,6 +580,8 @@ async fn corral_part(cfg: &Config, res: &mut Results) -> anyhow::Result<()> {
         .arg(&cfg.data_dir)
         .env("CORRAL_API_KEY", &key)
         .env("CORRAL_LOG", "warn")
+        .env("CORRAL_NET_PREFIX", NET_PREFIX)
+        .env("CORRAL_NET_CIDR", NET_CIDR)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .kill_on_drop(true)
@@ -595,6 +633,7 @@ async fn corral_part(cfg: &Config, res: &mut Results) -> anyhow::Result<()> {
     // sandbox cgroup left now was not deleted.
     (res.leftover_processes, res.leftover_cgroups) =
         procfs::kill_and_remove_child_cgroups(CGROUP_PARENT);
+    res.leftover_net = network_leftovers().await;
     cleanup_server_traces(&cfg.data_dir);
     measured
 }
@@ -1032,8 +1071,11 @@ fn render(cfg: &Config, res: &Results) -> String {
     let _ = writeln!(
         w,
         "{:<44} {:>16}",
-        "left after deletes + stop (processes, cgroups)",
-        format!("{}, {}", res.leftover_processes, res.leftover_cgroups)
+        "left after deletes + stop (procs, cgroups, net)",
+        format!(
+            "{}, {}, {}",
+            res.leftover_processes, res.leftover_cgroups, res.leftover_net
+        )
     );
 
     if let Some(d) = &res.density {
@@ -1263,6 +1305,7 @@ fn to_json(cfg: &Config, res: &Results) -> serde_json::Value {
             "rss_after_runs_mib": res.rss_after_kib.map(|k| round3(mib(k))),
             "leftover_processes": res.leftover_processes,
             "leftover_cgroups": res.leftover_cgroups,
+            "leftover_net": res.leftover_net,
         },
         "corral": {
             "create": st(res.create),
