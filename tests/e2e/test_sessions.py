@@ -158,10 +158,43 @@ def test_input_reaches_a_running_command(sb):
     assert sb.process.get_session_command(sid, r.cmd_id).exit_code is None
     sb.process.send_session_command_input(sid, r.cmd_id, "hello\n")
     assert wait_exit(sb, sid, r.cmd_id).exit_code == 0
-    assert sb.process.get_session_command_logs(sid, r.cmd_id).stdout == "got hello\n"
+    # Like Daytona, the input is echoed into the command's stdout log by default.
+    assert sb.process.get_session_command_logs(sid, r.cmd_id).stdout == "hello\ngot hello\n"
     # Input to a finished command is refused.
     with pytest.raises(DaytonaError):
         sb.process.send_session_command_input(sid, r.cmd_id, "late\n")
+    sb.process.delete_session(sid)
+
+
+def test_input_gets_a_newline_and_feeds_a_reader_line_by_line(sb):
+    sid = new_session(sb)
+    r = run(sb, sid, "head -n 2 | tr a-z A-Z", run_async=True, suppress_input_echo=True)
+    # Without a trailing newline, one is added (so `read`-style readers see a line).
+    sb.process.send_session_command_input(sid, r.cmd_id, "one")
+    time.sleep(0.2)
+    assert sb.process.get_session_command(sid, r.cmd_id).exit_code is None
+    sb.process.send_session_command_input(sid, r.cmd_id, "two\n")
+    assert wait_exit(sb, sid, r.cmd_id).exit_code == 0
+    logs = sb.process.get_session_command_logs(sid, r.cmd_id)
+    # suppressInputEcho: only the command's own output.
+    assert (logs.stdout, logs.stderr) == ("ONE\nTWO\n", "")
+    sb.process.delete_session(sid)
+
+
+def test_suppressed_echo_keeps_secrets_out_of_the_log(sb):
+    sid = new_session(sb)
+    r = run(sb, sid, "read -r pw; echo ${#pw} chars", run_async=True, suppress_input_echo=True)
+    sb.process.send_session_command_input(sid, r.cmd_id, "s3cret")
+    assert wait_exit(sb, sid, r.cmd_id).exit_code == 0
+    logs = sb.process.get_session_command_logs(sid, r.cmd_id)
+    assert logs.stdout == "6 chars\n"
+    assert "s3cret" not in logs.output
+    # The echoed form, for comparison, and its place in the combined output.
+    r = run(sb, sid, "read -r pw; echo ${#pw} chars >&2", run_async=True)
+    sb.process.send_session_command_input(sid, r.cmd_id, "abc")
+    assert wait_exit(sb, sid, r.cmd_id).exit_code == 0
+    logs = sb.process.get_session_command_logs(sid, r.cmd_id)
+    assert (logs.stdout, logs.stderr, logs.output) == ("abc\n", "3 chars\n", "abc\n3 chars\n")
     sb.process.delete_session(sid)
 
 

@@ -1,6 +1,8 @@
 //! How `/process/code-run` runs each language (mirrors Daytona's daemon).
 //!
-//! - python: `python3 -u - <argv..>` with the code on stdin;
+//! - python: `python3 -u - <argv..>` with the code on stdin; code that may plot runs as
+//!   `python3 -u -c <charts.py + run_stdin()> <argv..>` instead, which runs stdin the same way
+//!   with matplotlib figures reported as chart lines ([`CHART_MARKER`]);
 //! - javascript: `node - <argv..>` with [`JS_PREAMBLE`] + code on stdin (the preamble drops
 //!   the `-` so `process.argv` looks like a script's);
 //! - typescript: the same preamble + code in a fresh `/tmp/dtn_<random>.ts` owned by the user,
@@ -25,6 +27,10 @@ pub const TS_NODE_ARGS: [&str; 5] = [
     "-O",
     r#"{"module":"CommonJS"}"#,
 ];
+/// Python that turns matplotlib figures into chart artifacts (see the file's header).
+pub const CHARTS_SCRIPT: &str = include_str!("charts.py");
+/// The line prefix of a chart in the output of a python run (`MARKER` in `charts.py`).
+pub const CHART_MARKER: &str = "corral_chart_5e1d7b:";
 /// Where TypeScript scripts are written.
 const SCRIPT_DIR: &str = "/tmp";
 
@@ -71,6 +77,16 @@ pub fn prepare(
         args
     };
     Ok(match language {
+        Language::Python if may_plot(code) => Prepared {
+            program: "python3".to_owned(),
+            args: with_argv(vec![
+                "-u".to_owned(),
+                "-c".to_owned(),
+                format!("{CHARTS_SCRIPT}\nrun_stdin()\n"),
+            ]),
+            stdin: Some(code.as_bytes().to_vec()),
+            script: None,
+        },
         Language::Python => Prepared {
             program: "python3".to_owned(),
             args: with_argv(vec!["-u".to_owned(), "-".to_owned()]),
@@ -97,6 +113,14 @@ pub fn prepare(
             }
         }
     })
+}
+
+/// Whether python `code` may draw matplotlib figures; only then does a per-call run load
+/// [`CHARTS_SCRIPT`] (the fork server always has it: it costs nothing there).
+pub fn may_plot(code: &str) -> bool {
+    ["matplotlib", "plot", "seaborn"]
+        .iter()
+        .any(|word| code.contains(word))
 }
 
 /// `ts-node` itself when found on PATH, else `npx ts-node`.
@@ -175,6 +199,25 @@ mod tests {
         assert_eq!(p.program, "python3");
         assert_eq!(p.args, ["-u", "-", "a", "b c"]);
         assert_eq!(p.stdin.as_deref(), Some(&b"print(1)"[..]));
+    }
+
+    #[test]
+    fn python_that_may_plot_loads_the_chart_hook() {
+        let code = "import matplotlib.pyplot as plt";
+        let p = prepare(
+            Language::Python,
+            code,
+            &argv(),
+            &BTreeMap::new(),
+            own_creds(),
+        )
+        .expect("prepared");
+        assert_eq!(p.program, "python3");
+        assert_eq!(p.args[..2], ["-u", "-c"]);
+        assert!(p.args[2].starts_with(CHARTS_SCRIPT) && p.args[2].ends_with("run_stdin()\n"));
+        assert_eq!(p.args[3..], ["a", "b c"]);
+        assert_eq!(p.stdin.as_deref(), Some(code.as_bytes()));
+        assert!(CHARTS_SCRIPT.contains(&format!("MARKER = \"{CHART_MARKER}\"")));
     }
 
     #[test]

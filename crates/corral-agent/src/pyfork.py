@@ -1,4 +1,5 @@
-# corral-agent's python fork server. The agent runs it as `python3 -u -c <this file> <fd>`,
+# corral-agent's python fork server. The agent runs it as
+# `python3 -u -c <this file> <fd> [<charts.py>]`,
 # as the sandbox user, with the sandbox's env and cwd; <fd> is a unix stream socket to the agent.
 # Each request forks a child that runs the code as `python3 -u - <argv..>` would.
 #
@@ -26,7 +27,8 @@
 # Known differences: getppid() is this server; the hash seed, gc.freeze()'d objects and
 # address layout are shared by all runs; frames above the code's own (sys._getframe,
 # warnings with a large stacklevel) show this script; the order of finalizers across modules
-# at exit may differ; on Python <= 3.9 some SyntaxError positions differ; modules imported at
+# at exit may differ; sys.meta_path starts with charts.py's finder (matplotlib figures become
+# chart artifacts); on Python <= 3.9 some SyntaxError positions differ; modules imported at
 # start-up (site, .pth files) keep what they read from the env at the server's start.
 import sys
 
@@ -46,6 +48,12 @@ import _io
 import _weakref
 
 _BUFFERED = (_io.TextIOWrapper, _io.BufferedWriter, _io.BufferedRandom)
+
+# charts.py, when the agent passes it: its FINDER goes first on every child's sys.meta_path
+# (it does nothing until the code imports matplotlib).
+_CHARTS = {"__name__": "corral_charts", "__builtins__": sys.modules["builtins"]}
+if len(sys.argv) > 2:
+    exec(compile(sys.argv[2], "<corral charts>", "exec", dont_inherit=True), _CHARTS)
 
 _MAX_FRAME = 1 << 30
 
@@ -267,6 +275,9 @@ def _prepare(request):
     for key, value in request["env"].items():
         os.environ[key] = value
     _forget_imports()  # normally done already, by the server before its loop
+    finder = _CHARTS.get("FINDER")
+    if finder is not None:
+        sys.meta_path.insert(0, finder)
     main = type(sys)("__main__")
     namespace = main.__dict__
     namespace["__loader__"] = _LOADER

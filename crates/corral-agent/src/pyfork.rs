@@ -7,7 +7,8 @@
 //! at EOF, `oom_score_adj` +500), with stdout/stderr on a pipe the agent logs and `<fd>` one
 //! end of a `socketpair` (its close-on-exec flag cleared between fork and exec). It is a child
 //! of the agent, reaped by the reaper, and kept for the agent's life; idle sandboxes never
-//! start one. The server owns nothing the sandbox user does not: it runs as that user.
+//! start one. The server owns nothing the sandbox user does not: it runs as that user. Its
+//! last argument is `charts.py` ([`CHARTS_SCRIPT`]), whose import hook every child gets.
 //!
 //! Per run, the agent creates the output pipe and sends `{id, code, argv, env, cwd}` with the
 //! pipe's write end attached (SCM_RIGHTS). The server forks a child that takes its own process
@@ -55,12 +56,12 @@ use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::coderun::find_on_path;
+use crate::coderun::{CHARTS_SCRIPT, find_on_path};
 use crate::reaper::{ExitCode, Reaper};
 use crate::runner::{RunOutcome, supervise};
 use crate::spawn::{self, Credentials, KillGuard};
 
-/// The fork server, run as `python3 -u -c SCRIPT <fd>`.
+/// The fork server, run as `python3 -u -c SCRIPT <fd> CHARTS_SCRIPT`.
 const SCRIPT: &str = include_str!("pyfork.py");
 /// The agent's environment variable that disables the fork server when `0`, `off`, `false` or
 /// `no` (every python code-run then starts its own `python3`).
@@ -374,6 +375,7 @@ impl Instance {
             .arg("-c")
             .arg(SCRIPT)
             .arg(fd.to_string())
+            .arg(CHARTS_SCRIPT)
             .current_dir(&config.work_dir)
             .env_clear()
             .envs(&config.env)

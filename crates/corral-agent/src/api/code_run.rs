@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::json::JsonBody;
 use super::outcome::finish;
 use super::{ApiError, AppState};
-use crate::coderun::{Language, prepare};
+use crate::coderun::{CHART_MARKER, Language, prepare};
 use crate::params;
 use crate::pyfork::{self, Job};
 use crate::runner::{self, RunOutcome};
@@ -40,7 +40,8 @@ pub struct CodeRunResponse {
     pub artifacts: CodeRunArtifacts,
 }
 
-/// Daytona's `CodeRunArtifacts`; charts are never produced (no matplotlib capture).
+/// Daytona's `CodeRunArtifacts`: one chart per matplotlib figure a python run showed or left
+/// open (built by `charts.py`; Daytona's `Chart` JSON, snake_case keys).
 #[derive(Debug, Serialize)]
 pub struct CodeRunArtifacts {
     pub charts: Vec<serde_json::Value>,
@@ -83,11 +84,15 @@ pub async fn code_run(
         Some(outcome) => outcome,
         None => run_per_call(&state, language, &request.code, &argv, env, cwd, deadline).await,
     };
-    let (exit_code, result) = finish(outcome, request.timeout)?;
+    let (exit_code, mut result) = finish(outcome, request.timeout)?;
+    let charts = match language {
+        Language::Python => take_charts(&mut result),
+        _ => Vec::new(),
+    };
     Ok(Json(CodeRunResponse {
         exit_code,
         result,
-        artifacts: CodeRunArtifacts { charts: Vec::new() },
+        artifacts: CodeRunArtifacts { charts },
     }))
 }
 
@@ -118,5 +123,82 @@ async fn run_per_call(
             drop(prepared.script);
             outcome
         }
+    }
+}
+
+/// Removes the chart lines `charts.py` wrote from `output` and returns their charts. A chart
+/// line runs from [`CHART_MARKER`] to the end of its line, newline included: text printed
+/// before it without a newline joins what follows, as if the chart had never been written.
+/// A line that is not a chart (cut short by the output cap, say) is dropped all the same.
+fn take_charts(output: &mut String) -> Vec<serde_json::Value> {
+    if !output.contains(CHART_MARKER) {
+        return Vec::new();
+    }
+    let mut charts = Vec::new();
+    let mut kept = String::with_capacity(output.len());
+    let mut rest = output.as_str();
+    while let Some(start) = rest.find(CHART_MARKER) {
+        kept.push_str(&rest[..start]);
+        let line = &rest[start + CHART_MARKER.len()..];
+        let (payload, after) = match line.find('\n') {
+            Some(end) => (&line[..end], &line[end + 1..]),
+            None => (line, ""),
+        };
+        if let Ok(serde_json::Value::Object(mut artifact)) = serde_json::from_str(payload) {
+            let chart = artifact.remove("value");
+            if artifact.get("type").and_then(serde_json::Value::as_str) == Some("chart")
+                && let Some(chart @ serde_json::Value::Object(_)) = chart
+            {
+                charts.push(chart);
+            }
+        }
+        rest = after;
+    }
+    kept.push_str(rest);
+    *output = kept;
+    charts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chart_line(title: &str) -> String {
+        format!(
+            "{CHART_MARKER}{}\n",
+            serde_json::json!({"type": "chart", "value": {"type": "line", "title": title}})
+        )
+    }
+
+    #[test]
+    fn output_without_charts_is_untouched() {
+        let mut output = "a\nb\n".to_owned();
+        assert!(take_charts(&mut output).is_empty());
+        assert_eq!(output, "a\nb\n");
+    }
+
+    #[test]
+    fn chart_lines_become_charts() {
+        let mut output = format!("one\n{}two\n{}", chart_line("A"), chart_line("B"));
+        let charts = take_charts(&mut output);
+        assert_eq!(output, "one\ntwo\n");
+        let titles: Vec<_> = charts.iter().map(|c| c["title"].clone()).collect();
+        assert_eq!(titles, ["A", "B"]);
+    }
+
+    #[test]
+    fn a_chart_after_an_unfinished_line_leaves_the_line_whole() {
+        let mut output = format!("no newline{}yet\n", chart_line("A"));
+        assert_eq!(take_charts(&mut output).len(), 1);
+        assert_eq!(output, "no newlineyet\n");
+    }
+
+    #[test]
+    fn broken_chart_lines_are_dropped() {
+        let mut output = format!(
+            "x\n{CHART_MARKER}{{\"type\": \"chart\"\ny\n{CHART_MARKER}[1]\n{CHART_MARKER}{{\"type\""
+        );
+        assert!(take_charts(&mut output).is_empty());
+        assert_eq!(output, "x\ny\n");
     }
 }

@@ -128,9 +128,8 @@ struct ExecuteRequest {
     /// Deprecated spelling of `runAsync`.
     #[serde(rename = "async")]
     var_async: Option<bool>,
-    /// Accepted for compatibility; input is never echoed into the logs here.
+    /// When true, input sent to the command is not copied into its stdout log.
     #[serde(rename = "suppressInputEcho")]
-    #[allow(dead_code)]
     suppress_input_echo: Option<bool>,
 }
 
@@ -262,7 +261,10 @@ async fn execute(
     }
     let run_async = request.run_async.or(request.var_async).unwrap_or(false);
     let (cmd, mut changed) = session
-        .execute(request.command)
+        .execute(
+            request.command,
+            !request.suppress_input_echo.unwrap_or(false),
+        )
         .await
         .map_err(|e| match e {
             StartError::ShellGone => ApiError::bad_request(e.to_string()),

@@ -102,6 +102,9 @@ pub struct Command {
     pub changed: watch::Sender<u64>,
     /// The write end of the command's stdin FIFO while it runs.
     input: tokio::sync::Mutex<Option<pipe::Sender>>,
+    /// Whether input sent to the command is also logged as its stdout (Daytona's default;
+    /// `suppressInputEcho` turns it off).
+    echo_input: bool,
 }
 
 impl Command {
@@ -115,12 +118,21 @@ impl Command {
         lock(&self.state).exit_code
     }
 
-    /// Writes `data` to the command's stdin; `false` when it is no longer running.
+    /// Writes `data` to the command's stdin, ending it with a newline if it has none (as
+    /// Daytona does, for `read`), and logs it as stdout unless the command suppresses the echo;
+    /// `false` when the command is no longer running.
     pub async fn send_input(&self, data: &[u8]) -> io::Result<bool> {
+        let mut line = data.to_vec();
+        if line.last() != Some(&b'\n') {
+            line.push(b'\n');
+        }
         let mut input = self.input.lock().await;
         match input.as_mut() {
             Some(tx) if self.exit_code().is_none() => {
-                tx.write_all(data).await?;
+                tx.write_all(&line).await?;
+                if self.echo_input {
+                    self.update(|state| state.push(Stream::Stdout, &line));
+                }
                 Ok(true)
             }
             _ => Ok(false),
@@ -219,10 +231,12 @@ impl Session {
         }))
     }
 
-    /// Starts `command`; the returned receiver resolves once it ended.
+    /// Starts `command` (`echo_input`: see [`Command`]); the returned receiver changes with
+    /// its state.
     pub async fn execute(
         &self,
         command: String,
+        echo_input: bool,
     ) -> Result<(Arc<Command>, watch::Receiver<u64>), StartError> {
         if !self.shared.alive.load(Ordering::SeqCst) {
             return Err(StartError::ShellGone);
@@ -252,6 +266,7 @@ impl Session {
             state: Mutex::new(CommandState::default()),
             changed,
             input: tokio::sync::Mutex::new(Some(input)),
+            echo_input,
         });
         let (done_tx, done_rx) = oneshot::channel();
         lock(&self.shared.pending).insert(id.clone(), done_tx);
