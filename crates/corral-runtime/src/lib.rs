@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod host_image;
 pub mod layer;
 mod linux;
+pub mod oci;
 pub mod seccomp;
 mod spawn;
 pub mod users;
