@@ -110,7 +110,7 @@ impl RegistryClient {
             let resp = req
                 .send()
                 .await
-                .map_err(|e| OciError::Registry(format!("GET {url}: {e}")))?;
+                .map_err(|e| OciError::Registry(format!("GET {url}: {}", chain(&e))))?;
             let status = resp.status();
             if status == reqwest::StatusCode::UNAUTHORIZED && !fresh {
                 let challenge = resp
@@ -170,10 +170,9 @@ impl RegistryClient {
                 if let Some((u, p)) = creds {
                     req = req.basic_auth(u, Some(p));
                 }
-                let resp = req
-                    .send()
-                    .await
-                    .map_err(|e| OciError::Registry(format!("token from {realm}: {e}")))?;
+                let resp = req.send().await.map_err(|e| {
+                    OciError::Registry(format!("token from {realm}: {}", chain(&e)))
+                })?;
                 if !resp.status().is_success() {
                     return Err(OciError::Registry(format!(
                         "token from {realm}: {} (check the credentials for {})",
@@ -358,6 +357,18 @@ async fn read_limited(
         out.extend_from_slice(&c);
     }
     Ok(out)
+}
+
+/// An error with its causes (reqwest's own message hides DNS, TLS and connect failures).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 fn host_of(registry: &str) -> &str {
