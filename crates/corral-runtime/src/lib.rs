@@ -12,6 +12,7 @@ pub mod host_image;
 pub mod layer;
 mod linux;
 pub mod net;
+pub mod oci;
 pub mod seccomp;
 mod spawn;
 pub mod users;

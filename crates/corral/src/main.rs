@@ -2,6 +2,7 @@
 
 mod agent_binary;
 mod bench;
+mod image_cmd;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,8 @@ enum Command {
     Serve(ServeArgs),
     /// Start a server and measure create, exec and delete latencies over HTTP.
     Bench(bench::BenchArgs),
+    /// Pull, import, list and remove OCI images.
+    Image(image_cmd::ImageArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -136,6 +139,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Image(args) => runtime.block_on(image_cmd::run(args)),
     }
 }
 
