@@ -311,7 +311,7 @@ def test_stopped_sandbox_is_a_clear_error(server, daytona):
         assert status == 409
         assert "stopped" in json.loads(body)["message"]
     finally:
-        daytona.delete(sb)
+        daytona.delete(sb, wait=True)
     # Deleted: its tokens are gone with it.
     assert fetch(server, link.url, headers={"X-Daytona-Preview-Token": link.token})[0] == 404
 

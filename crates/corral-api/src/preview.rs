@@ -185,6 +185,12 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The answer for a sandbox whose record went while a request was served.
+fn gone_sandbox(id: &str) -> ApiError {
+    ApiError::not_found(format!("Sandbox with ID or name {id} not found"))
+        .with_code("SANDBOX_NOT_FOUND")
+}
+
 fn forbidden(message: &str) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, message).with_code("FORBIDDEN")
 }
@@ -211,7 +217,8 @@ async fn authorize(
         let token = state
             .previews
             .preview_token(&sandbox.id, &new_token())
-            .await?;
+            .await?
+            .ok_or_else(|| gone_sandbox(&sandbox.id))?;
         return if same(given.as_bytes(), token.as_bytes()) {
             Ok(())
         } else {
@@ -529,7 +536,11 @@ pub async fn preview_url(
 ) -> Result<Json<PreviewUrl>, ApiError> {
     let port = parse_port(&port)?;
     let s = find(&state, &id_or_name).await?;
-    let token = state.previews.preview_token(&s.id, &new_token()).await?;
+    let token = state
+        .previews
+        .preview_token(&s.id, &new_token())
+        .await?
+        .ok_or_else(|| gone_sandbox(&s.id))?;
     Ok(Json(PreviewUrl {
         url: preview_link(&state, &headers, port, &s.id),
         sandbox_id: s.id,

@@ -175,8 +175,13 @@ pub struct SignedPreviewToken {
 /// Durable storage of preview tokens. A sandbox's tokens go when its record is removed.
 #[async_trait]
 pub trait PreviewTokenStore: Send + Sync {
-    /// The sandbox's preview token: the stored one, else `candidate`, stored now.
-    async fn preview_token(&self, sandbox_id: &str, candidate: &str) -> Result<String, StoreError>;
+    /// The sandbox's preview token: the stored one, else `candidate`, stored now. `None` when
+    /// the sandbox has no record (e.g. it was just deleted).
+    async fn preview_token(
+        &self,
+        sandbox_id: &str,
+        candidate: &str,
+    ) -> Result<Option<String>, StoreError>;
     /// Records a signed preview token.
     async fn add_signed_token(&self, token: &SignedPreviewToken) -> Result<(), StoreError>;
     /// Finds a signed preview token, expired or not.

@@ -221,16 +221,34 @@ impl ApiKeyStore for SqliteStore {
 
 #[async_trait]
 impl PreviewTokenStore for SqliteStore {
-    async fn preview_token(&self, sandbox_id: &str, candidate: &str) -> Result<String, StoreError> {
-        sqlx::query("INSERT OR IGNORE INTO preview_tokens (sandbox_id, token) VALUES (?, ?)")
+    async fn preview_token(
+        &self,
+        sandbox_id: &str,
+        candidate: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let select = "SELECT token FROM preview_tokens WHERE sandbox_id = ?";
+        // Read first: this runs on every private preview request, and a read takes no lock.
+        let stored: Option<String> = sqlx::query_scalar(select)
             .bind(sandbox_id)
-            .bind(candidate)
-            .execute(&self.pool)
+            .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;
-        sqlx::query_scalar("SELECT token FROM preview_tokens WHERE sandbox_id = ?")
+        if stored.is_some() {
+            return Ok(stored);
+        }
+        // Only for a recorded sandbox: one being deleted gets no token (and no FK error).
+        sqlx::query(
+            "INSERT OR IGNORE INTO preview_tokens (sandbox_id, token)
+             SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM sandboxes WHERE id = ?1)",
+        )
+        .bind(sandbox_id)
+        .bind(candidate)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        sqlx::query_scalar(select)
             .bind(sandbox_id)
-            .fetch_one(&self.pool)
+            .fetch_optional(&self.pool)
             .await
             .map_err(backend)
     }
@@ -434,8 +452,15 @@ mod tests {
     async fn preview_tokens_are_stable_expire_and_go_with_the_sandbox() {
         let (_d, s) = store().await;
         s.insert(&sandbox("a", "a", &[])).await.expect("insert");
-        assert_eq!(s.preview_token("a", "t1").await.expect("token"), "t1");
-        assert_eq!(s.preview_token("a", "t2").await.expect("token"), "t1");
+        assert_eq!(
+            s.preview_token("a", "t1").await.expect("token").as_deref(),
+            Some("t1")
+        );
+        assert_eq!(
+            s.preview_token("a", "t2").await.expect("token").as_deref(),
+            Some("t1")
+        );
+        assert_eq!(s.preview_token("gone", "t").await.expect("token"), None);
         let signed = SignedPreviewToken {
             token: "sig".into(),
             sandbox_id: "a".into(),
@@ -469,6 +494,9 @@ mod tests {
         s.remove("a").await.expect("remove");
         assert!(s.signed_token("sig").await.expect("get").is_none());
         s.insert(&sandbox("a", "a", &[])).await.expect("insert");
-        assert_eq!(s.preview_token("a", "t3").await.expect("token"), "t3");
+        assert_eq!(
+            s.preview_token("a", "t3").await.expect("token").as_deref(),
+            Some("t3")
+        );
     }
 }
