@@ -38,6 +38,8 @@ pub struct AppState {
     pub activity: Arc<crate::lifecycle::Activity>,
     /// Deletes finishing in the background.
     pub teardowns: Arc<crate::lifecycle::Teardowns>,
+    /// Preview tokens and signed preview URLs.
+    pub previews: Arc<dyn corral_core::ports::PreviewTokenStore>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -166,3 +166,42 @@ pub trait Runtime: Send + Sync {
         None
     }
 }
+
+/// A signed preview URL: its token (the host label after `{port}-`) grants access to one
+/// port of one sandbox until it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedPreviewToken {
+    /// Lowercase alphanumeric, unguessable.
+    pub token: String,
+    pub sandbox_id: String,
+    pub port: u16,
+    /// When the token stops working, in Unix milliseconds.
+    pub expires_at_ms: i64,
+}
+
+/// Durable storage of preview tokens. A sandbox's tokens go when its record is removed.
+#[async_trait]
+pub trait PreviewTokenStore: Send + Sync {
+    /// The sandbox's preview token: the stored one, else `candidate`, stored now. `None` when
+    /// the sandbox has no record (e.g. it was just deleted).
+    async fn preview_token(
+        &self,
+        sandbox_id: &str,
+        candidate: &str,
+    ) -> Result<Option<String>, StoreError>;
+    /// Records a signed preview token.
+    async fn add_signed_token(&self, token: &SignedPreviewToken) -> Result<(), StoreError>;
+    /// Finds a signed preview token, expired or not.
+    async fn signed_token(&self, token: &str) -> Result<Option<SignedPreviewToken>, StoreError>;
+    /// Makes a signed token of `sandbox_id`'s `port` expire at `at_ms` at the latest.
+    /// Returns whether such a token exists.
+    async fn expire_signed_token(
+        &self,
+        sandbox_id: &str,
+        port: u16,
+        token: &str,
+        at_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Forgets signed tokens that expired before `before_ms`; returns how many.
+    async fn purge_signed_tokens(&self, before_ms: i64) -> Result<u64, StoreError>;
+}

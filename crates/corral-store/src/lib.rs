@@ -5,6 +5,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
+use corral_core::ports::{PreviewTokenStore, SignedPreviewToken};
 use corral_core::{ApiKeyStore, ListQuery, Page, Sandbox, SandboxStore, StoreError};
 use sqlx::Row;
 use sqlx::sqlite::{
@@ -218,6 +219,107 @@ impl ApiKeyStore for SqliteStore {
     }
 }
 
+#[async_trait]
+impl PreviewTokenStore for SqliteStore {
+    async fn preview_token(
+        &self,
+        sandbox_id: &str,
+        candidate: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let select = "SELECT token FROM preview_tokens WHERE sandbox_id = ?";
+        // Read first: this runs on every private preview request, and a read takes no lock.
+        let stored: Option<String> = sqlx::query_scalar(select)
+            .bind(sandbox_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        if stored.is_some() {
+            return Ok(stored);
+        }
+        // Only for a recorded sandbox: one being deleted gets no token (and no FK error).
+        sqlx::query(
+            "INSERT OR IGNORE INTO preview_tokens (sandbox_id, token)
+             SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM sandboxes WHERE id = ?1)",
+        )
+        .bind(sandbox_id)
+        .bind(candidate)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        sqlx::query_scalar(select)
+            .bind(sandbox_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
+    async fn add_signed_token(&self, token: &SignedPreviewToken) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO signed_preview_tokens (token, sandbox_id, port, expires_at_ms)
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(&token.token)
+        .bind(&token.sandbox_id)
+        .bind(i64::from(token.port))
+        .bind(token.expires_at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn signed_token(&self, token: &str) -> Result<Option<SignedPreviewToken>, StoreError> {
+        let row = sqlx::query(
+            "SELECT sandbox_id, port, expires_at_ms FROM signed_preview_tokens WHERE token = ?",
+        )
+        .bind(token)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(|r| {
+            let port = u16::try_from(r.get::<i64, _>(1))
+                .map_err(|_| StoreError::Corrupt(format!("bad port of preview token {token}")))?;
+            Ok(SignedPreviewToken {
+                token: token.to_owned(),
+                sandbox_id: r.get(0),
+                port,
+                expires_at_ms: r.get(2),
+            })
+        })
+        .transpose()
+    }
+
+    async fn expire_signed_token(
+        &self,
+        sandbox_id: &str,
+        port: u16,
+        token: &str,
+        at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE signed_preview_tokens SET expires_at_ms = MIN(expires_at_ms, ?)
+             WHERE token = ? AND sandbox_id = ? AND port = ?",
+        )
+        .bind(at_ms)
+        .bind(token)
+        .bind(sandbox_id)
+        .bind(i64::from(port))
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn purge_signed_tokens(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM signed_preview_tokens WHERE expires_at_ms < ?")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,5 +447,56 @@ mod tests {
         assert!(s.has_key("h1").await.expect("has"));
         assert!(!s.has_key("h2").await.expect("has"));
         assert_eq!(s.count_keys().await.expect("count"), 1);
+    }
+    #[tokio::test]
+    async fn preview_tokens_are_stable_expire_and_go_with_the_sandbox() {
+        let (_d, s) = store().await;
+        s.insert(&sandbox("a", "a", &[])).await.expect("insert");
+        assert_eq!(
+            s.preview_token("a", "t1").await.expect("token").as_deref(),
+            Some("t1")
+        );
+        assert_eq!(
+            s.preview_token("a", "t2").await.expect("token").as_deref(),
+            Some("t1")
+        );
+        assert_eq!(s.preview_token("gone", "t").await.expect("token"), None);
+        let signed = SignedPreviewToken {
+            token: "sig".into(),
+            sandbox_id: "a".into(),
+            port: 3000,
+            expires_at_ms: 5_000,
+        };
+        s.add_signed_token(&signed).await.expect("add");
+        assert_eq!(
+            s.signed_token("sig").await.expect("get"),
+            Some(signed.clone())
+        );
+        assert!(s.signed_token("nope").await.expect("get").is_none());
+        assert!(
+            !s.expire_signed_token("a", 3001, "sig", 1_000)
+                .await
+                .expect("expire")
+        );
+        assert!(
+            s.expire_signed_token("a", 3000, "sig", 1_000)
+                .await
+                .expect("expire")
+        );
+        assert_eq!(
+            s.signed_token("sig")
+                .await
+                .expect("get")
+                .map(|t| t.expires_at_ms),
+            Some(1_000)
+        );
+        assert_eq!(s.purge_signed_tokens(500).await.expect("purge"), 0);
+        s.remove("a").await.expect("remove");
+        assert!(s.signed_token("sig").await.expect("get").is_none());
+        s.insert(&sandbox("a", "a", &[])).await.expect("insert");
+        assert_eq!(
+            s.preview_token("a", "t3").await.expect("token").as_deref(),
+            Some("t3")
+        );
     }
 }

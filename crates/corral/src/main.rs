@@ -280,6 +280,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         agents: corral_api::agent_client::client(runtime.clone()),
         activity: Default::default(),
         teardowns: Default::default(),
+        previews: store.clone(),
     };
     corral_api::reconciler::on_start(&state)
         .await
@@ -298,7 +299,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         startup_ms = started.elapsed().as_millis() as u64,
         "corral is ready"
     );
-    let served = axum::serve(listener, corral_api::router(state.clone()))
+    // The peer address feeds the X-Forwarded-For of preview requests.
+    let app = corral_api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;
     // Deletes already answered finish before the server exits.

@@ -13,6 +13,7 @@ mod misc;
 mod outcome;
 mod pty;
 mod session;
+mod tunnel;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -74,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route("/work-dir", get(info::work_dir))
         .route("/process/execute", post(execute::execute))
         .route("/process/code-run", post(code_run::code_run))
+        .route("/port/{port}/tunnel", get(tunnel::tunnel))
         .merge(files::routes())
         .merge(session::routes())
         .merge(git::routes())
