@@ -33,9 +33,9 @@ def test_sandbox_sees_no_host_secrets_or_data(server, sandbox):
     r = sandbox.process.exec(f"ls {server.data_dir} 2>&1; cat /proc/1/cmdline | tr '\\0' ' '")
     assert "No such file" in r.result
     assert "corral-agent" in r.result
-    # Loopback only, no other interfaces.
+    # Its own network slot only: loopback and one veth end (no host interface).
     r = sandbox.process.exec("ls /sys/class/net")
-    assert r.result.split() == ["lo"]
+    assert r.result.split() == ["eth0", "lo"]
 
 
 def test_many_cycles_leave_nothing_behind(server, daytona):
