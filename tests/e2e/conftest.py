@@ -248,4 +248,5 @@ def daytona(server):
 def sandbox(daytona):
     sb = daytona.create()
     yield sb
-    daytona.delete(sb)
+    # Waits until it is gone, so a next test's leak check does not see its teardown.
+    daytona.delete(sb, wait=True)
