@@ -288,8 +288,11 @@ pub trait VolumeStore: Send + Sync {
     /// Finds the live (not deleted) volume of an organization by name.
     async fn volume_by_name(&self, org: &str, name: &str) -> Result<Option<Volume>, StoreError>;
     /// Lists an organization's volumes, oldest first; deleted ones only when asked.
-    async fn list_volumes(&self, org: &str, include_deleted: bool)
-    -> Result<Vec<Volume>, StoreError>;
+    async fn list_volumes(
+        &self,
+        org: &str,
+        include_deleted: bool,
+    ) -> Result<Vec<Volume>, StoreError>;
     /// Records that the volume was mounted now.
     async fn touch_volume(&self, id: &str, at: time::OffsetDateTime) -> Result<(), StoreError>;
     /// Ids and names of the sandboxes not destroyed that mount volume `id`.

@@ -5,9 +5,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use corral_core::ports::{
-    PreviewTokenStore, SignedPreviewToken, Volume, VolumeState, VolumeStore,
-};
+use corral_core::ports::{PreviewTokenStore, SignedPreviewToken, Volume, VolumeState, VolumeStore};
 use corral_core::{ApiKeyStore, ListQuery, Page, Sandbox, SandboxStore, StoreError};
 use sqlx::Row;
 use sqlx::sqlite::{
@@ -395,11 +393,13 @@ impl VolumeStore for SqliteStore {
     }
 
     async fn volume(&self, id: &str) -> Result<Option<Volume>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {VOLUME_COLUMNS} FROM volumes WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
+        let row = sqlx::query(&format!(
+            "SELECT {VOLUME_COLUMNS} FROM volumes WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
         row.as_ref().map(volume_of).transpose()
     }
 
@@ -662,7 +662,10 @@ mod tests {
             Err(StoreError::NameTaken(_))
         ));
         assert_eq!(
-            s.volume_by_name("org", "data").await.expect("get").map(|x| x.id),
+            s.volume_by_name("org", "data")
+                .await
+                .expect("get")
+                .map(|x| x.id),
             Some("v1".into())
         );
         let mut sb = sandbox("a", "a", &[]);
@@ -678,13 +681,26 @@ mod tests {
         );
         sb.state = SandboxState::Destroyed;
         s.update(&sb).await.expect("update");
-        assert!(s.sandboxes_using_volume("v1").await.expect("usage").is_empty());
+        assert!(
+            s.sandboxes_using_volume("v1")
+                .await
+                .expect("usage")
+                .is_empty()
+        );
         v.state = VolumeState::Deleted;
         s.update_volume(&v).await.expect("update");
-        assert!(s.volume_by_name("org", "data").await.expect("get").is_none());
+        assert!(
+            s.volume_by_name("org", "data")
+                .await
+                .expect("get")
+                .is_none()
+        );
         s.insert_volume(&dup).await.expect("name is free again");
         assert_eq!(s.list_volumes("org", false).await.expect("list").len(), 1);
         assert_eq!(s.list_volumes("org", true).await.expect("list").len(), 2);
-        assert_eq!(s.volume("v1").await.expect("get").map(|x| x.state), Some(VolumeState::Deleted));
+        assert_eq!(
+            s.volume("v1").await.expect("get").map(|x| x.state),
+            Some(VolumeState::Deleted)
+        );
     }
 }
