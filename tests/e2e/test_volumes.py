@@ -255,3 +255,17 @@ def test_warm_pool_does_not_serve_volume_creates():
     finally:
         leftovers = s.finish()
     assert leftovers[:2] == ([], [])
+
+
+def test_volumes_come_back_after_archive_and_restart(srv, d):
+    v = d.volume.create(name())
+    sb = d.create(with_volumes(VolumeMount(volume_id=v.id, mount_path="/data", subpath="a/b")))
+    sh(sb, "echo one > /data/f")
+    d.stop(sb)
+    sb.archive()
+    assert d.get(sb.id).state == "archived"
+    d.start(sb)
+    assert sh(sb, "cat /data/f") == "one"
+    assert (srv.data_dir / "volumes" / v.id / "a" / "b" / "f").read_text() == "one\n"
+    d.delete(sb)
+    d.volume.delete(v)
