@@ -226,3 +226,42 @@ pub fn insert_steps(
     steps.splice(at..at, binds);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(sub: Option<&str>) -> VolumeMount {
+        VolumeMount {
+            volume_id: "v1".into(),
+            mount_path: "/data".into(),
+            subpath: sub.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn subpaths_are_created_and_symlinks_refused() {
+        let data = tempfile::tempdir().expect("tempdir");
+        create(data.path(), "v1").expect("create");
+        let root = dir(data.path(), "v1").expect("dir");
+        let uid = nix::unistd::geteuid().as_raw();
+        let gid = nix::unistd::getegid().as_raw();
+        prepare_source(&root, &mount(Some("a/b")), uid, gid).expect("prepare");
+        assert!(root.join("a/b").is_dir());
+        let outside = data.path().join("outside");
+        fs::create_dir(&outside).expect("mkdir");
+        std::os::unix::fs::symlink(&outside, root.join("link")).expect("symlink");
+        for sub in ["link", "link/x", "a/../link"] {
+            let err = prepare_source(&root, &mount(Some(sub)), uid, gid);
+            assert!(
+                matches!(err, Err(RuntimeError::Invalid(_))),
+                "{sub}: {err:?}"
+            );
+        }
+        assert!(!outside.join("x").exists());
+        assert!(matches!(check_id("../x"), Err(RuntimeError::Invalid(_))));
+        delete(data.path(), "v1").expect("delete");
+        assert!(!root.exists() && outside.is_dir());
+        delete(data.path(), "v1").expect("idempotent");
+    }
+}
