@@ -269,3 +269,30 @@ def test_volumes_come_back_after_archive_and_restart(srv, d):
     assert (srv.data_dir / "volumes" / v.id / "a" / "b" / "f").read_text() == "one\n"
     d.delete(sb)
     d.volume.delete(v)
+
+
+def test_volumes_and_mounts_survive_a_server_restart():
+    s = Server()
+    s.start()
+    try:
+        d = s.client()
+        v = d.volume.create(name())
+        sb = d.create(with_volumes(VolumeMount(volume_id=v.id, mount_path="/data")))
+        sh(sb, "echo before > /data/f")
+        d.stop(sb)
+        s.stop()
+        s.start()
+        d = s.client()
+        assert d.volume.get(v.name).id == v.id
+        sb = d.get(sb.id)
+        assert [(m.volume_id, m.mount_path) for m in sb.volumes] == [(v.id, "/data")]
+        d.start(sb)
+        assert sh(sb, "cat /data/f") == "before"
+        with pytest.raises(DaytonaConflictError):
+            d.volume.delete(v)
+        d.delete(sb)
+        d.volume.delete(v)
+        assert v.id not in [x.id for x in d.volume.list()]
+    finally:
+        leftovers = s.finish()
+    assert leftovers == ([], [], [], [])
