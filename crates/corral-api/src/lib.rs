@@ -14,6 +14,7 @@ pub mod reconciler;
 pub mod sandboxes;
 pub mod state;
 pub mod toolbox;
+pub mod volumes;
 pub mod wire;
 
 use axum::Router;
@@ -112,6 +113,12 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/sandbox/{id_or_name}/ports/{port}/signed-preview-url/{token}/expire",
             post(preview::expire_signed_preview_url),
+        )
+        .route("/volumes", get(volumes::list).post(volumes::create))
+        .route("/volumes/by-name/{name}", get(volumes::get_by_name))
+        .route(
+            "/volumes/{volume_id}",
+            get(volumes::get).delete(volumes::delete),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {

@@ -125,6 +125,7 @@ pub fn spec_of(s: &Sandbox) -> SandboxSpec {
         env: s.env.clone(),
         resources: s.resources,
         egress: s.egress(),
+        volumes: s.volumes.clone(),
     }
 }
 

@@ -33,6 +33,7 @@ pub fn pooled_spec(id: String) -> SandboxSpec {
         env: BTreeMap::new(),
         resources: Resources::default(),
         egress: corral_core::Egress::Open,
+        volumes: Vec::new(),
     }
 }
 

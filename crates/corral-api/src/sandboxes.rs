@@ -95,9 +95,7 @@ fn new_sandbox(state: &AppState, req: CreateSandbox) -> Result<Sandbox, ApiError
             "creating sandboxes from images is not supported yet; omit the image to use the default 'host' snapshot",
         ));
     }
-    if req.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
-        return Err(ApiError::bad_request("volumes are not supported yet"));
-    }
+    let volumes = crate::volumes::parse_mounts(req.volumes.as_deref().unwrap_or_default())?;
     if req.gpu.is_some_and(|g| g > 0) {
         return Err(ApiError::bad_request(
             "GPUs are not available on this server",
@@ -164,6 +162,7 @@ fn new_sandbox(state: &AppState, req: CreateSandbox) -> Result<Sandbox, ApiError
         updated_at: now,
         last_activity_at: now,
         stopped_at: None,
+        volumes,
     })
 }
 
@@ -189,7 +188,8 @@ async fn claim_pooled(
         && sandbox.user == shape.user
         && sandbox.env.is_empty()
         && sandbox.resources == shape.resources
-        && sandbox.egress() == shape.egress;
+        && sandbox.egress() == shape.egress
+        && sandbox.volumes.is_empty();
     if !matches {
         return Ok(None);
     }
@@ -223,6 +223,8 @@ pub async fn create(
 ) -> Result<Json<SandboxDto>, ApiError> {
     let started = Instant::now();
     let mut sandbox = new_sandbox(&state, req)?;
+    // Held until the record is stored: a volume cannot be deleted in between.
+    let volumes_guard = crate::volumes::resolve_mounts(&state, &mut sandbox.volumes).await?;
     let claim_started = Instant::now();
     if let Some(claimed) = claim_pooled(&state, &mut sandbox).await? {
         metrics::histogram!("corral_create_phase_seconds", "phase" => "claim")
@@ -238,6 +240,7 @@ pub async fn create(
     // record to reconcile rather than an orphan.
     let t = Instant::now();
     state.store.insert(&sandbox).await?;
+    drop(volumes_guard);
     metrics::histogram!("corral_create_phase_seconds", "phase" => "record")
         .record(t.elapsed().as_secs_f64());
     if let Err(e) = state.runtime.start(&lifecycle::spec_of(&sandbox)).await {

@@ -40,6 +40,8 @@ pub struct AppState {
     pub teardowns: Arc<crate::lifecycle::Teardowns>,
     /// Preview tokens and signed preview URLs.
     pub previews: Arc<dyn corral_core::ports::PreviewTokenStore>,
+    /// Volumes sandboxes mount.
+    pub volumes: Arc<dyn corral_core::ports::VolumeStore>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -112,7 +112,17 @@ impl SandboxDto {
             auto_archive_interval: s.auto_archive_interval,
             auto_delete_interval: s.auto_delete_interval,
             auto_pause_interval: 0,
-            volumes: Vec::new(),
+            volumes: s
+                .volumes
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "volumeId": m.volume_id,
+                        "mountPath": m.mount_path,
+                        "subpath": m.subpath,
+                    })
+                })
+                .collect(),
             created_at: timestamp(s.created_at),
             updated_at: timestamp(s.updated_at),
             last_activity_at: timestamp(s.last_activity_at),

@@ -12,5 +12,5 @@ pub use ports::{
 };
 pub use sandbox::{
     CODE_LANGUAGE_LABEL, CodeLanguage, DesiredState, Egress, EgressError, Resources, Sandbox,
-    SandboxState,
+    SandboxState, VolumeMount,
 };

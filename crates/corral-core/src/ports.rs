@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 
-use crate::sandbox::{Egress, Resources, Sandbox, SandboxState};
+use crate::sandbox::{Egress, Resources, Sandbox, SandboxState, VolumeMount};
 
 /// Errors of a storage operation.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +109,9 @@ pub struct SandboxSpec {
     pub resources: Resources,
     /// Where the sandbox may send traffic.
     pub egress: Egress,
+    /// Volumes to mount, validated by the caller (absolute mount paths, relative subpaths
+    /// without `..`); the runtime still resolves subpaths without following symlinks.
+    pub volumes: Vec<VolumeMount>,
 }
 
 /// A running sandbox's resource figures, read from its cgroups on the host.
@@ -165,6 +168,18 @@ pub trait Runtime: Send + Sync {
         let _ = id;
         None
     }
+    /// Creates the host storage of volume `id` (idempotent).
+    async fn create_volume(&self, id: &str) -> Result<(), RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Invalid(
+            "volumes are not supported by this runtime".into(),
+        ))
+    }
+    /// Removes the host storage of volume `id` and everything in it (idempotent).
+    async fn delete_volume(&self, id: &str) -> Result<(), RuntimeError> {
+        let _ = id;
+        Ok(())
+    }
 }
 
 /// A signed preview URL: its token (the host label after `{port}-`) grants access to one
@@ -204,4 +219,82 @@ pub trait PreviewTokenStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Forgets signed tokens that expired before `before_ms`; returns how many.
     async fn purge_signed_tokens(&self, before_ms: i64) -> Result<u64, StoreError>;
+}
+
+/// A volume's lifecycle state, with Daytona's wire names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VolumeState {
+    Creating,
+    Ready,
+    PendingCreate,
+    PendingDelete,
+    Deleting,
+    Deleted,
+    Error,
+}
+
+impl VolumeState {
+    /// The wire name, e.g. `ready`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Ready => "ready",
+            Self::PendingCreate => "pending_create",
+            Self::PendingDelete => "pending_delete",
+            Self::Deleting => "deleting",
+            Self::Deleted => "deleted",
+            Self::Error => "error",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Creating,
+            Self::Ready,
+            Self::PendingCreate,
+            Self::PendingDelete,
+            Self::Deleting,
+            Self::Deleted,
+            Self::Error,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
+/// A volume: persistent storage that sandboxes mount and that outlives them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Volume {
+    pub id: String,
+    pub name: String,
+    pub organization_id: String,
+    pub state: VolumeState,
+    pub error_reason: Option<String>,
+    pub created_at: time::OffsetDateTime,
+    pub updated_at: time::OffsetDateTime,
+    pub last_used_at: Option<time::OffsetDateTime>,
+}
+
+/// Durable storage of volumes. Names are unique per organization among volumes not deleted.
+#[async_trait]
+pub trait VolumeStore: Send + Sync {
+    /// Inserts a new volume; `StoreError::NameTaken` when a live volume has its name.
+    async fn insert_volume(&self, volume: &Volume) -> Result<(), StoreError>;
+    /// Replaces a stored volume (matched by id).
+    async fn update_volume(&self, volume: &Volume) -> Result<(), StoreError>;
+    /// Finds a volume by id.
+    async fn volume(&self, id: &str) -> Result<Option<Volume>, StoreError>;
+    /// Finds the live (not deleted) volume of an organization by name.
+    async fn volume_by_name(&self, org: &str, name: &str) -> Result<Option<Volume>, StoreError>;
+    /// Lists an organization's volumes, oldest first; deleted ones only when asked.
+    async fn list_volumes(
+        &self,
+        org: &str,
+        include_deleted: bool,
+    ) -> Result<Vec<Volume>, StoreError>;
+    /// Records that the volume was mounted now.
+    async fn touch_volume(&self, id: &str, at: time::OffsetDateTime) -> Result<(), StoreError>;
+    /// Ids and names of the sandboxes not destroyed that mount volume `id`.
+    async fn sandboxes_using_volume(&self, id: &str) -> Result<Vec<(String, String)>, StoreError>;
 }

@@ -236,6 +236,21 @@ pub struct Sandbox {
     /// When the sandbox last stopped (for auto-archive and auto-delete).
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub stopped_at: Option<OffsetDateTime>,
+    /// Volumes mounted into the sandbox, in mount order.
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+}
+
+/// A volume mounted into a sandbox: the whole volume, or one directory of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    /// The volume's id (names are resolved to ids when the sandbox is created).
+    pub volume_id: String,
+    /// An absolute, normalised path inside the sandbox.
+    pub mount_path: String,
+    /// A normalised relative path inside the volume (no `..`); `None` mounts the whole volume.
+    #[serde(default)]
+    pub subpath: Option<String>,
 }
 
 impl Sandbox {

@@ -16,5 +16,6 @@ pub mod oci;
 pub mod seccomp;
 mod spawn;
 pub mod users;
+mod volume;
 
 pub use linux::{DiskConfig, InitError, LinuxRuntime, LinuxRuntimeConfig, default_pool_bytes};

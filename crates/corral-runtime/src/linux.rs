@@ -441,6 +441,14 @@ impl LinuxRuntime {
             None => None,
         };
         steps.extend(self.mount_steps(&spec.id, &layer, &mnt, netns.is_none())?);
+        crate::volume::insert_steps(
+            &mut steps,
+            &self.cfg.data_dir,
+            &spec.volumes,
+            &mnt,
+            account.uid,
+            account.gid,
+        )?;
         Ok(Plan {
             steps,
             exec_path: cstr(AGENT_PATH_IN_SANDBOX)?,
@@ -1100,6 +1108,18 @@ impl Runtime for LinuxRuntime {
 
     fn agent_socket(&self, id: &str) -> PathBuf {
         self.cfg.data_dir.join("run").join(format!("{id}.sock"))
+    }
+
+    async fn create_volume(&self, id: &str) -> Result<(), RuntimeError> {
+        crate::volume::create(&self.cfg.data_dir, id)
+    }
+
+    async fn delete_volume(&self, id: &str) -> Result<(), RuntimeError> {
+        let data_dir = self.cfg.data_dir.clone();
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || crate::volume::delete(&data_dir, &id))
+            .await
+            .map_err(|e| RuntimeError::host("deleting volume", e))?
     }
 
     fn is_ready(&self) -> bool {

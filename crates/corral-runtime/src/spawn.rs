@@ -87,6 +87,25 @@ pub enum Step {
         soft: u64,
         hard: u64,
     },
+    /// Bind-mounts a host directory (`source`, then `subpath` beneath it, never through a
+    /// symlink) onto a directory of the new root (`root`, then `target`, resolved as if
+    /// `root` were `/`; missing directories are created), with `nosuid,nodev`.
+    BindVolume(Box<VolumeBind>),
+}
+
+/// What [`Step::BindVolume`] needs, prepared before the clone.
+#[derive(Debug)]
+pub struct VolumeBind {
+    /// The volume's host directory (a trusted path: symlinks are refused anyway).
+    pub source: CString,
+    /// A relative path inside the volume, or `None` for its root.
+    pub subpath: Option<CString>,
+    /// The new root (before `pivot_root`).
+    pub root: CString,
+    /// The mount point's successive prefixes, relative to `root` (`a`, `a/b`, `a/b/c`).
+    pub target_prefixes: Vec<CString>,
+    /// The mount point's components (`a`, `b`, `c`), one per prefix.
+    pub target_names: Vec<CString>,
 }
 
 impl Step {
@@ -116,6 +135,11 @@ impl Step {
             Step::Seccomp { .. } => "loading the seccomp filter".into(),
             Step::Optional(inner) | Step::BestEffort(inner) => inner.describe(),
             Step::Rlimit { resource, .. } => format!("setting rlimit {resource}"),
+            Step::BindVolume(b) => format!(
+                "mounting volume {} on /{}",
+                s(&b.source),
+                b.target_prefixes.last().map(s).unwrap_or_default()
+            ),
         }
     }
 }
@@ -649,6 +673,7 @@ unsafe fn run_step(step: &Step) -> libc::c_int {
                 run_step(inner);
                 0
             }
+            Step::BindVolume(b) => bind_volume(b),
             Step::Optional(inner) => {
                 let r = run_step(inner);
                 if r != 0 && *libc::__errno_location() == libc::ENOENT {
@@ -658,5 +683,143 @@ unsafe fn run_step(step: &Step) -> libc::c_int {
                 }
             }
         }
+    }
+}
+
+/// `openat2(2)`; returns an fd or -1 with errno set.
+unsafe fn openat2(dirfd: RawFd, path: &CString, flags: libc::c_int, resolve: u64) -> RawFd {
+    // SAFETY: a zeroed open_how is valid; the kernel reads `size` bytes of it.
+    unsafe {
+        let mut how: libc::open_how = std::mem::zeroed();
+        how.flags = (flags | libc::O_CLOEXEC) as u64;
+        how.resolve = resolve;
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd,
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        ) as RawFd
+    }
+}
+
+/// `struct mount_attr` of `mount_setattr(2)` (the first version, 32 bytes).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// Runs [`Step::BindVolume`]; returns 0 or -1 with errno set. Async-signal-safe: raw
+/// system calls only, fds closed on every path (the last errno is kept).
+unsafe fn bind_volume(b: &VolumeBind) -> libc::c_int {
+    const DIR: libc::c_int = libc::O_PATH | libc::O_DIRECTORY;
+    let no_links = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: raw syscalls on fds this function opens and closes, with valid C strings.
+    unsafe {
+        let close_keep_errno = |fd: RawFd| {
+            let e = *libc::__errno_location();
+            libc::close(fd);
+            *libc::__errno_location() = e;
+        };
+        let vol = openat2(libc::AT_FDCWD, &b.source, DIR, no_links);
+        if vol < 0 {
+            return -1;
+        }
+        let src = match &b.subpath {
+            None => vol,
+            Some(sub) => {
+                let fd = openat2(
+                    vol,
+                    sub,
+                    DIR,
+                    no_links | libc::RESOLVE_BENEATH | libc::RESOLVE_NO_XDEV,
+                );
+                close_keep_errno(vol);
+                if fd < 0 {
+                    return -1;
+                }
+                fd
+            }
+        };
+        let root = openat2(libc::AT_FDCWD, &b.root, DIR, no_links);
+        if root < 0 {
+            close_keep_errno(src);
+            return -1;
+        }
+        let in_root = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+        let mut parent = root;
+        for (prefix, name) in b.target_prefixes.iter().zip(&b.target_names) {
+            let mut fd = openat2(root, prefix, DIR, in_root);
+            if fd < 0 && *libc::__errno_location() == libc::ENOENT {
+                if libc::mkdirat(parent, name.as_ptr(), 0o755) != 0
+                    && *libc::__errno_location() != libc::EEXIST
+                {
+                    fd = -1;
+                } else {
+                    fd = openat2(root, prefix, DIR, in_root);
+                }
+            }
+            if parent != root {
+                close_keep_errno(parent);
+            }
+            if fd < 0 {
+                close_keep_errno(root);
+                close_keep_errno(src);
+                return -1;
+            }
+            parent = fd;
+        }
+        let target = parent;
+        let tree = libc::syscall(
+            libc::SYS_open_tree,
+            src,
+            c"".as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint,
+        ) as RawFd;
+        let mut r = if tree < 0 { -1 } else { 0 };
+        if r == 0 {
+            let attr = MountAttr {
+                attr_set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                attr_clr: 0,
+                propagation: 0,
+                userns_fd: 0,
+            };
+            r = libc::syscall(
+                libc::SYS_mount_setattr,
+                tree,
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH as libc::c_uint,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            ) as libc::c_int;
+        }
+        if r == 0 {
+            r = libc::syscall(
+                libc::SYS_move_mount,
+                tree,
+                c"".as_ptr(),
+                target,
+                c"".as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+            ) as libc::c_int;
+        }
+        if tree >= 0 {
+            close_keep_errno(tree);
+        }
+        if target != root {
+            close_keep_errno(target);
+        }
+        close_keep_errno(root);
+        close_keep_errno(src);
+        r
     }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use corral_core::ports::{PreviewTokenStore, SignedPreviewToken};
+use corral_core::ports::{PreviewTokenStore, SignedPreviewToken, Volume, VolumeState, VolumeStore};
 use corral_core::{ApiKeyStore, ListQuery, Page, Sandbox, SandboxStore, StoreError};
 use sqlx::Row;
 use sqlx::sqlite::{
@@ -320,6 +320,145 @@ impl PreviewTokenStore for SqliteStore {
     }
 }
 
+fn rfc3339(t: time::OffsetDateTime) -> Result<String, StoreError> {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn parse_time(s: &str) -> Result<time::OffsetDateTime, StoreError> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| StoreError::Corrupt(format!("bad timestamp {s:?}: {e}")))
+}
+
+const VOLUME_COLUMNS: &str =
+    "id, name, organization_id, state, error_reason, created_at, updated_at, last_used_at";
+
+fn volume_of(row: &sqlx::sqlite::SqliteRow) -> Result<Volume, StoreError> {
+    let state: String = row.get(3);
+    let last_used: Option<String> = row.get(7);
+    Ok(Volume {
+        id: row.get(0),
+        name: row.get(1),
+        organization_id: row.get(2),
+        state: VolumeState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown volume state {state:?}")))?,
+        error_reason: row.get(4),
+        created_at: parse_time(row.get::<&str, _>(5))?,
+        updated_at: parse_time(row.get::<&str, _>(6))?,
+        last_used_at: last_used.as_deref().map(parse_time).transpose()?,
+    })
+}
+
+#[async_trait]
+impl VolumeStore for SqliteStore {
+    async fn insert_volume(&self, v: &Volume) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO volumes (id, name, organization_id, state, error_reason, created_at,
+                                  updated_at, last_used_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&v.id)
+        .bind(&v.name)
+        .bind(&v.organization_id)
+        .bind(v.state.as_str())
+        .bind(&v.error_reason)
+        .bind(rfc3339(v.created_at)?)
+        .bind(rfc3339(v.updated_at)?)
+        .bind(v.last_used_at.map(rfc3339).transpose()?)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::NameTaken(v.name.clone())),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn update_volume(&self, v: &Volume) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE volumes SET name = ?, state = ?, error_reason = ?, updated_at = ?,
+                                last_used_at = ?
+             WHERE id = ?",
+        )
+        .bind(&v.name)
+        .bind(v.state.as_str())
+        .bind(&v.error_reason)
+        .bind(rfc3339(v.updated_at)?)
+        .bind(v.last_used_at.map(rfc3339).transpose()?)
+        .bind(&v.id)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn volume(&self, id: &str) -> Result<Option<Volume>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {VOLUME_COLUMNS} FROM volumes WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(volume_of).transpose()
+    }
+
+    async fn volume_by_name(&self, org: &str, name: &str) -> Result<Option<Volume>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {VOLUME_COLUMNS} FROM volumes
+             WHERE organization_id = ? AND name = ? AND state != 'deleted'"
+        ))
+        .bind(org)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(volume_of).transpose()
+    }
+
+    async fn list_volumes(
+        &self,
+        org: &str,
+        include_deleted: bool,
+    ) -> Result<Vec<Volume>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VOLUME_COLUMNS} FROM volumes
+             WHERE organization_id = ? AND (? OR state != 'deleted') ORDER BY seq"
+        ))
+        .bind(org)
+        .bind(include_deleted)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(volume_of).collect()
+    }
+
+    async fn touch_volume(&self, id: &str, at: time::OffsetDateTime) -> Result<(), StoreError> {
+        sqlx::query("UPDATE volumes SET last_used_at = ? WHERE id = ?")
+            .bind(rfc3339(at)?)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn sandboxes_using_volume(&self, id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name FROM sandboxes s
+             WHERE state != 'destroyed'
+               AND EXISTS (SELECT 1 FROM json_each(s.record, '$.volumes') v
+                           WHERE json_extract(v.value, '$.volume_id') = ?)
+             ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,6 +493,7 @@ mod tests {
             updated_at: now,
             last_activity_at: now,
             stopped_at: None,
+            volumes: Vec::new(),
         }
     }
 
@@ -497,6 +637,70 @@ mod tests {
         assert_eq!(
             s.preview_token("a", "t3").await.expect("token").as_deref(),
             Some("t3")
+        );
+    }
+
+    #[tokio::test]
+    async fn volumes_names_free_on_delete_and_usage_is_found() {
+        let (_d, s) = store().await;
+        let now = OffsetDateTime::now_utc();
+        let mut v = Volume {
+            id: "v1".into(),
+            name: "data".into(),
+            organization_id: "org".into(),
+            state: VolumeState::Ready,
+            error_reason: None,
+            created_at: now,
+            updated_at: now,
+            last_used_at: None,
+        };
+        s.insert_volume(&v).await.expect("insert");
+        let mut dup = v.clone();
+        dup.id = "v2".into();
+        assert!(matches!(
+            s.insert_volume(&dup).await,
+            Err(StoreError::NameTaken(_))
+        ));
+        assert_eq!(
+            s.volume_by_name("org", "data")
+                .await
+                .expect("get")
+                .map(|x| x.id),
+            Some("v1".into())
+        );
+        let mut sb = sandbox("a", "a", &[]);
+        sb.volumes.push(corral_core::VolumeMount {
+            volume_id: "v1".into(),
+            mount_path: "/data".into(),
+            subpath: None,
+        });
+        s.insert(&sb).await.expect("insert");
+        assert_eq!(
+            s.sandboxes_using_volume("v1").await.expect("usage"),
+            vec![("a".to_string(), "a".to_string())]
+        );
+        sb.state = SandboxState::Destroyed;
+        s.update(&sb).await.expect("update");
+        assert!(
+            s.sandboxes_using_volume("v1")
+                .await
+                .expect("usage")
+                .is_empty()
+        );
+        v.state = VolumeState::Deleted;
+        s.update_volume(&v).await.expect("update");
+        assert!(
+            s.volume_by_name("org", "data")
+                .await
+                .expect("get")
+                .is_none()
+        );
+        s.insert_volume(&dup).await.expect("name is free again");
+        assert_eq!(s.list_volumes("org", false).await.expect("list").len(), 1);
+        assert_eq!(s.list_volumes("org", true).await.expect("list").len(), 2);
+        assert_eq!(
+            s.volume("v1").await.expect("get").map(|x| x.state),
+            Some(VolumeState::Deleted)
         );
     }
 }

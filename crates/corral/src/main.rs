@@ -281,6 +281,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         activity: Default::default(),
         teardowns: Default::default(),
         previews: store.clone(),
+        volumes: store.clone(),
     };
     corral_api::reconciler::on_start(&state)
         .await
