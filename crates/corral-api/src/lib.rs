@@ -12,6 +12,7 @@ pub mod pool;
 pub mod preview;
 pub mod reconciler;
 pub mod sandboxes;
+pub mod snapshots;
 pub mod state;
 pub mod toolbox;
 pub mod wire;
@@ -112,6 +113,15 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/sandbox/{id_or_name}/ports/{port}/signed-preview-url/{token}/expire",
             post(preview::expire_signed_preview_url),
+        )
+        .route("/snapshots", get(snapshots::list).post(snapshots::create))
+        .route(
+            "/snapshots/{id_or_name}",
+            get(snapshots::get).delete(snapshots::delete),
+        )
+        .route(
+            "/snapshots/{id_or_name}/activate",
+            post(snapshots::activate),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {

@@ -40,6 +40,10 @@ pub struct AppState {
     pub teardowns: Arc<crate::lifecycle::Teardowns>,
     /// Preview tokens and signed preview URLs.
     pub previews: Arc<dyn corral_core::ports::PreviewTokenStore>,
+    /// Snapshots (named images).
+    pub snapshots: Arc<dyn corral_core::SnapshotStore>,
+    /// The images sandboxes run.
+    pub images: Arc<dyn corral_core::Images>,
 }
 
 impl std::fmt::Debug for AppState {

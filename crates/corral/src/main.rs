@@ -281,6 +281,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         activity: Default::default(),
         teardowns: Default::default(),
         previews: store.clone(),
+        snapshots: store.clone(),
+        images: Arc::new(corral_runtime::oci::images::OciImages::new(
+            Arc::new(
+                corral_runtime::oci::ImageStore::open(&data_dir, &Default::default())
+                    .context("opening the image store")?,
+            ),
+            &data_dir,
+        )),
     };
     corral_api::reconciler::on_start(&state)
         .await
