@@ -79,6 +79,11 @@ def test_snapshot_from_image_runs_busybox_with_image_config(env):
         sb.stop()
         sb.start()
         assert sb.fs.download_file("/work/note.txt") == b"kept\n"
+        # And across archive/restore (the sandbox stays bound to its image's layers).
+        sb.stop()
+        sb.archive()
+        sb.start()
+        assert sb.process.exec("id -u; cat /work/note.txt").result.split() == ["1000", "kept"]
         assert sb.process.exec("cat /work/note.txt").result.strip() == "kept"
 
         # In use: deleting the snapshot is refused.
