@@ -73,6 +73,8 @@ async fn serve(startup: Startup, pid1: bool) -> Result<(), AgentError> {
         interpreters: Default::default(),
         lsp: Default::default(),
     };
+    let boot = state.clone();
+    tokio::spawn(async move { crate::api::start_entrypoint(&boot).await });
     axum::serve(listener, router(state))
         .await
         .map_err(|e| AgentError::io("serve", e))

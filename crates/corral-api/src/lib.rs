@@ -12,6 +12,7 @@ pub mod pool;
 pub mod preview;
 pub mod reconciler;
 pub mod sandboxes;
+pub mod snapshots;
 pub mod state;
 pub mod toolbox;
 pub mod volumes;
@@ -119,6 +120,15 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/volumes/{volume_id}",
             get(volumes::get).delete(volumes::delete),
+        )
+        .route("/snapshots", get(snapshots::list).post(snapshots::create))
+        .route(
+            "/snapshots/{id_or_name}",
+            get(snapshots::get).delete(snapshots::delete),
+        )
+        .route(
+            "/snapshots/{id_or_name}/activate",
+            post(snapshots::activate),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {

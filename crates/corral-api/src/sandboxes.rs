@@ -90,11 +90,6 @@ fn resource(value: Option<i64>, default: u32, max: u32, what: &str) -> Result<u3
 
 /// Checks a create request and turns it into a new sandbox record (state `creating`).
 fn new_sandbox(state: &AppState, req: CreateSandbox) -> Result<Sandbox, ApiError> {
-    if req.build_info.is_some() {
-        return Err(ApiError::bad_request(
-            "creating sandboxes from images is not supported yet; omit the image to use the default 'host' snapshot",
-        ));
-    }
     let volumes = crate::volumes::parse_mounts(req.volumes.as_deref().unwrap_or_default())?;
     if req.gpu.is_some_and(|g| g > 0) {
         return Err(ApiError::bad_request(
@@ -104,13 +99,8 @@ fn new_sandbox(state: &AppState, req: CreateSandbox) -> Result<Sandbox, ApiError
     if req.kvm == Some(true) {
         return Err(ApiError::bad_request("KVM is not available on this server"));
     }
+    // Images and other snapshots are resolved by `create` (see `snapshots::source_for`).
     let snapshot = req.snapshot.unwrap_or_else(|| DEFAULT_SNAPSHOT.into());
-    if snapshot != DEFAULT_SNAPSHOT {
-        return Err(ApiError::bad_request(format!(
-            "snapshot {snapshot:?} not found; available: {DEFAULT_SNAPSHOT:?}"
-        ))
-        .with_code("SNAPSHOT_NOT_FOUND"));
-    }
     let network_block_all = req.network_block_all.unwrap_or(false);
     let network_allow_list = crate::network::checked_allow_list(
         req.network_allow_list,
@@ -222,9 +212,22 @@ pub async fn create(
     JsonBody(req): JsonBody<CreateSandbox>,
 ) -> Result<Json<SandboxDto>, ApiError> {
     let started = Instant::now();
+    let user_requested = req.user.as_ref().is_some_and(|u| !u.is_empty());
+    let build_info = req.build_info.clone();
     let mut sandbox = new_sandbox(&state, req)?;
     // Held until the record is stored: a volume cannot be deleted in between.
     let volumes_guard = crate::volumes::resolve_mounts(&state, &mut sandbox.volumes).await?;
+    if build_info.is_some() || sandbox.snapshot != DEFAULT_SNAPSHOT {
+        return create_from_image(
+            state,
+            headers,
+            sandbox,
+            build_info,
+            user_requested,
+            volumes_guard,
+        )
+        .await;
+    }
     let claim_started = Instant::now();
     if let Some(claimed) = claim_pooled(&state, &mut sandbox).await? {
         metrics::histogram!("corral_create_phase_seconds", "phase" => "claim")
@@ -261,6 +264,86 @@ pub async fn create(
     state.store.update(&sandbox).await?;
     metrics::histogram!("corral_sandbox_create_seconds").record(started.elapsed().as_secs_f64());
     tracing::info!(sandbox = %sandbox.id, name = %sandbox.name, "sandbox created");
+    Ok(Json(dto(&state, &headers, &sandbox, true)))
+}
+
+/// Creates a sandbox from an OCI snapshot or image: pulls it first when needed (the
+/// sandbox is `pulling_snapshot` meanwhile), then starts it over the image's layers.
+async fn create_from_image(
+    state: AppState,
+    headers: HeaderMap,
+    mut sandbox: Sandbox,
+    build_info: Option<serde_json::Value>,
+    user_requested: bool,
+    volumes_guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+) -> Result<Json<SandboxDto>, ApiError> {
+    let started = Instant::now();
+    let _guard = state.locks.lock(&sandbox.id).await;
+    let requested = (sandbox.snapshot != DEFAULT_SNAPSHOT).then(|| sandbox.snapshot.clone());
+    let recorded = std::sync::atomic::AtomicBool::new(false);
+    let on_pull = || async {
+        let mut s = sandbox.clone();
+        s.state = SandboxState::PullingSnapshot;
+        state.store.insert(&s).await?;
+        recorded.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    };
+    let source =
+        crate::snapshots::source_for(&state, requested.as_deref(), build_info.as_ref(), on_pull)
+            .await;
+    let recorded = recorded.into_inner();
+    let (snapshot, image, image_user) = match source {
+        Ok(crate::snapshots::Source::Image {
+            snapshot,
+            image,
+            user,
+        }) => (snapshot, image, user),
+        Ok(crate::snapshots::Source::Host) => (
+            DEFAULT_SNAPSHOT.to_owned(),
+            DEFAULT_SNAPSHOT.to_owned(),
+            None,
+        ),
+        Err(e) => {
+            if recorded {
+                state.store.remove(&sandbox.id).await?;
+            }
+            return Err(e);
+        }
+    };
+    sandbox.snapshot = snapshot;
+    if !user_requested && image != DEFAULT_SNAPSHOT {
+        // Daytona's default user rarely exists in an image: run as the image's user.
+        sandbox.user = image_user.unwrap_or_else(|| "root".into());
+    }
+    sandbox.state = SandboxState::Creating;
+    sandbox.updated_at = OffsetDateTime::now_utc();
+    if recorded {
+        state.store.update(&sandbox).await?;
+    } else {
+        state.store.insert(&sandbox).await?;
+    }
+    drop(volumes_guard);
+    let mut spec = lifecycle::spec_of(&sandbox);
+    spec.image = image;
+    if let Err(e) = state.runtime.start(&spec).await {
+        let err = ApiError::from(e);
+        state.runtime.destroy(&sandbox.id).await?;
+        if err.status.is_client_error() {
+            state.store.remove(&sandbox.id).await?;
+        } else {
+            sandbox.state = SandboxState::Error;
+            sandbox.error_reason = Some("the sandbox failed to start; see the server log".into());
+            sandbox.updated_at = OffsetDateTime::now_utc();
+            state.store.update(&sandbox).await?;
+        }
+        return Err(err);
+    }
+    sandbox.state = SandboxState::Started;
+    sandbox.updated_at = OffsetDateTime::now_utc();
+    state.store.update(&sandbox).await?;
+    metrics::histogram!("corral_sandbox_create_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!("corral_sandbox_create_total", "path" => "image").increment(1);
+    tracing::info!(sandbox = %sandbox.id, name = %sandbox.name, snapshot = %sandbox.snapshot, "sandbox created from an image");
     Ok(Json(dto(&state, &headers, &sandbox, true)))
 }
 

@@ -42,6 +42,10 @@ pub struct AppState {
     pub previews: Arc<dyn corral_core::ports::PreviewTokenStore>,
     /// Volumes sandboxes mount.
     pub volumes: Arc<dyn corral_core::ports::VolumeStore>,
+    /// Snapshots (named images).
+    pub snapshots: Arc<dyn corral_core::SnapshotStore>,
+    /// The images sandboxes run.
+    pub images: Arc<dyn corral_core::Images>,
 }
 
 impl std::fmt::Debug for AppState {

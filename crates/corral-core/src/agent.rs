@@ -31,4 +31,8 @@ pub struct AgentConfig {
     /// The base environment of every process started in the sandbox: defaults (PATH, HOME,
     /// USER, ...) overlaid with the environment given at create time.
     pub env: BTreeMap<String, String>,
+    /// The image's entrypoint and command, run at boot as the `entrypoint` session (empty:
+    /// nothing runs).
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
 }

@@ -8,7 +8,8 @@ pub mod ports;
 pub mod sandbox;
 
 pub use ports::{
-    ApiKeyStore, ListQuery, Page, Runtime, RuntimeError, SandboxSpec, SandboxStore, StoreError,
+    ApiKeyStore, ImageInfo, Images, ListQuery, Page, Runtime, RuntimeError, SandboxSpec,
+    SandboxStore, Snapshot, SnapshotState, SnapshotStore, StoreError,
 };
 pub use sandbox::{
     CODE_LANGUAGE_LABEL, CodeLanguage, DesiredState, Egress, EgressError, Resources, Sandbox,

@@ -298,3 +298,113 @@ pub trait VolumeStore: Send + Sync {
     /// Ids and names of the sandboxes not destroyed that mount volume `id`.
     async fn sandboxes_using_volume(&self, id: &str) -> Result<Vec<(String, String)>, StoreError>;
 }
+
+/// A snapshot's state, with Daytona's wire names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SnapshotState {
+    /// Recorded; its image is not being fetched yet.
+    Pending,
+    /// Its image is being pulled.
+    Pulling,
+    /// Ready: sandboxes can be created from it.
+    Active,
+    /// Pulling failed (see the error reason).
+    Error,
+    /// Being deleted.
+    Removing,
+}
+
+impl SnapshotState {
+    /// The wire name, e.g. `active`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Pulling => "pulling",
+            Self::Active => "active",
+            Self::Error => "error",
+            Self::Removing => "removing",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "pulling" => Self::Pulling,
+            "active" => Self::Active,
+            "error" => Self::Error,
+            "removing" => Self::Removing,
+            _ => return None,
+        })
+    }
+}
+
+/// A snapshot: a named image sandboxes are created from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub id: String,
+    /// Unique.
+    pub name: String,
+    /// The image reference (`registry/name:tag`); `None` for the built-in `host` snapshot.
+    pub image_name: Option<String>,
+    pub state: SnapshotState,
+    /// Bytes of the unpacked image, once pulled.
+    pub size: Option<u64>,
+    /// An entrypoint that replaces the image's own (empty: the image's).
+    pub entrypoint: Vec<String>,
+    pub cpu: u32,
+    pub memory_gib: u32,
+    pub disk_gib: u32,
+    pub error_reason: Option<String>,
+    /// Built in (listed for everyone, never deleted).
+    pub general: bool,
+    /// Unix milliseconds.
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub last_used_at_ms: Option<i64>,
+}
+
+/// Durable storage of snapshots.
+#[async_trait]
+pub trait SnapshotStore: Send + Sync {
+    /// Inserts a snapshot; names are unique (`StoreError::NameTaken`).
+    async fn insert_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError>;
+    /// Replaces a stored snapshot (matched by id).
+    async fn update_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError>;
+    /// Finds a snapshot by id, else by name.
+    async fn get_snapshot(&self, id_or_name: &str) -> Result<Option<Snapshot>, StoreError>;
+    /// Every snapshot, oldest first.
+    async fn list_snapshots(&self) -> Result<Vec<Snapshot>, StoreError>;
+    /// Removes a snapshot record.
+    async fn remove_snapshot(&self, id: &str) -> Result<(), StoreError>;
+}
+
+/// What the control plane learns of a pulled image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// The normalised reference it is stored under.
+    pub reference: String,
+    /// Bytes of file content over all layers.
+    pub size: u64,
+    /// The image config's user (`name`, `uid`, `uid:gid`), if any.
+    pub user: Option<String>,
+    /// Layer diff ids, bottom first.
+    pub layers: Vec<String>,
+}
+
+/// The images sandboxes run: pulled once, shared read-only by every sandbox.
+#[async_trait]
+pub trait Images: Send + Sync {
+    /// The stored image for a reference, without pulling.
+    async fn resolve(&self, reference: &str) -> Result<Option<ImageInfo>, RuntimeError>;
+    /// Pulls an image (layers already stored are not fetched again). Errors whose cause is
+    /// the request (bad reference, unknown image, registry refusal) are `Invalid`.
+    async fn pull(&self, reference: &str) -> Result<ImageInfo, RuntimeError>;
+    /// Forgets `references` and removes every layer no remaining image, and none of
+    /// `keep` (references still in use), needs.
+    async fn remove_unused(
+        &self,
+        references: &[String],
+        keep: &[String],
+    ) -> Result<(), RuntimeError>;
+}

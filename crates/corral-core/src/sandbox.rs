@@ -27,6 +27,8 @@ pub enum SandboxState {
     Resizing,
     Error,
     Unknown,
+    /// The sandbox's image is being pulled before it is created.
+    PullingSnapshot,
 }
 
 impl SandboxState {
@@ -46,6 +48,7 @@ impl SandboxState {
             Self::Resizing => "resizing",
             Self::Error => "error",
             Self::Unknown => "unknown",
+            Self::PullingSnapshot => "pulling_snapshot",
         }
     }
 }

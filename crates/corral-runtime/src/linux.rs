@@ -20,7 +20,9 @@ use tokio::sync::watch;
 
 use crate::cgroup::{Cgroups, Limits};
 use crate::host_image::{self, HostImage};
+use crate::oci::images::{self as bound, BoundImage};
 use crate::spawn::{Plan, Spawner, Step, pidfd_kill};
+use crate::users::Account;
 
 /// The longest unix socket path the kernel accepts (`sun_path` is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -194,6 +196,8 @@ pub struct LinuxRuntime {
     nofile: (u64, u64),
     /// Pooled network slots and egress rules; `None` when sandboxes get loopback only.
     net: Option<std::sync::Arc<crate::net::Network>>,
+    /// OCI images sandboxes may run (resolved here; pulled by the control plane).
+    oci: crate::oci::ImageStore,
 }
 
 impl std::fmt::Debug for LinuxRuntime {
@@ -235,7 +239,7 @@ impl LinuxRuntime {
                 )));
             }
         }
-        for d in ["images", "sandboxes", "run", "archives", "mnt"] {
+        for d in ["images", "sandboxes", "run", "archives", "mnt", "bound"] {
             let p = cfg.data_dir.join(d);
             mkdirs(&p, 0o700).map_err(io("mkdir", &p))?;
         }
@@ -256,6 +260,8 @@ impl LinuxRuntime {
             )));
         }
         let image = host_image::build(&cfg.data_dir.join("images"), &cfg.host_root)?;
+        let oci = crate::oci::ImageStore::open(&cfg.data_dir, &Default::default())
+            .map_err(|e| InitError::Unsupported(format!("opening the image store: {e}")))?;
         let cgroups = Cgroups::detect(&cfg.cgroup_root, &cfg.cgroup_parent)?;
         cgroups.init()?;
         let disk = match cfg.disk {
@@ -300,6 +306,7 @@ impl LinuxRuntime {
             disk,
             nofile,
             net,
+            oci,
         })
     }
 
@@ -320,16 +327,7 @@ impl LinuxRuntime {
 
     /// Writes the sandbox's directories and files and builds the clone plan.
     fn prepare(&self, spec: &SandboxSpec) -> Result<Plan, RuntimeError> {
-        let account = self
-            .image
-            .account(&spec.user)
-            .ok_or_else(|| {
-                RuntimeError::Invalid(format!(
-                    "user {:?} does not exist in image {:?}",
-                    spec.user, spec.image
-                ))
-            })?
-            .clone();
+        let oci = self.root_of(spec)?;
         let host = |c: &'static str| move |e: io::Error| RuntimeError::host(c, e);
         // Every sandbox mounts its root on the same directory, each in its own mount
         // namespace: no mount point to create and remove per sandbox.
@@ -337,7 +335,20 @@ impl LinuxRuntime {
         let layer = self
             .disk
             .create(&spec.id, u64::from(spec.resources.disk_gib) << 30)?;
-        let names = self.layer_names();
+        let names = self.layer_names(oci.is_some());
+        let account = match &oci {
+            Some(img) => oci_account(spec, img, &layer.join("upper/root"))?,
+            None => self
+                .image
+                .account(&spec.user)
+                .ok_or_else(|| {
+                    RuntimeError::Invalid(format!(
+                        "user {:?} does not exist in image {:?}",
+                        spec.user, spec.image
+                    ))
+                })?
+                .clone(),
+        };
         for l in &names {
             mkdirs(&layer.join("upper").join(l), 0o755).map_err(host("creating upper dir"))?;
             mkdirs(&layer.join("work").join(l), 0o700).map_err(host("creating work dir"))?;
@@ -349,31 +360,12 @@ impl LinuxRuntime {
                  recent writes may be missing"
             );
         }
-        if self.image.dirs.iter().any(|d| d.name == "etc") {
-            let etc = layer.join("upper/etc");
-            fs::write(etc.join("hostname"), format!("{}\n", spec.id))
-                .map_err(host("writing /etc/hostname"))?;
-            fs::write(
-                etc.join("hosts"),
-                format!(
-                    "127.0.0.1\tlocalhost {id}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-                    id = spec.id
-                ),
-            )
-            .map_err(host("writing /etc/hosts"))?;
-            if let Some(net) = &self.net
-                && !net.dns().is_empty()
-            {
-                let mut conf = String::from("# written by corral\n");
-                for ns in net.dns() {
-                    conf.push_str(&format!("nameserver {ns}\n"));
-                }
-                // The host's file may be a symlink into /run (systemd-resolved).
-                remove_file_if_exists(&etc.join("resolv.conf"))
-                    .map_err(host("replacing /etc/resolv.conf"))?;
-                fs::write(etc.join("resolv.conf"), conf)
-                    .map_err(host("writing /etc/resolv.conf"))?;
-            }
+        if let Some(img) = &oci {
+            prepare_oci_upper(&layer.join("upper/root"), img, &account)
+                .map_err(host("preparing the image root"))?;
+            self.write_etc(&layer.join("upper/root/etc"), spec)?;
+        } else if self.image.dirs.iter().any(|d| d.name == "etc") {
+            self.write_etc(&layer.join("upper/etc"), spec)?;
         }
 
         let mut env: BTreeMap<String, String> = BTreeMap::new();
@@ -384,6 +376,21 @@ impl LinuxRuntime {
         env.insert("SHELL".into(), account.shell.clone());
         env.insert("HOSTNAME".into(), spec.id.clone());
         env.insert("LANG".into(), "C.UTF-8".into());
+        let mut work_dir = account.home.clone();
+        let mut entrypoint = Vec::new();
+        if let Some(img) = &oci {
+            oci_env(&mut env, &img.config.env);
+            if let Some(w) = &img.config.working_dir {
+                work_dir = w.clone();
+            }
+            entrypoint = img
+                .config
+                .entrypoint
+                .iter()
+                .chain(&img.config.cmd)
+                .cloned()
+                .collect();
+        }
         env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let config = AgentConfig {
             sandbox_id: spec.id.clone(),
@@ -391,10 +398,78 @@ impl LinuxRuntime {
             uid: account.uid,
             gid: account.gid,
             home: account.home.clone(),
-            work_dir: account.home.clone(),
+            work_dir,
             env,
+            entrypoint,
         };
-        let body = serde_json::to_vec(&config)
+        self.finish_prepare(spec, &config, &layer, &mnt, oci.as_ref())
+    }
+
+    /// Writes the sandbox's `/etc/hostname`, `/etc/hosts` and (with a network)
+    /// `/etc/resolv.conf` into `etc`, the upper dir of its `/etc`.
+    fn write_etc(&self, etc: &Path, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        let host = |c: &'static str| move |e: io::Error| RuntimeError::host(c, e);
+        fs::write(etc.join("hostname"), format!("{}\n", spec.id))
+            .map_err(host("writing /etc/hostname"))?;
+        fs::write(
+            etc.join("hosts"),
+            format!(
+                "127.0.0.1\tlocalhost {id}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+                id = spec.id
+            ),
+        )
+        .map_err(host("writing /etc/hosts"))?;
+        if let Some(net) = &self.net
+            && !net.dns().is_empty()
+        {
+            let mut conf = String::from("# written by corral\n");
+            for ns in net.dns() {
+                conf.push_str(&format!("nameserver {ns}\n"));
+            }
+            // The host's file may be a symlink into /run (systemd-resolved).
+            remove_file_if_exists(&etc.join("resolv.conf"))
+                .map_err(host("replacing /etc/resolv.conf"))?;
+            fs::write(etc.join("resolv.conf"), conf).map_err(host("writing /etc/resolv.conf"))?;
+        }
+        Ok(())
+    }
+
+    /// The image a sandbox's root is built from: its binding when it has one, else the
+    /// `host` image (`None`), else the stored OCI image `spec.image` names (bound now).
+    fn root_of(&self, spec: &SandboxSpec) -> Result<Option<BoundImage>, RuntimeError> {
+        let data = &self.cfg.data_dir;
+        if let Some(b) = bound::read_binding(data, &spec.id)
+            .map_err(|e| RuntimeError::host("reading the sandbox's image binding", e))?
+        {
+            return Ok(Some(b));
+        }
+        if spec.image == "host" {
+            return Ok(None);
+        }
+        let img = self
+            .oci
+            .resolve(&spec.image)
+            .map_err(bound::runtime_error)?
+            .ok_or_else(|| {
+                RuntimeError::Invalid(format!("image {:?} has not been pulled", spec.image))
+            })?;
+        let b = BoundImage::of(&img);
+        bound::write_binding(data, &spec.id, &b)
+            .map_err(|e| RuntimeError::host("recording the sandbox's image", e))?;
+        Ok(Some(b))
+    }
+
+    /// The rest of `prepare`: agent config, log, socket and the clone plan.
+    fn finish_prepare(
+        &self,
+        spec: &SandboxSpec,
+        config: &AgentConfig,
+        layer: &Path,
+        mnt: &Path,
+        oci: Option<&BoundImage>,
+    ) -> Result<Plan, RuntimeError> {
+        let host = |c: &'static str| move |e: io::Error| RuntimeError::host(c, e);
+        let body = serde_json::to_vec(config)
             .map_err(|e| RuntimeError::host("encoding agent config", e))?;
         let config_fd = config_memfd(&body).map_err(host("writing agent config"))?;
         // Next to the sandbox's writable layer, so it goes when the sandbox goes.
@@ -440,14 +515,14 @@ impl LinuxRuntime {
             }
             None => None,
         };
-        steps.extend(self.mount_steps(&spec.id, &layer, &mnt, netns.is_none())?);
+        steps.extend(self.mount_steps(&spec.id, layer, mnt, netns.is_none(), oci)?);
         crate::volume::insert_steps(
             &mut steps,
             &self.cfg.data_dir,
             &spec.volumes,
-            &mnt,
-            account.uid,
-            account.gid,
+            mnt,
+            config.uid,
+            config.gid,
         )?;
         Ok(Plan {
             steps,
@@ -461,11 +536,48 @@ impl LinuxRuntime {
         })
     }
 
-    /// Names of a sandbox's overlay layers: its root and each overlaid host directory.
-    fn layer_names(&self) -> Vec<String> {
+    /// Names of a sandbox's overlay layers: its root and, for the host image, each
+    /// overlaid host directory (an OCI image is one overlay).
+    fn layer_names(&self, oci: bool) -> Vec<String> {
+        if oci {
+            return vec!["root".to_string()];
+        }
         std::iter::once("root".to_string())
             .chain(self.image.dirs.iter().map(|d| d.name.clone()))
             .collect()
+    }
+
+    /// [`Self::layer_names`] of a sandbox, by its binding.
+    fn layer_names_of(&self, id: &str) -> Vec<String> {
+        self.layer_names(bound::bound_path(&self.cfg.data_dir, id).exists())
+    }
+
+    /// The root overlays: (mount point, lower dirs, layer name).
+    fn root_overlays(
+        &self,
+        mnt: &Path,
+        oci: Option<&BoundImage>,
+    ) -> Vec<(PathBuf, String, String)> {
+        if let Some(img) = oci {
+            // overlayfs wants the top-most lower dir first.
+            let lowers: Vec<String> = img
+                .layers
+                .iter()
+                .rev()
+                .map(|p| p.display().to_string())
+                .collect();
+            return vec![(mnt.to_owned(), lowers.join(":"), "root".into())];
+        }
+        let mut v = vec![(
+            mnt.to_owned(),
+            self.image.skeleton.display().to_string(),
+            "root".to_string(),
+        )];
+        for d in &self.image.dirs {
+            let lowers: Vec<String> = d.lowers.iter().map(|p| p.display().to_string()).collect();
+            v.push((mnt.join(&d.name), lowers.join(":"), d.name.clone()));
+        }
+        v
     }
 
     fn mount_steps(
@@ -474,6 +586,7 @@ impl LinuxRuntime {
         layer: &Path,
         mnt: &Path,
         own_loopback: bool,
+        oci: Option<&BoundImage>,
     ) -> Result<Vec<Step>, RuntimeError> {
         let overlay = |target: &Path, lowers: &str, name: &str| -> Result<Step, RuntimeError> {
             Ok(Step::Mount {
@@ -516,11 +629,9 @@ impl LinuxRuntime {
                 libc::MS_REC | libc::MS_PRIVATE,
                 None,
             )?,
-            overlay(mnt, &self.image.skeleton.display().to_string(), "root")?,
         ];
-        for d in &self.image.dirs {
-            let lowers: Vec<String> = d.lowers.iter().map(|p| p.display().to_string()).collect();
-            steps.push(overlay(&mnt.join(&d.name), &lowers.join(":"), &d.name)?);
+        for (target, lowers, name) in self.root_overlays(mnt, oci) {
+            steps.push(overlay(&target, &lowers, &name)?);
         }
         let agent = mnt.join(AGENT_PATH_IN_SANDBOX.trim_start_matches('/'));
         let agent_src = self.cfg.agent_binary.display().to_string();
@@ -946,7 +1057,7 @@ impl Runtime for LinuxRuntime {
         // The overlays are volatile (nothing synced on the way down, which keeps deletes
         // cheap): a stopped sandbox's files are made durable here, once.
         let layer = self.disk.layer_dir(id);
-        let names = self.layer_names();
+        let names = self.layer_names_of(id);
         let t = Instant::now();
         let r = tokio::task::spawn_blocking(move || persist_layer(&layer, &names))
             .await
@@ -965,13 +1076,16 @@ impl Runtime for LinuxRuntime {
         let archive = self.archive_path(id);
         let disk = self.disk.clone();
         let owned = id.to_owned();
+        let data = self.cfg.data_dir.clone();
         let files = async {
             tokio::task::spawn_blocking(move || {
                 disk.remove(&owned)?;
                 remove_dir_if_exists(&dir)
                     .map_err(|e| RuntimeError::host("removing sandbox dir", e))?;
                 remove_file_if_exists(&archive)
-                    .map_err(|e| RuntimeError::host("removing archive", e))
+                    .map_err(|e| RuntimeError::host("removing archive", e))?;
+                bound::remove_binding(&data, &owned)
+                    .map_err(|e| RuntimeError::host("removing image binding", e))
             })
             .await
             .map_err(|e| RuntimeError::host("joining cleanup task", e))?
@@ -992,7 +1106,7 @@ impl Runtime for LinuxRuntime {
         let dir = self.disk.layer_dir(id);
         let sandbox_dir = self.sandbox_dir(id);
         let archive = self.archive_path(id);
-        let layers = self.layer_names();
+        let layers = self.layer_names_of(id);
         let disk = self.disk.clone();
         let id = id.to_owned();
         tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
@@ -1091,12 +1205,13 @@ impl Runtime for LinuxRuntime {
             .into_iter()
             .chain(self.disk.list())
             .collect();
-        for dir in ["sandboxes", "archives"] {
+        for dir in ["sandboxes", "archives", "bound"] {
             if let Ok(entries) = fs::read_dir(self.cfg.data_dir.join(dir)) {
                 for e in entries.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
                     ids.insert(
                         name.trim_end_matches(".tar.zst")
+                            .trim_end_matches(".json")
                             .trim_end_matches(".partial")
                             .to_owned(),
                     );
@@ -1191,4 +1306,112 @@ fn persist_layer(layer: &Path, names: &[String]) -> Result<(), RuntimeError> {
     clear_volatile_markers(layer, names)
         .map(|_| ())
         .map_err(|e| RuntimeError::host("clearing overlay markers", e))
+}
+
+/// Finds `name`'s account in the image: the sandbox's own `/etc/passwd` (upper) first, else
+/// the top-most layer that has one. `name` may be `user`, `uid`, `user:group` or `uid:gid`; a
+/// numeric uid not in the file is used as is (home `/`).
+fn oci_account(
+    spec: &SandboxSpec,
+    img: &BoundImage,
+    upper: &Path,
+) -> Result<Account, RuntimeError> {
+    let passwd = std::iter::once(upper.to_owned())
+        .chain(img.layers.iter().rev().cloned())
+        .map(|d| d.join("etc/passwd"))
+        .find(|p| p.is_file())
+        .and_then(|p| fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    let accounts = crate::users::parse_passwd(&passwd);
+    let (user, group) = match spec.user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec.user.as_str(), None),
+    };
+    let mut account = match crate::users::find(&accounts, user) {
+        Some(a) => a.clone(),
+        None => match user.parse::<u32>() {
+            Ok(uid) => Account {
+                name: user.to_owned(),
+                uid,
+                gid: uid,
+                home: "/".into(),
+                shell: "/bin/sh".into(),
+            },
+            Err(_) => {
+                return Err(RuntimeError::Invalid(format!(
+                    "user {:?} does not exist in image {:?}",
+                    spec.user, img.reference
+                )));
+            }
+        },
+    };
+    if let Some(gid) = group.and_then(|g| g.parse::<u32>().ok()) {
+        account.gid = gid;
+    }
+    Ok(account)
+}
+
+/// Whether `rel` exists in the merged view of an image root (upper, then layers top first).
+fn exists_in_image(upper: &Path, img: &BoundImage, rel: &str) -> bool {
+    std::iter::once(upper)
+        .chain(img.layers.iter().rev().map(PathBuf::as_path))
+        .any(|d| fs::symlink_metadata(d.join(rel)).is_ok())
+}
+
+/// Creates in an OCI sandbox's upper dir what the sandbox needs but images may lack: mount
+/// points (`/proc`, `/sys`, `/dev`, the agent's file), `/tmp`, `/etc`, and the user's home.
+fn prepare_oci_upper(upper: &Path, img: &BoundImage, account: &Account) -> io::Result<()> {
+    for (rel, mode) in [
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("dev", 0o755),
+        ("etc", 0o755),
+        ("tmp", 0o1777),
+    ] {
+        if !exists_in_image(upper, img, rel) {
+            let p = upper.join(rel);
+            mkdirs(&p, 0o755)?;
+            fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        }
+    }
+    if !upper.join("etc").is_dir() {
+        mkdirs(&upper.join("etc"), 0o755)?;
+    }
+    let agent = upper.join(AGENT_PATH_IN_SANDBOX.trim_start_matches('/'));
+    if !agent.exists() {
+        if let Some(parent) = agent.parent() {
+            mkdirs(parent, 0o755)?;
+        }
+        fs::write(&agent, b"")?;
+    }
+    let home = account.home.trim_start_matches('/');
+    if !home.is_empty() && !exists_in_image(upper, img, home) {
+        let p = upper.join(home);
+        mkdirs(&p, 0o755)?;
+        std::os::unix::fs::chown(&p, Some(account.uid), Some(account.gid))?;
+    }
+    if let Some(w) = img
+        .config
+        .working_dir
+        .as_deref()
+        .map(|w| w.trim_start_matches('/'))
+        && !w.is_empty()
+        && !exists_in_image(upper, img, w)
+    {
+        let p = upper.join(w);
+        mkdirs(&p, 0o755)?;
+        std::os::unix::fs::chown(&p, Some(account.uid), Some(account.gid))?;
+    }
+    Ok(())
+}
+
+/// Overlays an image's `KEY=value` environment on the defaults.
+fn oci_env(env: &mut BTreeMap<String, String>, image_env: &[String]) {
+    for kv in image_env {
+        if let Some((k, v)) = kv.split_once('=')
+            && !k.is_empty()
+        {
+            env.insert(k.to_owned(), v.to_owned());
+        }
+    }
 }

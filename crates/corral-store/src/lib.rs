@@ -5,7 +5,10 @@ use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use corral_core::ports::{PreviewTokenStore, SignedPreviewToken, Volume, VolumeState, VolumeStore};
+use corral_core::ports::{
+    PreviewTokenStore, SignedPreviewToken, Snapshot, SnapshotState, SnapshotStore, Volume,
+    VolumeState, VolumeStore,
+};
 use corral_core::{ApiKeyStore, ListQuery, Page, Sandbox, SandboxStore, StoreError};
 use sqlx::Row;
 use sqlx::sqlite::{
@@ -459,6 +462,115 @@ impl VolumeStore for SqliteStore {
     }
 }
 
+const SNAPSHOT_COLUMNS: &str = "id, name, image_name, state, size, entrypoint, cpu, memory_gib, \
+     disk_gib, error_reason, created_at_ms, updated_at_ms, last_used_at_ms";
+
+fn snapshot_row(r: &sqlx::sqlite::SqliteRow) -> Result<Snapshot, StoreError> {
+    let state: String = r.get(3);
+    let entrypoint: String = r.get(5);
+    let int = |i: usize| -> Result<u32, StoreError> {
+        u32::try_from(r.get::<i64, _>(i))
+            .map_err(|_| StoreError::Corrupt("snapshot resource out of range".into()))
+    };
+    Ok(Snapshot {
+        id: r.get(0),
+        name: r.get(1),
+        image_name: r.get(2),
+        state: SnapshotState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("snapshot state {state:?}")))?,
+        size: r
+            .get::<Option<i64>, _>(4)
+            .map(|s| u64::try_from(s).unwrap_or(0)),
+        entrypoint: serde_json::from_str(&entrypoint)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        cpu: int(6)?,
+        memory_gib: int(7)?,
+        disk_gib: int(8)?,
+        error_reason: r.get(9),
+        general: false,
+        created_at_ms: r.get(10),
+        updated_at_ms: r.get(11),
+        last_used_at_ms: r.get(12),
+    })
+}
+
+#[async_trait]
+impl SnapshotStore for SqliteStore {
+    async fn insert_snapshot(&self, s: &Snapshot) -> Result<(), StoreError> {
+        let result = sqlx::query(&format!(
+            "INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&s.id)
+        .bind(&s.name)
+        .bind(&s.image_name)
+        .bind(s.state.as_str())
+        .bind(s.size.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
+        .bind(serde_json::to_string(&s.entrypoint).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+        .bind(i64::from(s.cpu))
+        .bind(i64::from(s.memory_gib))
+        .bind(i64::from(s.disk_gib))
+        .bind(&s.error_reason)
+        .bind(s.created_at_ms)
+        .bind(s.updated_at_ms)
+        .bind(s.last_used_at_ms)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::NameTaken(s.name.clone())),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn update_snapshot(&self, s: &Snapshot) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE snapshots SET state = ?, size = ?, error_reason = ?, updated_at_ms = ?,
+             last_used_at_ms = ? WHERE id = ?",
+        )
+        .bind(s.state.as_str())
+        .bind(s.size.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
+        .bind(&s.error_reason)
+        .bind(s.updated_at_ms)
+        .bind(s.last_used_at_ms)
+        .bind(&s.id)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn get_snapshot(&self, id_or_name: &str) -> Result<Option<Snapshot>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ?1 OR name = ?1
+             ORDER BY (id = ?1) DESC LIMIT 1"
+        ))
+        .bind(id_or_name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(snapshot_row).transpose()
+    }
+
+    async fn list_snapshots(&self) -> Result<Vec<Snapshot>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots ORDER BY created_at_ms, rowid"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(snapshot_row).collect()
+    }
+
+    async fn remove_snapshot(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM snapshots WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -702,5 +814,54 @@ mod tests {
             s.volume("v1").await.expect("get").map(|x| x.state),
             Some(VolumeState::Deleted)
         );
+    }
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::*;
+
+    fn snap(id: &str, name: &str) -> Snapshot {
+        Snapshot {
+            id: id.into(),
+            name: name.into(),
+            image_name: Some("reg/x:1".into()),
+            state: SnapshotState::Pending,
+            size: None,
+            entrypoint: vec!["sh".into(), "-c".into()],
+            cpu: 1,
+            memory_gib: 1,
+            disk_gib: 3,
+            error_reason: None,
+            general: false,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+            last_used_at_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn snapshots_round_trip_with_unique_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("db"))
+            .await
+            .expect("open");
+        let mut a = snap("a", "one");
+        store.insert_snapshot(&a).await.expect("insert");
+        assert!(matches!(
+            store.insert_snapshot(&snap("b", "one")).await,
+            Err(StoreError::NameTaken(_))
+        ));
+        a.state = SnapshotState::Active;
+        a.size = Some(42);
+        store.update_snapshot(&a).await.expect("update");
+        assert_eq!(
+            store.get_snapshot("one").await.expect("get"),
+            Some(a.clone())
+        );
+        assert_eq!(store.get_snapshot("a").await.expect("get"), Some(a.clone()));
+        assert_eq!(store.list_snapshots().await.expect("list"), vec![a]);
+        store.remove_snapshot("a").await.expect("remove");
+        assert!(store.get_snapshot("a").await.expect("get").is_none());
     }
 }

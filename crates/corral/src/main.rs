@@ -282,6 +282,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         teardowns: Default::default(),
         previews: store.clone(),
         volumes: store.clone(),
+        snapshots: store.clone(),
+        images: Arc::new(corral_runtime::oci::images::OciImages::new(
+            Arc::new(
+                corral_runtime::oci::ImageStore::open(&data_dir, &Default::default())
+                    .context("opening the image store")?,
+            ),
+            &data_dir,
+        )),
     };
     corral_api::reconciler::on_start(&state)
         .await

@@ -13,6 +13,7 @@ mod misc;
 mod outcome;
 mod pty;
 mod session;
+pub use session::start_entrypoint;
 mod tunnel;
 
 use std::collections::BTreeMap;

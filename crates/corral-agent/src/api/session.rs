@@ -364,26 +364,84 @@ async fn input(
     }
 }
 
-/// The host image has no entrypoint, so the entrypoint session is one that never ran a
-/// command: the SDK parses it as a `Session` with an empty command list.
-async fn entrypoint() -> Json<SessionDto> {
+/// Starts the image's entrypoint (from the agent config) as the one command of the
+/// `entrypoint` session; nothing when the image has none.
+pub async fn start_entrypoint(state: &AppState) {
+    let argv = &state.config.entrypoint;
+    if argv.is_empty() {
+        return;
+    }
+    let line = argv
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let cwd = std::path::PathBuf::from(&state.config.work_dir);
+    let session = match Session::start(
+        &state.reaper,
+        state.credentials(),
+        ENTRYPOINT.to_owned(),
+        cwd,
+        state.base_env(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not start the entrypoint session");
+            return;
+        }
+    };
+    state
+        .sessions
+        .lock()
+        .insert(ENTRYPOINT.to_owned(), session.clone());
+    match session.execute(line, false).await {
+        Ok(_) => tracing::info!(entrypoint = ?argv, "entrypoint started"),
+        Err(e) => tracing::warn!(error = %e, "could not start the entrypoint"),
+    }
+}
+
+/// The entrypoint session: the image's entrypoint as its one command, or (the host image
+/// has none) a session that never ran a command.
+async fn entrypoint(State(state): State<AppState>) -> Json<SessionDto> {
+    if let Ok(session) = state.sessions.get(ENTRYPOINT) {
+        return Json(SessionDto::of(&session));
+    }
     Json(SessionDto {
         session_id: ENTRYPOINT.to_owned(),
         commands: Vec::new(),
     })
 }
 
-/// The entrypoint's logs are empty (there is no entrypoint); following them closes at once.
-async fn entrypoint_logs(Query(query): Query<LogsQuery>, request: Request) -> Response {
+/// The entrypoint's logs (empty without an entrypoint; following them then closes at once).
+async fn entrypoint_logs(
+    State(state): State<AppState>,
+    Query(query): Query<LogsQuery>,
+    request: Request,
+) -> Response {
+    let cmd = state.sessions.get(ENTRYPOINT).ok().and_then(|s| {
+        s.commands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .first()
+            .cloned()
+    });
     if query.follow()
         && let Some(upgrade) = upgrade_of(request).await
     {
-        return upgrade.on_upgrade(|socket| follow(socket, None));
+        return upgrade.on_upgrade(|socket| follow(socket, cmd));
     }
+    let (output, stdout, stderr) = cmd
+        .map(|c| {
+            c.state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .logs()
+        })
+        .unwrap_or_default();
     Json(LogsResponse {
-        output: String::new(),
-        stdout: String::new(),
-        stderr: String::new(),
+        output,
+        stdout,
+        stderr,
     })
     .into_response()
 }

@@ -8,6 +8,7 @@
 //!
 //! See the "Images" section of `docs/ARCHITECTURE.md` for the layout on disk.
 
+pub mod images;
 pub mod reference;
 pub mod registry;
 pub mod store;

@@ -1,0 +1,200 @@
+//! The core's `Images` port over the [`ImageStore`], and the record binding a sandbox to the
+//! image its root filesystem was created from.
+//!
+//! A sandbox is bound to an image at its first start: `<data>/bound/<id>.json` names the
+//! image and its layer directories. Later starts use the binding (whatever the request
+//! names), so a sandbox keeps its layers even if the reference is re-pulled elsewhere, and
+//! garbage collection keeps every bound layer.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use corral_core::{ImageInfo, Images, RuntimeError};
+use serde::{Deserialize, Serialize};
+
+use super::store::{PullProgress, StoredImage};
+use super::{ImageConfig, ImageStore, OciError};
+
+/// The image a sandbox's root is built from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BoundImage {
+    /// The reference it was resolved from.
+    pub reference: String,
+    /// Layer directories, bottom first.
+    pub layers: Vec<PathBuf>,
+    /// Diff ids of the layers, bottom first.
+    pub diff_ids: Vec<String>,
+    /// The image's config.
+    pub config: ImageConfig,
+}
+
+impl BoundImage {
+    /// The binding of a stored image.
+    pub fn of(img: &StoredImage) -> Self {
+        Self {
+            reference: img.reference.clone(),
+            layers: img.layers.clone(),
+            diff_ids: img.config.diff_ids.clone(),
+            config: img.config.clone(),
+        }
+    }
+}
+
+/// Where sandbox bindings live.
+pub fn bound_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("bound")
+}
+
+/// The binding file of a sandbox.
+pub fn bound_path(data_dir: &Path, id: &str) -> PathBuf {
+    bound_dir(data_dir).join(format!("{id}.json"))
+}
+
+/// Reads a sandbox's binding; `None` when it has none (a `host` sandbox).
+pub fn read_binding(data_dir: &Path, id: &str) -> io::Result<Option<BoundImage>> {
+    match fs::read(bound_path(data_dir, id)) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Records a sandbox's binding (atomically).
+pub fn write_binding(data_dir: &Path, id: &str, img: &BoundImage) -> io::Result<()> {
+    let dir = bound_dir(data_dir);
+    fs::create_dir_all(&dir)?;
+    let body =
+        serde_json::to_vec(img).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let tmp = dir.join(format!("{id}.json.tmp"));
+    fs::write(&tmp, body)?;
+    fs::rename(&tmp, bound_path(data_dir, id))
+}
+
+/// Removes a sandbox's binding, if any.
+pub fn remove_binding(data_dir: &Path, id: &str) -> io::Result<()> {
+    match fs::remove_file(bound_path(data_dir, id)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Diff ids of every bound sandbox's layers.
+fn bound_layers(data_dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(bound_dir(data_dir)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| fs::read(e.path()).ok())
+        .filter_map(|b| serde_json::from_slice::<BoundImage>(&b).ok())
+        .flat_map(|b| b.diff_ids)
+        .collect()
+}
+
+/// Maps an image error to a runtime error: problems of the request (reference, registry
+/// answers, image content) are client errors; local I/O is a host failure.
+pub fn runtime_error(e: OciError) -> RuntimeError {
+    match e {
+        OciError::Io { .. } => RuntimeError::host("image store", e),
+        other => RuntimeError::Invalid(other.to_string()),
+    }
+}
+
+fn info(img: &StoredImage) -> ImageInfo {
+    ImageInfo {
+        reference: img.reference.clone(),
+        size: img.size,
+        user: img.config.user.clone(),
+        layers: img.config.diff_ids.clone(),
+    }
+}
+
+/// The `Images` port on the OCI store under a data dir.
+#[derive(Debug, Clone)]
+pub struct OciImages {
+    store: Arc<ImageStore>,
+    data_dir: PathBuf,
+}
+
+impl OciImages {
+    /// Wraps a store opened on `data_dir`.
+    pub fn new(store: Arc<ImageStore>, data_dir: &Path) -> Self {
+        Self {
+            store,
+            data_dir: data_dir.to_owned(),
+        }
+    }
+}
+
+#[async_trait]
+impl Images for OciImages {
+    async fn resolve(&self, reference: &str) -> Result<Option<ImageInfo>, RuntimeError> {
+        let store = self.store.clone();
+        let r = reference.to_owned();
+        tokio::task::spawn_blocking(move || store.resolve(&r))
+            .await
+            .map_err(|e| RuntimeError::host("joining image lookup", e))?
+            .map(|i| i.as_ref().map(info))
+            .map_err(runtime_error)
+    }
+
+    async fn pull(&self, reference: &str) -> Result<ImageInfo, RuntimeError> {
+        let image = reference.to_owned();
+        let progress = move |p: &PullProgress| {
+            if p.cached {
+                tracing::info!(image = %image, layer = %p.layer, "layer already stored");
+            } else {
+                tracing::info!(image = %image, layer = %p.layer, done = p.done, total = p.total, "pulling layer");
+            }
+        };
+        tracing::info!(image = %reference, "pulling image");
+        let img = self
+            .store
+            .pull(reference, &progress)
+            .await
+            .map_err(runtime_error)?;
+        Ok(info(&img))
+    }
+
+    async fn remove_unused(
+        &self,
+        references: &[String],
+        keep: &[String],
+    ) -> Result<(), RuntimeError> {
+        let store = self.store.clone();
+        let data_dir = self.data_dir.clone();
+        let references = references.to_vec();
+        let keep = keep.to_vec();
+        tokio::task::spawn_blocking(move || -> Result<(), OciError> {
+            let kept: Vec<String> = keep
+                .iter()
+                .filter_map(|k| super::Reference::parse(k).ok().map(|r| r.to_string()))
+                .collect();
+            for r in &references {
+                let key = super::Reference::parse(r).map(|x| x.to_string());
+                if key.as_ref().is_ok_and(|k| kept.contains(k)) {
+                    continue;
+                }
+                match store.remove(r) {
+                    Ok(_) | Err(OciError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let report = store.gc(&bound_layers(&data_dir))?;
+            tracing::info!(
+                layers = report.layers_removed,
+                bytes = report.bytes_freed,
+                "image garbage collected"
+            );
+            Ok(())
+        })
+        .await
+        .map_err(|e| RuntimeError::host("joining image gc", e))?
+        .map_err(runtime_error)
+    }
+}
