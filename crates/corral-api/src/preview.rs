@@ -386,43 +386,11 @@ async fn forward(
         parts.headers.insert(header::UPGRADE, u.clone());
     }
 
-    let mut resp = sender
+    let resp = sender
         .send_request(Request::from_parts(parts, body))
         .await
         .map_err(|e| bad_gateway(format!("the app on port {port} failed to answer: {e}")))?;
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        return Ok(Response::from_parts(parts, Body::new(body)));
-    }
-    let Some(client_upgrade) = client_upgrade else {
-        return Err(bad_gateway(format!(
-            "the app on port {port} switched protocols unasked"
-        )));
-    };
-    let app_upgrade = hyper::upgrade::on(&mut resp);
-    tokio::spawn(async move {
-        match tokio::try_join!(client_upgrade, app_upgrade) {
-            Ok((client, app)) => {
-                let mut client = TokioIo::new(client);
-                let mut app = TokioIo::new(app);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut app).await {
-                    tracing::debug!(error = %e, "upgraded preview connection ended");
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "preview upgrade failed"),
-        }
-    });
-    let (mut parts, _) = resp.into_parts();
-    let proto = parts.headers.get(header::UPGRADE).cloned();
-    strip_hop_by_hop(&mut parts.headers);
-    parts
-        .headers
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Some(p) = proto {
-        parts.headers.insert(header::UPGRADE, p);
-    }
-    Ok(Response::from_parts(parts, Body::empty()))
+    crate::toolbox::relay_response(resp, client_upgrade, &format!("the app on port {port}"))
 }
 
 /// A fresh token: 160 bits from the OS generator (through two v4 UUIDs and SHA-256), as 32

@@ -246,7 +246,22 @@ pub async fn create(
     drop(volumes_guard);
     metrics::histogram!("corral_create_phase_seconds", "phase" => "record")
         .record(t.elapsed().as_secs_f64());
-    if let Err(e) = state.runtime.start(&lifecycle::spec_of(&sandbox)).await {
+    let spec = lifecycle::spec_of(&sandbox);
+    start_recorded(&state, &mut sandbox, &spec).await?;
+    metrics::histogram!("corral_sandbox_create_seconds").record(started.elapsed().as_secs_f64());
+    tracing::info!(sandbox = %sandbox.id, name = %sandbox.name, "sandbox created");
+    Ok(Json(dto(&state, &headers, &sandbox, true)))
+}
+
+/// Starts a sandbox just recorded and records the outcome: `started`; or, when the start
+/// failed, the record removed with every trace (a client error: nothing of it stays) or
+/// `error`, recoverable, with its files kept (a host failure; see the server log).
+async fn start_recorded(
+    state: &AppState,
+    sandbox: &mut Sandbox,
+    spec: &corral_core::SandboxSpec,
+) -> Result<(), ApiError> {
+    if let Err(e) = state.runtime.start(spec).await {
         let err = ApiError::from(e);
         if err.status.is_client_error() {
             state.runtime.destroy(&sandbox.id).await?;
@@ -255,16 +270,14 @@ pub async fn create(
             sandbox.state = SandboxState::Error;
             sandbox.error_reason = Some("the sandbox failed to start; see the server log".into());
             sandbox.updated_at = OffsetDateTime::now_utc();
-            state.store.update(&sandbox).await?;
+            state.store.update(sandbox).await?;
         }
         return Err(err);
     }
     sandbox.state = SandboxState::Started;
     sandbox.updated_at = OffsetDateTime::now_utc();
-    state.store.update(&sandbox).await?;
-    metrics::histogram!("corral_sandbox_create_seconds").record(started.elapsed().as_secs_f64());
-    tracing::info!(sandbox = %sandbox.id, name = %sandbox.name, "sandbox created");
-    Ok(Json(dto(&state, &headers, &sandbox, true)))
+    state.store.update(sandbox).await?;
+    Ok(())
 }
 
 /// Creates a sandbox from an OCI snapshot or image: pulls it first when needed (the
@@ -325,22 +338,7 @@ async fn create_from_image(
     drop(volumes_guard);
     let mut spec = lifecycle::spec_of(&sandbox);
     spec.image = image;
-    if let Err(e) = state.runtime.start(&spec).await {
-        let err = ApiError::from(e);
-        state.runtime.destroy(&sandbox.id).await?;
-        if err.status.is_client_error() {
-            state.store.remove(&sandbox.id).await?;
-        } else {
-            sandbox.state = SandboxState::Error;
-            sandbox.error_reason = Some("the sandbox failed to start; see the server log".into());
-            sandbox.updated_at = OffsetDateTime::now_utc();
-            state.store.update(&sandbox).await?;
-        }
-        return Err(err);
-    }
-    sandbox.state = SandboxState::Started;
-    sandbox.updated_at = OffsetDateTime::now_utc();
-    state.store.update(&sandbox).await?;
+    start_recorded(&state, &mut sandbox, &spec).await?;
     metrics::histogram!("corral_sandbox_create_seconds").record(started.elapsed().as_secs_f64());
     metrics::counter!("corral_sandbox_create_total", "path" => "image").increment(1);
     tracing::info!(sandbox = %sandbox.id, name = %sandbox.name, snapshot = %sandbox.snapshot, "sandbox created from an image");

@@ -211,29 +211,44 @@ pub async fn proxy(
             tracing::debug!(error = %e, "agent connection ended with an error");
         }
     });
-    let mut resp = sender
+    let resp = sender
         .send_request(Request::from_parts(parts, body))
         .await
         .map_err(|e| bad_gateway(&e.to_string()))?;
+    relay_response(resp, client_upgrade, "the agent")
+}
+
+/// Passes an upstream answer back to the client. A `101 Switching Protocols` is joined to
+/// the client's own upgrade (`client_upgrade`, taken from its request), and bytes are copied
+/// both ways until either side closes; any other answer streams back as is. `upstream`
+/// names the other end in errors and logs.
+pub(crate) fn relay_response(
+    mut resp: Response<hyper::body::Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    upstream: &str,
+) -> Result<Response, ApiError> {
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         return Ok(Response::from_parts(parts, Body::new(body)));
     }
     let Some(client_upgrade) = client_upgrade else {
-        return Err(bad_gateway("the agent switched protocols unasked"));
+        return Err(bad_gateway(&format!(
+            "{upstream} switched protocols unasked"
+        )));
     };
-    let agent_upgrade = hyper::upgrade::on(&mut resp);
+    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    let what = upstream.to_owned();
     tokio::spawn(async move {
-        match tokio::try_join!(client_upgrade, agent_upgrade) {
-            Ok((client, agent)) => {
+        match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok((client, other)) => {
                 let mut client = TokioIo::new(client);
-                let mut agent = TokioIo::new(agent);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut agent).await {
-                    tracing::debug!(error = %e, "upgraded toolbox connection ended");
+                let mut other = TokioIo::new(other);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut other).await {
+                    tracing::debug!(error = %e, upstream = %what, "upgraded connection ended");
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "toolbox upgrade failed"),
+            Err(e) => tracing::debug!(error = %e, upstream = %what, "upgrade failed"),
         }
     });
     let (mut parts, _) = resp.into_parts();

@@ -216,9 +216,24 @@ pub async fn bulk_upload(
     {
         let name = field.name().unwrap_or_default().to_owned();
         match indexed_field(&name) {
-            Some((i, "path")) => {
-                paths.insert(i, small_text(&mut field).await?);
-            }
+            Some((i, "path")) => match small_text(&mut field).await {
+                Ok(text) => {
+                    paths.insert(i, text);
+                }
+                Err(e) => {
+                    // Answer once the client has sent everything: an answer while it is
+                    // still sending resets the connection, and the client would see that
+                    // instead of this error.
+                    let _ = drain(&mut field).await;
+                    drop(field);
+                    while let Ok(Some(mut rest)) = multipart.next_field().await {
+                        if drain(&mut rest).await.is_err() {
+                            break;
+                        }
+                    }
+                    return Err(e);
+                }
+            },
             Some((i, "file")) => {
                 let target = paths
                     .get(&i)
