@@ -187,3 +187,83 @@ def test_snapshot_list_pages(env):
     for n in names:
         d.snapshot.delete(n)
     assert "host" in [s.name for s in d.snapshot.list().items]
+
+
+class SilentRegistry:
+    """A TCP listener on loopback that accepts connections and never answers: a pull from it
+    hangs until the server is stopped."""
+
+    def __init__(self):
+        import socket
+        import threading
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.host = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.conns = []
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_a_server_crash_during_pulls_loses_nothing_and_leaves_nothing():
+    import threading
+    silent = SilentRegistry()
+    server = Server()
+    server.start()
+    try:
+        d = server.client()
+        name = "hang-" + uuid.uuid4().hex[:8]
+        # The snapshot is recorded and its pull hangs in the background.
+        status, body = server.request("POST", "/api/snapshots",
+                                      {"name": name, "imageName": f"{silent.host}/x/y:1"})
+        assert status == 200, body
+        # A create from an image whose pull hangs: the request stays open.
+        outcome = {}
+
+        def create():
+            try:
+                outcome["sb"] = d.create(CreateSandboxFromImageParams(image=f"{silent.host}/x/z:1"),
+                                         timeout=60)
+            except Exception as e:  # the server goes away under it
+                outcome["error"] = e
+
+        t = threading.Thread(target=create, daemon=True)
+        t.start()
+        deadline = time.time() + 10
+        while not [s for s in d.list() if s.state == "pulling_snapshot"]:
+            assert time.time() < deadline, "the create never reached pulling_snapshot"
+            time.sleep(0.05)
+        assert d.snapshot.get(name).state in ("pending", "pulling")
+
+        server.crash()
+        t.join(timeout=30)
+        assert "error" in outcome and "sb" not in outcome
+        server.start()
+        # The cut-off create left no sandbox behind; the snapshot's pull was resumed.
+        assert [s.id for s in d.list()] == []
+        assert d.snapshot.get(name).state in ("pending", "pulling")
+        # With the registry gone the resumed pull fails cleanly, with a reason.
+        silent.close()
+        deadline = time.time() + 30
+        while (s := d.snapshot.get(name)).state != "error":
+            assert time.time() < deadline, s.state
+            time.sleep(0.2)
+        assert s.error_reason
+        d.snapshot.delete(name)
+    finally:
+        silent.close()
+        assert server.finish() == ([], [], [], [])

@@ -77,9 +77,16 @@ pub async fn on_start(state: &AppState) -> Result<(), ApiError> {
                 s.state = SandboxState::Stopped;
                 lifecycle::archive(state, &mut s).await?;
             }
+            SandboxState::PullingSnapshot => {
+                // Its create request died with the server before the sandbox ever ran: as a
+                // failed pull does, it leaves nothing behind (the client got no sandbox).
+                tracing::warn!(sandbox = %s.id, "removing a sandbox whose create was cut off during its image pull");
+                lifecycle::delete(state, &mut s).await?;
+            }
             _ => {}
         }
     }
+    crate::snapshots::resume_pulls(state).await?;
     let known: std::collections::HashSet<&str> = recorded.iter().map(|s| s.id.as_str()).collect();
     for id in state.runtime.traces() {
         if !known.contains(id.as_str()) {

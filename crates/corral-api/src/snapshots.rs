@@ -230,6 +230,21 @@ pub async fn pull(state: &AppState, s: &mut Snapshot) -> Result<ImageInfo, ApiEr
     }
 }
 
+/// Restarts, in the background, the pulls a previous server process left unfinished
+/// (snapshots still `pending` or `pulling`).
+pub async fn resume_pulls(state: &AppState) -> Result<(), ApiError> {
+    for mut s in state.snapshots.list_snapshots().await? {
+        if matches!(s.state, SnapshotState::Pending | SnapshotState::Pulling) {
+            tracing::warn!(snapshot = %s.name, "resuming an image pull cut off by a server stop");
+            let bg = state.clone();
+            tokio::spawn(async move {
+                let _ = pull(&bg, &mut s).await;
+            });
+        }
+    }
+    Ok(())
+}
+
 /// `POST /api/snapshots`: records the snapshot (`pending`) and pulls it in the background.
 pub async fn create(
     State(state): State<AppState>,
