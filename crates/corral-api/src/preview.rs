@@ -66,19 +66,7 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for h in HOP_BY_HOP {
-        headers.remove(*h);
-    }
-    for h in named {
-        headers.remove(h);
-    }
+    crate::toolbox::strip_headers(headers, HOP_BY_HOP);
 }
 
 /// Splits a preview host `{port}-{label}.{domain}[:port]` (any case) into the port and the
@@ -390,7 +378,12 @@ async fn forward(
         .send_request(Request::from_parts(parts, body))
         .await
         .map_err(|e| bad_gateway(format!("the app on port {port} failed to answer: {e}")))?;
-    crate::toolbox::relay_response(resp, client_upgrade, &format!("the app on port {port}"))
+    crate::toolbox::relay_response(
+        resp,
+        client_upgrade,
+        &format!("the app on port {port}"),
+        HOP_BY_HOP,
+    )
 }
 
 /// A fresh token: 160 bits from the OS generator (through two v4 UUIDs and SHA-256), as 32

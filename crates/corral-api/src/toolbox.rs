@@ -30,8 +30,8 @@ const HOP_BY_HOP: &[&str] = &[
     "authorization",
 ];
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in Connection are hop-by-hop too.
+/// Removes the `listed` headers and those the Connection header names (hop-by-hop too).
+pub(crate) fn strip_headers(headers: &mut HeaderMap, listed: &[&str]) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -39,12 +39,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
-    for h in HOP_BY_HOP {
+    for h in listed {
         headers.remove(*h);
     }
     for h in named {
         headers.remove(h);
     }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip_headers(headers, HOP_BY_HOP);
 }
 
 fn bad_gateway(what: &str) -> ApiError {
@@ -215,21 +219,22 @@ pub async fn proxy(
         .send_request(Request::from_parts(parts, body))
         .await
         .map_err(|e| bad_gateway(&e.to_string()))?;
-    relay_response(resp, client_upgrade, "the agent")
+    relay_response(resp, client_upgrade, "the agent", HOP_BY_HOP)
 }
 
 /// Passes an upstream answer back to the client. A `101 Switching Protocols` is joined to
 /// the client's own upgrade (`client_upgrade`, taken from its request), and bytes are copied
 /// both ways until either side closes; any other answer streams back as is. `upstream`
-/// names the other end in errors and logs.
+/// names the other end in errors and logs; `strip` lists the headers not passed back.
 pub(crate) fn relay_response(
     mut resp: Response<hyper::body::Incoming>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     upstream: &str,
+    strip: &[&str],
 ) -> Result<Response, ApiError> {
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
+        strip_headers(&mut parts.headers, strip);
         return Ok(Response::from_parts(parts, Body::new(body)));
     }
     let Some(client_upgrade) = client_upgrade else {
@@ -253,7 +258,7 @@ pub(crate) fn relay_response(
     });
     let (mut parts, _) = resp.into_parts();
     let up = parts.headers.get(header::UPGRADE).cloned();
-    strip_hop_by_hop(&mut parts.headers);
+    strip_headers(&mut parts.headers, strip);
     parts
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

@@ -134,17 +134,8 @@ pub async fn create(
             other => other.into(),
         });
     }
-    if let Err(e) = state.runtime.create_volume(&v.id).await {
-        let err = ApiError::from(e);
-        v.state = VolumeState::Error;
-        v.error_reason = Some(format!("creating the volume failed: {}", err.message));
-        v.updated_at = OffsetDateTime::now_utc();
-        state.volumes.update_volume(&v).await?;
-        return Err(err);
-    }
-    v.state = VolumeState::Ready;
-    v.updated_at = OffsetDateTime::now_utc();
-    state.volumes.update_volume(&v).await?;
+    let done = state.runtime.create_volume(&v.id).await;
+    record_outcome(&state, &mut v, done, VolumeState::Ready, "creating").await?;
     tracing::info!(volume = %v.id, name = %v.name, "volume created");
     Ok(Json(VolumeDto::from(&v)))
 }
@@ -243,17 +234,8 @@ pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Re
     v.state = VolumeState::Deleting;
     v.updated_at = OffsetDateTime::now_utc();
     state.volumes.update_volume(&v).await?;
-    if let Err(e) = state.runtime.delete_volume(&v.id).await {
-        let err = ApiError::from(e);
-        v.state = VolumeState::Error;
-        v.error_reason = Some(format!("deleting the volume failed: {}", err.message));
-        v.updated_at = OffsetDateTime::now_utc();
-        state.volumes.update_volume(&v).await?;
-        return Err(err);
-    }
-    v.state = VolumeState::Deleted;
-    v.updated_at = OffsetDateTime::now_utc();
-    state.volumes.update_volume(&v).await?;
+    let done = state.runtime.delete_volume(&v.id).await;
+    record_outcome(&state, &mut v, done, VolumeState::Deleted, "deleting").await?;
     tracing::info!(volume = %v.id, name = %v.name, "volume deleted");
     Ok(())
 }
@@ -398,6 +380,28 @@ pub async fn resolve_mounts(
         state.volumes.touch_volume(&m.volume_id, now).await?;
     }
     Ok(Some(guard))
+}
+
+/// Records what a runtime step on a volume did: `success` state, or `error` with the reason
+/// (the error is returned too).
+async fn record_outcome(
+    state: &AppState,
+    v: &mut Volume,
+    done: Result<(), corral_core::RuntimeError>,
+    success: VolumeState,
+    doing: &str,
+) -> Result<(), ApiError> {
+    let failed = done.err().map(ApiError::from);
+    match &failed {
+        Some(err) => {
+            v.state = VolumeState::Error;
+            v.error_reason = Some(format!("{doing} the volume failed: {}", err.message));
+        }
+        None => v.state = success,
+    }
+    v.updated_at = OffsetDateTime::now_utc();
+    state.volumes.update_volume(v).await?;
+    failed.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
