@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daytona import Daytona, DaytonaConfig
+from daytona import Daytona, DaytonaConfig, DaytonaError
 
 REPO = Path(__file__).resolve().parents[2]
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -88,6 +88,12 @@ class Server:
         d = self.client()
         for sb in list(d.list()):
             d.delete(sb, wait=True)
+        for snap in d.snapshot.list().items:
+            if not snap.general:
+                try:
+                    d.snapshot.delete(snap)
+                except DaytonaError:
+                    pass  # e.g. still pulling; a leftover layer shows in `volumes` below
         kids = self.child_processes()
         # A graceful stop also destroys unclaimed warm-pool sandboxes; measure after it.
         self.stop()
@@ -140,9 +146,14 @@ class Server:
             return [l for l in f if str(self.data_dir) in l and pool not in l]
 
     def volumes(self):
-        """Per-sandbox btrfs volumes in the disk pool."""
+        """Per-sandbox btrfs volumes in the disk pool, and snapshot layers (every snapshot
+        is deleted by then: see `finish`)."""
         d = self.data_dir / "disk"
-        return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+        found = sorted(p.name for p in d.iterdir() if p.name != ".commits") if d.is_dir() else []
+        for c in [d / ".commits", self.data_dir / "commits" / "layers"]:
+            if c.is_dir():
+                found += sorted(f"snapshot layer {p.name}" for p in c.iterdir())
+        return found
 
     def sandbox_inits(self):
         """Host pids of sandbox inits (pid 1 in their own namespace) in this server's cgroups."""

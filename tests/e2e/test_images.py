@@ -137,6 +137,62 @@ def test_sandbox_from_image_pulls_once_and_runs_entrypoint(env):
         d.delete(sb, wait=True)
 
 
+def test_snapshot_and_fork_of_an_image_sandbox_keep_the_image_config(env):
+    reg, server = env
+    d = server.client()
+    base = "bbs-" + uuid.uuid4().hex[:8]
+    d.snapshot.create(CreateSnapshotParams(name=base, image=f"{reg.host}/test/busybox:1"), timeout=120)
+    sb = d.create(CreateSandboxFromSnapshotParams(snapshot=base), timeout=60)
+    made = []
+    saved = "bbs-saved-" + uuid.uuid4().hex[:8]
+    try:
+        sb.fs.upload_file(b"data\n", "/work/data.txt")
+        sb.create_snapshot(saved)
+        fork = sb.fork()
+        made.append(fork)
+        child = d.create(CreateSandboxFromSnapshotParams(snapshot=saved), timeout=60)
+        made.append(child)
+        for s in (fork, child):
+            # The image's workdir, user and env; the source's files.
+            r = s.process.exec("pwd; id -u; echo $FOO; cat /work/data.txt; busybox echo ok")
+            assert r.result.split() == ["/work", "1000", "from-image", "data", "ok"], r.result
+        # The image below the saved snapshot stays while the snapshot needs it.
+        for s in made + [sb]:
+            d.delete(s, wait=True)
+        made, sb = [], None
+        d.snapshot.delete(base)
+        again = d.create(CreateSandboxFromSnapshotParams(snapshot=saved), timeout=60)
+        made.append(again)
+        assert again.process.exec("cat /work/data.txt").result.strip() == "data"
+    finally:
+        for s in made + ([sb] if sb else []):
+            d.delete(s, wait=True)
+    d.snapshot.delete(saved)
+    assert not any((server.data_dir / "disk/.commits").iterdir())
+
+
+def test_a_snapshot_entrypoint_replaces_the_image_one(env):
+    reg, server = env
+    d = server.client()
+    name = "ep-" + uuid.uuid4().hex[:8]
+    d.snapshot.create(CreateSnapshotParams(name=name, image=f"{reg.host}/test/ep:1",
+                                           entrypoint=["/bin/sh", "-c", "echo own-entry; sleep 1000"]),
+                      timeout=120)
+    sb = d.create(CreateSandboxFromSnapshotParams(snapshot=name), timeout=60)
+    try:
+        ep = sb.process.get_entrypoint_session()
+        assert len(ep.commands) == 1 and "own-entry" in ep.commands[0].command, ep
+        deadline = time.time() + 10
+        while "own-entry" not in (sb.process.get_entrypoint_logs().stdout or ""):
+            assert time.time() < deadline
+            time.sleep(0.2)
+        # The image's own entrypoint did not run.
+        assert sb.process.exec("test -e /tmp/ep || echo absent").result.strip() == "absent"
+    finally:
+        d.delete(sb, wait=True)
+    d.snapshot.delete(name)
+
+
 def test_missing_image_and_unsupported_builds_are_clear_errors(env):
     reg, server = env
     d = server.client()

@@ -5,6 +5,7 @@ pub mod agent_client;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod forks;
 pub mod lifecycle;
 pub mod metrics;
 pub mod network;
@@ -75,6 +76,8 @@ pub fn router(state: AppState) -> Router {
         .route("/sandbox/{id_or_name}/archive", post(sandboxes::archive))
         .route("/sandbox/{id_or_name}/recover", post(sandboxes::recover))
         .route("/sandbox/{id_or_name}/resize", post(sandboxes::resize))
+        .route("/sandbox/{id_or_name}/snapshot", post(forks::snapshot))
+        .route("/sandbox/{id_or_name}/fork", post(forks::fork))
         .route(
             "/sandbox/{id_or_name}/labels",
             put(sandboxes::replace_labels),

@@ -126,6 +126,7 @@ pub fn spec_of(s: &Sandbox) -> SandboxSpec {
         resources: s.resources,
         egress: s.egress(),
         volumes: s.volumes.clone(),
+        entrypoint: None,
     }
 }
 

@@ -34,6 +34,7 @@ pub fn pooled_spec(id: String) -> SandboxSpec {
         resources: Resources::default(),
         egress: corral_core::Egress::Open,
         volumes: Vec::new(),
+        entrypoint: None,
     }
 }
 

@@ -50,6 +50,8 @@ pub async fn on_start(state: &AppState) -> Result<(), ApiError> {
             | SandboxState::Starting
             | SandboxState::Restoring
             | SandboxState::Resizing
+            | SandboxState::Snapshotting
+            | SandboxState::Forking
             | SandboxState::Stopping => {
                 let running = state.runtime.adopt(&s.id).await?;
                 let next = match (running, s.state) {
@@ -58,7 +60,11 @@ pub async fn on_start(state: &AppState) -> Result<(), ApiError> {
                         continue;
                     }
                     (true, _) => SandboxState::Started,
-                    (false, SandboxState::Stopping) => SandboxState::Stopped,
+                    // A snapshot or fork reads files only: a sandbox not running was stopped.
+                    (
+                        false,
+                        SandboxState::Stopping | SandboxState::Snapshotting | SandboxState::Forking,
+                    ) => SandboxState::Stopped,
                     (false, _) => {
                         s.error_reason =
                             Some("the sandbox was not running when the server started".into());

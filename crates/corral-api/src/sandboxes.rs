@@ -40,7 +40,7 @@ pub async fn find(state: &AppState, id_or_name: &str) -> Result<Sandbox, ApiErro
         .ok_or_else(|| not_found(id_or_name))
 }
 
-fn validate_name(name: &str) -> Result<(), ApiError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 255
         && name
@@ -256,7 +256,7 @@ pub async fn create(
 /// Starts a sandbox just recorded and records the outcome: `started`; or, when the start
 /// failed, the record removed with every trace (a client error: nothing of it stays) or
 /// `error`, recoverable, with its files kept (a host failure; see the server log).
-async fn start_recorded(
+pub(crate) async fn start_recorded(
     state: &AppState,
     sandbox: &mut Sandbox,
     spec: &corral_core::SandboxSpec,
@@ -305,15 +305,17 @@ async fn create_from_image(
         crate::snapshots::source_for(&state, requested.as_deref(), build_info.as_ref(), on_pull)
             .await;
     let recorded = recorded.into_inner();
-    let (snapshot, image, image_user) = match source {
+    let (snapshot, image, image_user, entrypoint) = match source {
         Ok(crate::snapshots::Source::Image {
             snapshot,
             image,
             user,
-        }) => (snapshot, image, user),
+            entrypoint,
+        }) => (snapshot, image, user, entrypoint),
         Ok(crate::snapshots::Source::Host) => (
             DEFAULT_SNAPSHOT.to_owned(),
             DEFAULT_SNAPSHOT.to_owned(),
+            None,
             None,
         ),
         Err(e) => {
@@ -338,6 +340,7 @@ async fn create_from_image(
     drop(volumes_guard);
     let mut spec = lifecycle::spec_of(&sandbox);
     spec.image = image;
+    spec.entrypoint = entrypoint;
     start_recorded(&state, &mut sandbox, &spec).await?;
     metrics::histogram!("corral_sandbox_create_seconds").record(started.elapsed().as_secs_f64());
     metrics::counter!("corral_sandbox_create_total", "path" => "image").increment(1);
@@ -421,7 +424,7 @@ pub async fn list(
 }
 
 /// Finds a sandbox and takes its lock, re-reading it under the lock.
-async fn locked(
+pub(crate) async fn locked(
     state: &AppState,
     id_or_name: &str,
 ) -> Result<(Sandbox, tokio::sync::OwnedMutexGuard<()>), ApiError> {

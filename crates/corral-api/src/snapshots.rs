@@ -44,7 +44,7 @@ pub struct BuildInfo {
     context_hashes: Option<Vec<String>>,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
@@ -117,7 +117,7 @@ pub async fn find(state: &AppState, id_or_name: &str) -> Result<Option<Snapshot>
     Ok(state.snapshots.get_snapshot(id_or_name).await?)
 }
 
-fn validate_name(name: &str) -> Result<(), ApiError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 255
         && !name.chars().any(|c| c.is_whitespace() || c.is_control());
@@ -190,7 +190,7 @@ fn resource(value: Option<i64>, default: u32, max: u32, what: &str) -> Result<u3
     }
 }
 
-async fn insert(state: &AppState, s: &Snapshot) -> Result<(), ApiError> {
+pub(crate) async fn insert(state: &AppState, s: &Snapshot) -> Result<(), ApiError> {
     match state.snapshots.insert_snapshot(s).await {
         Err(StoreError::NameTaken(n)) => Err(ApiError::conflict(format!(
             "a snapshot named {n:?} already exists"
@@ -281,6 +281,12 @@ pub async fn create(
     };
     if let Some(e) = req.entrypoint.filter(|e| !e.is_empty()) {
         entrypoint = e;
+    }
+    if image.starts_with(corral_core::SANDBOX_SNAPSHOT_PREFIX) {
+        return Err(ApiError::bad_request(format!(
+            "imageName {image:?} names a sandbox snapshot; create sandboxes from the snapshot \
+             by its name instead"
+        )));
     }
     // Checks the reference's syntax (and finds it when already stored).
     state.images.resolve(&image).await?;
@@ -496,6 +502,8 @@ pub enum Source {
         image: String,
         /// The image's config user.
         user: Option<String>,
+        /// The snapshot's own entrypoint (replaces the image's), when it has one.
+        entrypoint: Option<Vec<String>>,
     },
 }
 
@@ -598,6 +606,7 @@ where
         snapshot: snap.name.clone(),
         image: info.reference,
         user: info.user,
+        entrypoint: (!snap.entrypoint.is_empty()).then(|| snap.entrypoint.clone()),
     })
 }
 

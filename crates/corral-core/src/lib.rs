@@ -8,8 +8,9 @@ pub mod ports;
 pub mod sandbox;
 
 pub use ports::{
-    ApiKeyStore, ImageInfo, Images, ListQuery, Page, Runtime, RuntimeError, SandboxSpec,
-    SandboxStore, Snapshot, SnapshotState, SnapshotStore, StoreError,
+    ApiKeyStore, ImageInfo, Images, ListQuery, Page, Runtime, RuntimeError,
+    SANDBOX_SNAPSHOT_PREFIX, SandboxSpec, SandboxStore, Snapshot, SnapshotState, SnapshotStore,
+    StoreError, sandbox_snapshot_reference,
 };
 pub use sandbox::{
     CODE_LANGUAGE_LABEL, CodeLanguage, DesiredState, Egress, EgressError, Resources, Sandbox,

@@ -112,6 +112,9 @@ pub struct SandboxSpec {
     /// Volumes to mount, validated by the caller (absolute mount paths, relative subpaths
     /// without `..`); the runtime still resolves subpaths without following symlinks.
     pub volumes: Vec<VolumeMount>,
+    /// Replaces the image's entrypoint and command (a snapshot's own entrypoint); used when
+    /// the sandbox is first bound to its image.
+    pub entrypoint: Option<Vec<String>>,
 }
 
 /// A running sandbox's resource figures, read from its cgroups on the host.
@@ -167,6 +170,33 @@ pub trait Runtime: Send + Sync {
     async fn usage(&self, id: &str) -> Option<Usage> {
         let _ = id;
         None
+    }
+    /// Commits a sandbox's files (running or stopped: a point-in-time copy, the processes
+    /// keep running) as a new image, `snapshot_id`, whose default user is `user`; a sandbox
+    /// started with the returned reference as its image starts from those files.
+    async fn snapshot(
+        &self,
+        id: &str,
+        snapshot_id: &str,
+        user: &str,
+    ) -> Result<ImageInfo, RuntimeError> {
+        let _ = (id, snapshot_id, user);
+        Err(RuntimeError::Invalid(
+            "snapshots of sandboxes are not supported by this runtime".into(),
+        ))
+    }
+    /// Copies a sandbox's files (running or stopped) and image to new sandbox `new_id`, which
+    /// `start` then runs; neither sees the other's later writes.
+    async fn fork(
+        &self,
+        id: &str,
+        new_id: &str,
+        resources: &Resources,
+    ) -> Result<(), RuntimeError> {
+        let _ = (id, new_id, resources);
+        Err(RuntimeError::Invalid(
+            "forks are not supported by this runtime".into(),
+        ))
     }
     /// Creates the host storage of volume `id` (idempotent).
     async fn create_volume(&self, id: &str) -> Result<(), RuntimeError> {
@@ -390,6 +420,15 @@ pub struct ImageInfo {
     pub user: Option<String>,
     /// Layer diff ids, bottom first.
     pub layers: Vec<String>,
+}
+
+/// Image references of snapshots committed from sandboxes start with this (followed by the
+/// snapshot's id); such images live only on this server.
+pub const SANDBOX_SNAPSHOT_PREFIX: &str = "corral-snapshot:";
+
+/// The image reference of the snapshot with id `id` committed from a sandbox.
+pub fn sandbox_snapshot_reference(id: &str) -> String {
+    format!("{SANDBOX_SNAPSHOT_PREFIX}{id}")
 }
 
 /// The images sandboxes run: pulled once, shared read-only by every sandbox.

@@ -29,6 +29,16 @@ pub enum SandboxState {
     Unknown,
     /// The sandbox's image is being pulled before it is created.
     PullingSnapshot,
+    /// The sandbox's image is waiting to be built from a Dockerfile.
+    PendingBuild,
+    /// The sandbox's image is being built from a Dockerfile.
+    BuildingSnapshot,
+    /// Building the sandbox's image failed (see `errorReason` and the build logs).
+    BuildFailed,
+    /// The sandbox's files are being committed as a snapshot (it keeps running).
+    Snapshotting,
+    /// The sandbox's files are being copied to a fork (it keeps running).
+    Forking,
 }
 
 impl SandboxState {
@@ -49,6 +59,11 @@ impl SandboxState {
             Self::Error => "error",
             Self::Unknown => "unknown",
             Self::PullingSnapshot => "pulling_snapshot",
+            Self::PendingBuild => "pending_build",
+            Self::BuildingSnapshot => "building_snapshot",
+            Self::BuildFailed => "build_failed",
+            Self::Snapshotting => "snapshotting",
+            Self::Forking => "forking",
         }
     }
 }

@@ -88,6 +88,21 @@ struct VolArgs {
     name: [u8; VOL_NAME_BUF],
 }
 
+/// `BTRFS_SUBVOL_NAME_MAX + 1`: the name buffer of `btrfs_ioctl_vol_args_v2`.
+const VOL_V2_NAME_BUF: usize = 4040;
+/// `BTRFS_SUBVOL_RDONLY`.
+const SUBVOL_RDONLY: u64 = 1 << 1;
+
+/// `struct btrfs_ioctl_vol_args_v2` (the `size`/`qgroup_inherit` union as `unused`).
+#[repr(C)]
+struct VolArgsV2 {
+    fd: i64,
+    transid: u64,
+    flags: u64,
+    unused: [u64; 4],
+    name: [u8; VOL_V2_NAME_BUF],
+}
+
 /// `struct btrfs_qgroup_limit`.
 #[repr(C)]
 #[derive(Default)]
@@ -190,6 +205,7 @@ struct LoopConfig {
 
 const _: () = {
     assert!(size_of::<VolArgs>() == 4096);
+    assert!(size_of::<VolArgsV2>() == 4096);
     assert!(size_of::<QgroupLimitArgs>() == 48);
     assert!(size_of::<QuotaCtlArgs>() == 16);
     assert!(size_of::<QgroupCreateArgs>() == 16);
@@ -206,6 +222,8 @@ const BTRFS_IOC_SUBVOL_CREATE: Request =
     nix::request_code_write!(BTRFS_IOCTL_MAGIC, 14, size_of::<VolArgs>());
 const BTRFS_IOC_SNAP_DESTROY: Request =
     nix::request_code_write!(BTRFS_IOCTL_MAGIC, 15, size_of::<VolArgs>());
+const BTRFS_IOC_SNAP_CREATE_V2: Request =
+    nix::request_code_write!(BTRFS_IOCTL_MAGIC, 23, size_of::<VolArgsV2>());
 const BTRFS_IOC_TREE_SEARCH: Request =
     nix::request_code_readwrite!(BTRFS_IOCTL_MAGIC, 17, size_of::<SearchArgs>());
 const BTRFS_IOC_INO_LOOKUP: Request =
@@ -234,6 +252,8 @@ unsafe trait IoctlArg {}
 // SAFETY: each is a #[repr(C)] mirror of the kernel struct named in its doc comment (sizes
 // asserted above), made only of integers and byte arrays.
 unsafe impl IoctlArg for VolArgs {}
+// SAFETY: as above.
+unsafe impl IoctlArg for VolArgsV2 {}
 // SAFETY: as above.
 unsafe impl IoctlArg for QgroupLimitArgs {}
 // SAFETY: as above.
@@ -304,6 +324,42 @@ fn validate_name(pool: &Path, name: &str) -> Result<(), BtrfsError> {
         }),
         None => Ok(()),
     }
+}
+
+/// Deletes subvolume `name` of directory `parent` (read-only ones too) and, best effort, its
+/// qgroup. A missing subvolume is not an error; a directory that is not one is.
+pub fn delete_subvolume(parent: &Path, name: &str) -> Result<(), BtrfsError> {
+    validate_name(parent, name)?;
+    let path = parent.join(name);
+    match fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("stat", &path)(e)),
+        Ok(_) if !is_subvolume(&path) => return Err(BtrfsError::NotSubvolume { path }),
+        Ok(_) => {}
+    }
+    let id = subvolume_id(&path)?;
+    let dir = open_dir(parent)?;
+    let mut args = vol_args(name);
+    match ioctl(&dir, BTRFS_IOC_SNAP_DESTROY, &mut args) {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(io_err("delete subvolume", &path)(e)),
+    }
+    // Best effort: drop the subvolume's qgroup so they don't pile up. Kernels that refuse
+    // while the subvolume is still being cleaned up remove it themselves once it is gone.
+    let mut args = QgroupCreateArgs {
+        create: 0,
+        qgroupid: id,
+    };
+    if let Err(e) = ioctl(&dir, BTRFS_IOC_QGROUP_CREATE, &mut args) {
+        tracing::debug!(volume = %path.display(), qgroup = id, error = %e, "qgroup not removed");
+    }
+    Ok(())
+}
+
+/// Whether `path` is on a btrfs filesystem.
+pub fn on_btrfs(path: &Path) -> bool {
+    is_btrfs(path).unwrap_or(false)
 }
 
 fn is_btrfs(path: &Path) -> nix::Result<bool> {
@@ -438,31 +494,36 @@ impl Pool {
     /// error. The kernel frees the space in the background.
     pub fn delete_volume(&self, name: &str) -> Result<(), BtrfsError> {
         validate_name(&self.mount_dir, name)?;
-        let path = self.volume_path(name);
-        match fs::symlink_metadata(&path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_err("stat", &path)(e)),
-            Ok(_) if !is_subvolume(&path) => return Err(BtrfsError::NotSubvolume { path }),
-            Ok(_) => {}
-        }
-        let id = subvolume_id(&path)?;
-        let dir = open_dir(&self.mount_dir)?;
-        let mut args = vol_args(name);
-        match ioctl(&dir, BTRFS_IOC_SNAP_DESTROY, &mut args) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-            Err(e) => return Err(io_err("delete subvolume", &path)(e)),
-        }
-        // Best effort: drop the subvolume's qgroup so they don't pile up. Kernels that refuse
-        // while the subvolume is still being cleaned up remove it themselves once it is gone.
-        let mut args = QgroupCreateArgs {
-            create: 0,
-            qgroupid: id,
+        delete_subvolume(&self.mount_dir, name)
+    }
+
+    /// Snapshots volume `source` (atomically: a point-in-time copy that shares every extent
+    /// with it) as subvolume `name` in `dest_dir`, a directory of this pool, read-only or
+    /// writable. Returns the snapshot's path.
+    pub fn snapshot(
+        &self,
+        source: &str,
+        dest_dir: &Path,
+        name: &str,
+        readonly: bool,
+    ) -> Result<PathBuf, BtrfsError> {
+        validate_name(&self.mount_dir, source)?;
+        validate_name(dest_dir, name)?;
+        let src = open_dir(&self.volume_path(source))?;
+        let dest = open_dir(dest_dir)?;
+        let path = dest_dir.join(name);
+        let mut args = VolArgsV2 {
+            fd: i64::from(src.as_raw_fd()),
+            transid: 0,
+            flags: if readonly { SUBVOL_RDONLY } else { 0 },
+            unused: [0; 4],
+            name: [0; VOL_V2_NAME_BUF],
         };
-        if let Err(e) = ioctl(&dir, BTRFS_IOC_QGROUP_CREATE, &mut args) {
-            tracing::debug!(volume = %path.display(), qgroup = id, error = %e, "qgroup not removed");
-        }
-        Ok(())
+        // validate_name bounds the length well below the buffer.
+        args.name[..name.len()].copy_from_slice(name.as_bytes());
+        ioctl(&dest, BTRFS_IOC_SNAP_CREATE_V2, &mut args)
+            .map_err(io_err("snapshot subvolume into", &path))?;
+        Ok(path)
     }
 
     /// Bytes referenced by volume `name` as of the last btrfs transaction commit (so it lags
@@ -753,6 +814,7 @@ mod tests {
         {
             assert_eq!(BTRFS_IOC_SUBVOL_CREATE, 0x5000_940e_u32 as Request);
             assert_eq!(BTRFS_IOC_SNAP_DESTROY, 0x5000_940f_u32 as Request);
+            assert_eq!(BTRFS_IOC_SNAP_CREATE_V2, 0x5000_9417_u32 as Request);
             assert_eq!(BTRFS_IOC_TREE_SEARCH, 0xd000_9411_u32 as Request);
             assert_eq!(BTRFS_IOC_INO_LOOKUP, 0xd000_9412_u32 as Request);
             assert_eq!(BTRFS_IOC_QUOTA_CTL, 0xc010_9428_u32 as Request);

@@ -8,6 +8,8 @@
 pub mod btrfs;
 pub mod caps;
 pub mod cgroup;
+mod commit;
+mod disk;
 pub mod host_image;
 pub mod layer;
 mod linux;

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use corral_core::agent::{AGENT_PATH_IN_SANDBOX, AgentConfig};
-use corral_core::{Resources, Runtime, RuntimeError, SandboxSpec};
+use corral_core::{ImageInfo, Resources, Runtime, RuntimeError, SandboxSpec};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 use crate::cgroup::{Cgroups, Limits};
+use crate::disk::Disk;
 use crate::host_image::{self, HostImage};
 use crate::oci::images::{self as bound, BoundImage};
 use crate::spawn::{Plan, Spawner, Step, pidfd_kill};
@@ -73,62 +74,9 @@ pub fn default_pool_bytes(data_dir: &Path) -> u64 {
     (free / 10 * 9).max(1 << 30)
 }
 
-/// The writable-layer store in use.
-#[derive(Debug, Clone)]
-enum Disk {
-    Plain(PathBuf),
-    Pool(crate::btrfs::Pool),
-}
-
-impl Disk {
-    /// The directory holding a sandbox's `upper/` and `work/` dirs.
-    fn layer_dir(&self, id: &str) -> PathBuf {
-        match self {
-            Disk::Plain(root) => root.join(id),
-            Disk::Pool(pool) => pool.volume_path(id),
-        }
-    }
-
-    /// Creates (or keeps) a sandbox's layer dir with its size limit.
-    fn create(&self, id: &str, limit: u64) -> Result<PathBuf, RuntimeError> {
-        match self {
-            Disk::Plain(root) => {
-                let d = root.join(id);
-                mkdirs(&d, 0o755).map_err(|e| RuntimeError::host("creating layer dir", e))?;
-                Ok(d)
-            }
-            Disk::Pool(pool) => pool
-                .create_volume(id, Some(limit))
-                .map_err(|e| RuntimeError::host("creating disk volume", e)),
-        }
-    }
-
-    fn set_limit(&self, id: &str, limit: u64) -> Result<(), RuntimeError> {
-        match self {
-            Disk::Pool(pool) if pool.volume_path(id).exists() => pool
-                .set_limit(id, Some(limit))
-                .map_err(|e| RuntimeError::host("changing disk limit", e)),
-            _ => Ok(()),
-        }
-    }
-
-    fn remove(&self, id: &str) -> Result<(), RuntimeError> {
-        match self {
-            Disk::Plain(root) => remove_dir_if_exists(&root.join(id))
-                .map_err(|e| RuntimeError::host("removing layer dir", e)),
-            Disk::Pool(pool) => pool
-                .delete_volume(id)
-                .map_err(|e| RuntimeError::host("removing disk volume", e)),
-        }
-    }
-
-    fn list(&self) -> Vec<String> {
-        match self {
-            Disk::Plain(_) => Vec::new(),
-            Disk::Pool(pool) => pool.list(),
-        }
-    }
-}
+/// The longest `lowerdir=` value: overlayfs takes its options in one page, with the upper
+/// and work dirs and the option names beside it.
+const MAX_LOWERDIR: usize = 3500;
 
 /// Settings of the Linux runtime.
 #[derive(Debug, Clone)]
@@ -208,7 +156,7 @@ impl std::fmt::Debug for LinuxRuntime {
     }
 }
 
-fn mkdirs(path: &Path, mode: u32) -> io::Result<()> {
+pub(crate) fn mkdirs(path: &Path, mode: u32) -> io::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(mode)
@@ -277,6 +225,12 @@ impl LinuxRuntime {
                 })?,
             ),
         };
+        // Snapshot layers left by a crash during a commit, or by a removal cut short.
+        match crate::commit::gc(&cfg.data_dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed unused snapshot layers"),
+            Err(e) => tracing::warn!(error = %e, "cannot collect unused snapshot layers"),
+        }
         let nofile = raise_nofile();
         let net = cfg
             .network
@@ -327,7 +281,9 @@ impl LinuxRuntime {
 
     /// Writes the sandbox's directories and files and builds the clone plan.
     fn prepare(&self, spec: &SandboxSpec) -> Result<Plan, RuntimeError> {
-        let oci = self.root_of(spec)?;
+        let bound = self.root_of(spec)?;
+        // An OCI root (one overlay) rather than the host image's overlays.
+        let oci = bound.as_ref().filter(|b| !b.is_host());
         let host = |c: &'static str| move |e: io::Error| RuntimeError::host(c, e);
         // Every sandbox mounts its root on the same directory, each in its own mount
         // namespace: no mount point to create and remove per sandbox.
@@ -336,7 +292,7 @@ impl LinuxRuntime {
             .disk
             .create(&spec.id, u64::from(spec.resources.disk_gib) << 30)?;
         let names = self.layer_names(oci.is_some());
-        let account = match &oci {
+        let account = match oci {
             Some(img) => oci_account(spec, img, &layer.join("upper/root"))?,
             None => self
                 .image
@@ -360,7 +316,7 @@ impl LinuxRuntime {
                  recent writes may be missing"
             );
         }
-        if let Some(img) = &oci {
+        if let Some(img) = oci {
             prepare_oci_upper(&layer.join("upper/root"), img, &account)
                 .map_err(host("preparing the image root"))?;
             self.write_etc(&layer.join("upper/root/etc"), spec)?;
@@ -378,7 +334,7 @@ impl LinuxRuntime {
         env.insert("LANG".into(), "C.UTF-8".into());
         let mut work_dir = account.home.clone();
         let mut entrypoint = Vec::new();
-        if let Some(img) = &oci {
+        if let Some(img) = &bound {
             oci_env(&mut env, &img.config.env);
             if let Some(w) = &img.config.working_dir {
                 work_dir = w.clone();
@@ -402,7 +358,7 @@ impl LinuxRuntime {
             env,
             entrypoint,
         };
-        self.finish_prepare(spec, &config, &layer, &mnt, oci.as_ref())
+        self.finish_prepare(spec, &config, &layer, &mnt, bound.as_ref())
     }
 
     /// Writes the sandbox's `/etc/hostname`, `/etc/hosts` and (with a network)
@@ -435,7 +391,8 @@ impl LinuxRuntime {
     }
 
     /// The image a sandbox's root is built from: its binding when it has one, else the
-    /// `host` image (`None`), else the stored OCI image `spec.image` names (bound now).
+    /// `host` image (`None`), else the committed snapshot or stored OCI image `spec.image`
+    /// names (bound now, with the spec's entrypoint override).
     fn root_of(&self, spec: &SandboxSpec) -> Result<Option<BoundImage>, RuntimeError> {
         let data = &self.cfg.data_dir;
         if let Some(b) = bound::read_binding(data, &spec.id)
@@ -443,17 +400,32 @@ impl LinuxRuntime {
         {
             return Ok(Some(b));
         }
-        if spec.image == "host" {
+        if spec.image == "host" && spec.entrypoint.is_none() {
             return Ok(None);
         }
-        let img = self
-            .oci
-            .resolve(&spec.image)
-            .map_err(bound::runtime_error)?
-            .ok_or_else(|| {
-                RuntimeError::Invalid(format!("image {:?} has not been pulled", spec.image))
-            })?;
-        let b = BoundImage::of(&img);
+        let mut b = if spec.image == "host" {
+            BoundImage::host()
+        } else if let Some(id) = crate::commit::id_of(&spec.image) {
+            crate::commit::read(data, id)
+                .map_err(|e| RuntimeError::host("reading the snapshot manifest", e))?
+                .ok_or_else(|| {
+                    RuntimeError::Invalid(format!("snapshot {:?} does not exist", spec.image))
+                })?
+                .image
+        } else {
+            let img = self
+                .oci
+                .resolve(&spec.image)
+                .map_err(bound::runtime_error)?
+                .ok_or_else(|| {
+                    RuntimeError::Invalid(format!("image {:?} has not been pulled", spec.image))
+                })?;
+            BoundImage::of(&img)
+        };
+        if let Some(e) = &spec.entrypoint {
+            b.config.entrypoint = e.clone();
+            b.config.cmd.clear();
+        }
         bound::write_binding(data, &spec.id, &b)
             .map_err(|e| RuntimeError::host("recording the sandbox's image", e))?;
         Ok(Some(b))
@@ -548,36 +520,65 @@ impl LinuxRuntime {
     }
 
     /// [`Self::layer_names`] of a sandbox, by its binding.
-    fn layer_names_of(&self, id: &str) -> Vec<String> {
-        self.layer_names(bound::bound_path(&self.cfg.data_dir, id).exists())
+    fn layer_names_of(&self, id: &str) -> Result<Vec<String>, RuntimeError> {
+        let b = bound::read_binding(&self.cfg.data_dir, id)
+            .map_err(|e| RuntimeError::host("reading the sandbox's image binding", e))?;
+        Ok(self.layer_names(b.is_some_and(|b| !b.is_host())))
     }
 
     /// The root overlays: (mount point, lower dirs, layer name).
     fn root_overlays(
         &self,
         mnt: &Path,
-        oci: Option<&BoundImage>,
-    ) -> Vec<(PathBuf, String, String)> {
-        if let Some(img) = oci {
-            // overlayfs wants the top-most lower dir first.
-            let lowers: Vec<String> = img
-                .layers
+        bound: Option<&BoundImage>,
+    ) -> Result<Vec<(PathBuf, String, String)>, RuntimeError> {
+        // overlayfs wants the top-most lower dir first.
+        let join = |dirs: Vec<PathBuf>| -> Result<String, RuntimeError> {
+            let s = dirs
                 .iter()
                 .rev()
                 .map(|p| p.display().to_string())
-                .collect();
-            return vec![(mnt.to_owned(), lowers.join(":"), "root".into())];
+                .collect::<Vec<_>>()
+                .join(":");
+            // The mount options travel in one page.
+            if s.len() > MAX_LOWERDIR {
+                return Err(RuntimeError::Invalid(format!(
+                    "the sandbox's image has too many layers ({}) to mount; create the \
+                     snapshot from a sandbox with fewer snapshots below it",
+                    dirs.len()
+                )));
+            }
+            Ok(s)
+        };
+        if let Some(img) = bound.filter(|b| !b.is_host()) {
+            return Ok(vec![(
+                mnt.to_owned(),
+                join(img.lower_dirs())?,
+                "root".into(),
+            )]);
         }
-        let mut v = vec![(
-            mnt.to_owned(),
-            self.image.skeleton.display().to_string(),
-            "root".to_string(),
-        )];
+        // The host image's overlays, with the upper dirs of any commits above each.
+        let commits = |name: &str| -> Vec<PathBuf> {
+            bound
+                .map(|b| {
+                    b.commits
+                        .iter()
+                        .map(|c| c.join("upper").join(name))
+                        .filter(|p| p.is_dir())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut root = vec![self.image.skeleton.clone()];
+        root.extend(commits("root"));
+        let mut v = vec![(mnt.to_owned(), join(root)?, "root".to_string())];
         for d in &self.image.dirs {
-            let lowers: Vec<String> = d.lowers.iter().map(|p| p.display().to_string()).collect();
-            v.push((mnt.join(&d.name), lowers.join(":"), d.name.clone()));
+            // `d.lowers` lists the top-most first.
+            let mut lowers: Vec<PathBuf> = d.lowers.iter().rev().cloned().collect();
+            lowers.extend(commits(&d.name));
+            v.push((mnt.join(&d.name), join(lowers)?, d.name.clone()));
         }
-        v
+        Ok(v)
     }
 
     fn mount_steps(
@@ -630,7 +631,7 @@ impl LinuxRuntime {
                 None,
             )?,
         ];
-        for (target, lowers, name) in self.root_overlays(mnt, oci) {
+        for (target, lowers, name) in self.root_overlays(mnt, oci)? {
             steps.push(overlay(&target, &lowers, &name)?);
         }
         let agent = mnt.join(AGENT_PATH_IN_SANDBOX.trim_start_matches('/'));
@@ -927,14 +928,14 @@ impl RuntimeTraces {
     }
 }
 
-fn remove_file_if_exists(p: &Path) -> io::Result<()> {
+pub(crate) fn remove_file_if_exists(p: &Path) -> io::Result<()> {
     match fs::remove_file(p) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
 }
 
-fn remove_dir_if_exists(p: &Path) -> io::Result<()> {
+pub(crate) fn remove_dir_if_exists(p: &Path) -> io::Result<()> {
     match fs::remove_dir_all(p) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
@@ -1057,7 +1058,7 @@ impl Runtime for LinuxRuntime {
         // The overlays are volatile (nothing synced on the way down, which keeps deletes
         // cheap): a stopped sandbox's files are made durable here, once.
         let layer = self.disk.layer_dir(id);
-        let names = self.layer_names_of(id);
+        let names = self.layer_names_of(id)?;
         let t = Instant::now();
         let r = tokio::task::spawn_blocking(move || persist_layer(&layer, &names))
             .await
@@ -1084,8 +1085,18 @@ impl Runtime for LinuxRuntime {
                     .map_err(|e| RuntimeError::host("removing sandbox dir", e))?;
                 remove_file_if_exists(&archive)
                     .map_err(|e| RuntimeError::host("removing archive", e))?;
+                let had_commits = bound::read_binding(&data, &owned)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|b| !b.commits.is_empty());
                 bound::remove_binding(&data, &owned)
-                    .map_err(|e| RuntimeError::host("removing image binding", e))
+                    .map_err(|e| RuntimeError::host("removing image binding", e))?;
+                if had_commits {
+                    // Snapshot layers only this sandbox still used.
+                    crate::commit::gc(&data)
+                        .map_err(|e| RuntimeError::host("removing unused snapshot layers", e))?;
+                }
+                Ok(())
             })
             .await
             .map_err(|e| RuntimeError::host("joining cleanup task", e))?
@@ -1106,7 +1117,7 @@ impl Runtime for LinuxRuntime {
         let dir = self.disk.layer_dir(id);
         let sandbox_dir = self.sandbox_dir(id);
         let archive = self.archive_path(id);
-        let layers = self.layer_names_of(id);
+        let layers = self.layer_names_of(id)?;
         let disk = self.disk.clone();
         let id = id.to_owned();
         tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
@@ -1225,6 +1236,60 @@ impl Runtime for LinuxRuntime {
         self.cfg.data_dir.join("run").join(format!("{id}.sock"))
     }
 
+    async fn snapshot(
+        &self,
+        id: &str,
+        snapshot_id: &str,
+        user: &str,
+    ) -> Result<ImageInfo, RuntimeError> {
+        let data = self.cfg.data_dir.clone();
+        let mut base = bound::read_binding(&data, id)
+            .map_err(|e| RuntimeError::host("reading the sandbox's image binding", e))?
+            .unwrap_or_else(BoundImage::host);
+        base.config.user = Some(user.to_owned());
+        let names = self.layer_names(!base.is_host());
+        let image_size = if base.is_host() {
+            0
+        } else {
+            self.oci
+                .resolve(&base.reference)
+                .ok()
+                .flatten()
+                .map_or(0, |i| i.size)
+        };
+        let disk = self.disk.clone();
+        let (id, snapshot_id) = (id.to_owned(), snapshot_id.to_owned());
+        let t = Instant::now();
+        let m = tokio::task::spawn_blocking(move || {
+            crate::commit::commit(&data, &disk, &id, &snapshot_id, base, &names, image_size)
+        })
+        .await
+        .map_err(|e| RuntimeError::host("joining snapshot task", e))??;
+        metrics::histogram!("corral_snapshot_seconds").record(t.elapsed().as_secs_f64());
+        Ok(crate::commit::info(&m))
+    }
+
+    async fn fork(
+        &self,
+        id: &str,
+        new_id: &str,
+        resources: &Resources,
+    ) -> Result<(), RuntimeError> {
+        let data = self.cfg.data_dir.clone();
+        let names = self.layer_names_of(id)?;
+        let disk = self.disk.clone();
+        let limit = u64::from(resources.disk_gib) << 30;
+        let (id, new_id) = (id.to_owned(), new_id.to_owned());
+        let t = Instant::now();
+        tokio::task::spawn_blocking(move || {
+            crate::commit::fork(&data, &disk, &id, &new_id, limit, &names)
+        })
+        .await
+        .map_err(|e| RuntimeError::host("joining fork task", e))??;
+        metrics::histogram!("corral_fork_copy_seconds").record(t.elapsed().as_secs_f64());
+        Ok(())
+    }
+
     async fn create_volume(&self, id: &str) -> Result<(), RuntimeError> {
         crate::volume::create(&self.cfg.data_dir, id)
     }
@@ -1317,7 +1382,7 @@ fn oci_account(
     upper: &Path,
 ) -> Result<Account, RuntimeError> {
     let passwd = std::iter::once(upper.to_owned())
-        .chain(img.layers.iter().rev().cloned())
+        .chain(img.lower_dirs().into_iter().rev())
         .map(|d| d.join("etc/passwd"))
         .find(|p| p.is_file())
         .and_then(|p| fs::read_to_string(p).ok())
@@ -1353,8 +1418,8 @@ fn oci_account(
 
 /// Whether `rel` exists in the merged view of an image root (upper, then layers top first).
 fn exists_in_image(upper: &Path, img: &BoundImage, rel: &str) -> bool {
-    std::iter::once(upper)
-        .chain(img.layers.iter().rev().map(PathBuf::as_path))
+    std::iter::once(upper.to_owned())
+        .chain(img.lower_dirs().into_iter().rev())
         .any(|d| fs::symlink_metadata(d.join(rel)).is_ok())
 }
 

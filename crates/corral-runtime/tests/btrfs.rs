@@ -419,3 +419,55 @@ fn pool_as_a_directory_on_btrfs() {
     pool.delete_volume("v").expect("delete");
     assert!(pool.list().is_empty());
 }
+
+#[test]
+fn snapshots_are_point_in_time_copies() {
+    let Some(fx) = fixture() else { return };
+    let vol = fx
+        .pool
+        .create_volume("src", Some(64 * MIB))
+        .expect("create");
+    fs::create_dir(vol.join("d")).expect("mkdir");
+    fs::write(vol.join("d/a"), b"one").expect("write");
+    // Unsynced data is part of the snapshot: the kernel flushes the source first.
+    let mut f = File::create(vol.join("big")).expect("create big");
+    f.write_all(&vec![7u8; 4 * MIB as usize])
+        .expect("write big");
+    drop(f);
+
+    let commits = fx.mnt.join(".commits");
+    fs::create_dir(&commits).expect("mkdir commits");
+    let ro = fx
+        .pool
+        .snapshot("src", &commits, "c1", true)
+        .expect("read-only snapshot");
+    let rw = fx
+        .pool
+        .snapshot("src", &fx.mnt, "fork", false)
+        .expect("writable snapshot");
+    assert_eq!(fs::read(ro.join("d/a")).expect("read"), b"one");
+    assert_eq!(fs::metadata(ro.join("big")).expect("stat").len(), 4 * MIB);
+
+    // Later writes to the source show in neither copy, and the copies are independent.
+    fs::write(vol.join("d/a"), b"two").expect("rewrite");
+    assert_eq!(fs::read(ro.join("d/a")).expect("read"), b"one");
+    assert_eq!(fs::read(rw.join("d/a")).expect("read"), b"one");
+    fs::write(rw.join("d/a"), b"fork").expect("write fork");
+    assert_eq!(fs::read(vol.join("d/a")).expect("read"), b"two");
+    let e = fs::write(ro.join("d/a"), b"x").expect_err("read-only snapshot written");
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+
+    // The writable snapshot is a pool volume (listed, limitable); the one under a plain
+    // directory is not listed.
+    assert_eq!(fx.pool.list(), vec!["fork".to_owned(), "src".to_owned()]);
+    fx.pool
+        .set_limit("fork", Some(32 * MIB))
+        .expect("limit fork");
+
+    corral_runtime::btrfs::delete_subvolume(&commits, "c1").expect("delete read-only");
+    assert!(!ro.exists());
+    corral_runtime::btrfs::delete_subvolume(&commits, "c1").expect("missing is fine");
+    fx.pool.delete_volume("fork").expect("delete fork");
+    fx.pool.delete_volume("src").expect("delete src");
+    assert!(fx.pool.list().is_empty());
+}

@@ -29,9 +29,42 @@ pub struct BoundImage {
     pub diff_ids: Vec<String>,
     /// The image's config.
     pub config: ImageConfig,
+    /// Committed sandbox snapshots on top of the image, bottom first: directories holding
+    /// `upper/<layer name>` (see `commit.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commits: Vec<PathBuf>,
 }
 
+/// The reference of the built-in `host` image in a binding.
+pub const HOST_REFERENCE: &str = "host";
+
 impl BoundImage {
+    /// The binding of the `host` image (before any commit).
+    pub fn host() -> Self {
+        Self {
+            reference: HOST_REFERENCE.to_owned(),
+            layers: Vec::new(),
+            diff_ids: Vec::new(),
+            config: ImageConfig::default(),
+            commits: Vec::new(),
+        }
+    }
+
+    /// Whether the root is the `host` image (several overlays) rather than an OCI image.
+    pub fn is_host(&self) -> bool {
+        self.reference == HOST_REFERENCE
+    }
+
+    /// The lower directories of an OCI root, bottom first: the image's layers, then the
+    /// root layer of each commit.
+    pub fn lower_dirs(&self) -> Vec<PathBuf> {
+        self.layers
+            .iter()
+            .cloned()
+            .chain(self.commits.iter().map(|c| c.join("upper/root")))
+            .collect()
+    }
+
     /// The binding of a stored image.
     pub fn of(img: &StoredImage) -> Self {
         Self {
@@ -39,6 +72,7 @@ impl BoundImage {
             layers: img.layers.clone(),
             diff_ids: img.config.diff_ids.clone(),
             config: img.config.clone(),
+            commits: Vec::new(),
         }
     }
 }
@@ -83,17 +117,19 @@ pub fn remove_binding(data_dir: &Path, id: &str) -> io::Result<()> {
     }
 }
 
-/// Diff ids of every bound sandbox's layers.
+/// Diff ids of every bound sandbox's layers and of the images below committed snapshots.
 fn bound_layers(data_dir: &Path) -> Vec<String> {
     let Ok(entries) = fs::read_dir(bound_dir(data_dir)) else {
         return Vec::new();
     };
-    entries
+    let mut ids: Vec<String> = entries
         .flatten()
         .filter_map(|e| fs::read(e.path()).ok())
         .filter_map(|b| serde_json::from_slice::<BoundImage>(&b).ok())
         .flat_map(|b| b.diff_ids)
-        .collect()
+        .collect();
+    ids.extend(crate::commit::base_layers(data_dir));
+    ids
 }
 
 /// Maps an image error to a runtime error: problems of the request (reference, registry
@@ -134,6 +170,11 @@ impl OciImages {
 #[async_trait]
 impl Images for OciImages {
     async fn resolve(&self, reference: &str) -> Result<Option<ImageInfo>, RuntimeError> {
+        if let Some(id) = crate::commit::id_of(reference) {
+            return crate::commit::read(&self.data_dir, id)
+                .map(|m| m.as_ref().map(crate::commit::info))
+                .map_err(|e| RuntimeError::host("reading a snapshot manifest", e));
+        }
         let store = self.store.clone();
         let r = reference.to_owned();
         tokio::task::spawn_blocking(move || store.resolve(&r))
@@ -144,6 +185,16 @@ impl Images for OciImages {
     }
 
     async fn pull(&self, reference: &str) -> Result<ImageInfo, RuntimeError> {
+        if crate::commit::id_of(reference).is_some() {
+            // Nothing to fetch: the snapshot exists once it is committed.
+            return self.resolve(reference).await?.ok_or_else(|| {
+                RuntimeError::Invalid(
+                    "the snapshot's files are missing: the server stopped while it was being \
+                     taken; delete it and take it again"
+                        .into(),
+                )
+            });
+        }
         let image = reference.to_owned();
         let progress = move |p: &PullProgress| {
             if p.cached {
@@ -176,6 +227,16 @@ impl Images for OciImages {
                 .filter_map(|k| super::Reference::parse(k).ok().map(|r| r.to_string()))
                 .collect();
             for r in &references {
+                if let Some(id) = crate::commit::id_of(r) {
+                    if !keep.contains(r) {
+                        crate::commit::remove(&data_dir, id).map_err(|e| OciError::Io {
+                            op: "removing snapshot",
+                            path: data_dir.clone(),
+                            source: e,
+                        })?;
+                    }
+                    continue;
+                }
                 let key = super::Reference::parse(r).map(|x| x.to_string());
                 if key.as_ref().is_ok_and(|k| kept.contains(k)) {
                     continue;

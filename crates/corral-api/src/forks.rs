@@ -1,0 +1,186 @@
+//! Snapshots and forks of sandboxes: `POST /api/sandbox/{id}/snapshot` commits a sandbox's
+//! files as a new snapshot (it keeps running), `POST /api/sandbox/{id}/fork` copies them to a
+//! new sandbox. Both are copy-on-write in the runtime, so they take milliseconds whatever the
+//! sandbox holds; the sandbox is `snapshotting` / `forking` meanwhile.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use corral_core::{
+    DesiredState, Sandbox, SandboxState, Snapshot, SnapshotState, sandbox_snapshot_reference,
+};
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+use crate::sandboxes::{DEFAULT_SNAPSHOT, dto, locked};
+use crate::state::AppState;
+use crate::wire::SandboxDto;
+
+/// `CreateSandboxSnapshot` as the SDK sends it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateSandboxSnapshot {
+    name: String,
+    include_memory: Option<bool>,
+}
+
+/// `ForkSandbox` as the SDK sends it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForkSandbox {
+    name: Option<String>,
+}
+
+/// Refuses sandboxes whose files are not on disk or are changing hands.
+fn check_source(s: &Sandbox, what: &str) -> Result<(), ApiError> {
+    match s.state {
+        SandboxState::Started | SandboxState::Stopped => Ok(()),
+        SandboxState::Archived => Err(ApiError::conflict(format!(
+            "sandbox {} is archived; start it before you {what} it",
+            s.id
+        ))),
+        other => Err(ApiError::conflict(format!(
+            "sandbox {} is {other}; only a started or stopped sandbox can be {what}ed",
+            s.id
+        ))),
+    }
+}
+
+async fn set_state(state: &AppState, s: &mut Sandbox, st: SandboxState) -> Result<(), ApiError> {
+    s.state = st;
+    s.updated_at = OffsetDateTime::now_utc();
+    state.store.update(s).await?;
+    Ok(())
+}
+
+/// `POST /api/sandbox/{idOrName}/snapshot` `{name}`: commits the sandbox's files as snapshot
+/// `name` (an `active` snapshot when this answers) and answers the sandbox, back in the
+/// state it was in.
+pub async fn snapshot(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id_or_name): Path<String>,
+    JsonBody(req): JsonBody<CreateSandboxSnapshot>,
+) -> Result<Json<SandboxDto>, ApiError> {
+    crate::snapshots::validate_name(&req.name)?;
+    if req.name == DEFAULT_SNAPSHOT {
+        return Err(
+            ApiError::conflict("the snapshot name \"host\" is built in").with_code("NAME_TAKEN")
+        );
+    }
+    if req.include_memory == Some(true) {
+        return Err(ApiError::bad_request(
+            "memory snapshots are not supported: a snapshot holds the sandbox's files, and \
+             sandboxes created from it start fresh processes",
+        ));
+    }
+    let (mut s, _guard) = locked(&state, &id_or_name).await?;
+    check_source(&s, "snapshot")?;
+    let began = Instant::now();
+    let now = crate::snapshots::now_ms();
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut snap = Snapshot {
+        image_name: Some(sandbox_snapshot_reference(&id)),
+        id,
+        name: req.name,
+        state: SnapshotState::Pending,
+        size: None,
+        entrypoint: Vec::new(),
+        cpu: s.resources.cpu,
+        memory_gib: s.resources.memory_gib,
+        disk_gib: s.resources.disk_gib,
+        error_reason: None,
+        general: false,
+        created_at_ms: now,
+        updated_at_ms: now,
+        last_used_at_ms: None,
+    };
+    // Recorded first: a server stopped midway finds it `pending` and finishes or fails it.
+    crate::snapshots::insert(&state, &snap).await?;
+    let before = s.state;
+    set_state(&state, &mut s, SandboxState::Snapshotting).await?;
+    let committed = state.runtime.snapshot(&s.id, &snap.id, &s.user).await;
+    set_state(&state, &mut s, before).await?;
+    match committed {
+        Ok(info) => {
+            snap.state = SnapshotState::Active;
+            snap.size = Some(info.size);
+            snap.updated_at_ms = crate::snapshots::now_ms();
+            state.snapshots.update_snapshot(&snap).await?;
+            tracing::info!(
+                sandbox = %s.id,
+                snapshot = %snap.name,
+                size = info.size,
+                ms = began.elapsed().as_millis() as u64,
+                "sandbox snapshotted"
+            );
+            Ok(Json(dto(&state, &headers, &s, true)))
+        }
+        Err(e) => {
+            state.snapshots.remove_snapshot(&snap.id).await?;
+            Err(e.into())
+        }
+    }
+}
+
+/// `POST /api/sandbox/{idOrName}/fork` `{name?}`: a new sandbox with a copy-on-write copy of
+/// this one's files (same image, resources, user, env, labels, network and volumes), started.
+pub async fn fork(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id_or_name): Path<String>,
+    JsonBody(req): JsonBody<ForkSandbox>,
+) -> Result<Json<SandboxDto>, ApiError> {
+    let began = Instant::now();
+    let (mut src, src_guard) = locked(&state, &id_or_name).await?;
+    check_source(&src, "fork")?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let name = match req.name.filter(|n| !n.is_empty()) {
+        Some(n) => {
+            crate::sandboxes::validate_name(&n)?;
+            n
+        }
+        None => id.clone(),
+    };
+    let now = OffsetDateTime::now_utc();
+    let mut fork = Sandbox {
+        id,
+        name,
+        state: SandboxState::Creating,
+        desired_state: DesiredState::Started,
+        error_reason: None,
+        public: false,
+        created_at: now,
+        updated_at: now,
+        last_activity_at: now,
+        stopped_at: None,
+        ..src.clone()
+    };
+    let _fork_guard = state.locks.lock(&fork.id).await;
+    state.store.insert(&fork).await?;
+    let before = src.state;
+    set_state(&state, &mut src, SandboxState::Forking).await?;
+    let copied = state.runtime.fork(&src.id, &fork.id, &fork.resources).await;
+    set_state(&state, &mut src, before).await?;
+    drop(src_guard);
+    if let Err(e) = copied {
+        state.runtime.destroy(&fork.id).await?;
+        state.store.remove(&fork.id).await?;
+        return Err(e.into());
+    }
+    let copy_ms = began.elapsed().as_millis() as u64;
+    let spec = crate::lifecycle::spec_of(&fork);
+    crate::sandboxes::start_recorded(&state, &mut fork, &spec).await?;
+    tracing::info!(
+        sandbox = %fork.id,
+        source = %src.id,
+        copy_ms,
+        ms = began.elapsed().as_millis() as u64,
+        "sandbox forked"
+    );
+    Ok(Json(dto(&state, &headers, &fork, true)))
+}
