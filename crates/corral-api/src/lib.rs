@@ -3,6 +3,7 @@
 
 pub mod agent_client;
 pub mod auth;
+pub mod dockerfile;
 pub mod error;
 pub mod extract;
 pub mod forks;
