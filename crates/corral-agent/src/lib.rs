@@ -13,6 +13,7 @@ mod loopback;
 mod params;
 mod pyfork;
 mod reaper;
+pub mod runas;
 mod runner;
 mod server;
 mod shell;
@@ -27,6 +28,10 @@ pub use server::run;
 
 /// Parses the command line, sets up logging to stderr and runs the agent until it fails.
 pub fn main_entry() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == "run-as") {
+        return runas::main(args.collect());
+    }
     logging::init();
     let result = parse_args(std::env::args_os().skip(1)).and_then(run);
     match result {

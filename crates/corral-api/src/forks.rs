@@ -9,7 +9,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use corral_core::{
-    DesiredState, Sandbox, SandboxState, Snapshot, SnapshotState, sandbox_snapshot_reference,
+    CommitConfig, DesiredState, Sandbox, SandboxState, Snapshot, SnapshotState,
+    sandbox_snapshot_reference,
 };
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -103,7 +104,17 @@ pub async fn snapshot(
     crate::snapshots::insert(&state, &snap).await?;
     let before = s.state;
     set_state(&state, &mut s, SandboxState::Snapshotting).await?;
-    let committed = state.runtime.snapshot(&s.id, &snap.id, &s.user).await;
+    let committed = state
+        .runtime
+        .snapshot(
+            &s.id,
+            &snap.id,
+            &CommitConfig {
+                user: Some(s.user.clone()),
+                ..CommitConfig::default()
+            },
+        )
+        .await;
     set_state(&state, &mut s, before).await?;
     match committed {
         Ok(info) => {

@@ -3,6 +3,7 @@
 
 pub mod agent_client;
 pub mod auth;
+pub mod builds;
 pub mod dockerfile;
 pub mod error;
 pub mod extract;
@@ -80,6 +81,14 @@ pub fn router(state: AppState) -> Router {
         .route("/sandbox/{id_or_name}/snapshot", post(forks::snapshot))
         .route("/sandbox/{id_or_name}/fork", post(forks::fork))
         .route(
+            "/sandbox/{id_or_name}/build-logs-url",
+            get(builds::sandbox_logs_url),
+        )
+        .route(
+            "/sandbox/{id_or_name}/build-logs",
+            get(builds::sandbox_logs),
+        )
+        .route(
             "/sandbox/{id_or_name}/labels",
             put(sandboxes::replace_labels),
         )
@@ -126,6 +135,14 @@ pub fn router(state: AppState) -> Router {
             get(volumes::get).delete(volumes::delete),
         )
         .route("/snapshots", get(snapshots::list).post(snapshots::create))
+        .route(
+            "/snapshots/{id_or_name}/build-logs-url",
+            get(builds::snapshot_logs_url),
+        )
+        .route(
+            "/snapshots/{id_or_name}/build-logs",
+            get(builds::snapshot_logs),
+        )
         .route(
             "/snapshots/{id_or_name}",
             get(snapshots::get).delete(snapshots::delete),

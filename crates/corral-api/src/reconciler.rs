@@ -83,6 +83,12 @@ pub async fn on_start(state: &AppState) -> Result<(), ApiError> {
                 s.state = SandboxState::Stopped;
                 lifecycle::archive(state, &mut s).await?;
             }
+            SandboxState::PendingBuild | SandboxState::BuildingSnapshot => {
+                // The build resumes (or is reused when its snapshot got built meanwhile).
+                tracing::warn!(sandbox = %s.id, "resuming a sandbox build cut off by a server stop");
+                let bg = state.clone();
+                tokio::spawn(crate::builds::finish(bg, s.id.clone()));
+            }
             SandboxState::PullingSnapshot => {
                 // Its create request died with the server before the sandbox ever ran: as a
                 // failed pull does, it leaves nothing behind (the client got no sandbox).

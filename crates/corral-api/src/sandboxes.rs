@@ -217,6 +217,27 @@ pub async fn create(
     let mut sandbox = new_sandbox(&state, req)?;
     // Held until the record is stored: a volume cannot be deleted in between.
     let volumes_guard = crate::volumes::resolve_mounts(&state, &mut sandbox.volumes).await?;
+    if let Some(b) = &build_info
+        && let Some(dockerfile) = b.get("dockerfileContent").and_then(|d| d.as_str())
+    {
+        let context: Option<Vec<String>> = b
+            .get("contextHashes")
+            .and_then(|c| serde_json::from_value(c.clone()).ok());
+        let context = context.filter(|c| !c.is_empty());
+        if context.is_some() || crate::builds::needs_build(dockerfile) {
+            crate::builds::check(dockerfile, context.as_deref())?;
+            let r = crate::builds::create_sandbox(
+                state.clone(),
+                headers,
+                sandbox,
+                dockerfile,
+                user_requested,
+            )
+            .await;
+            drop(volumes_guard);
+            return r;
+        }
+    }
     if build_info.is_some() || sandbox.snapshot != DEFAULT_SNAPSHOT {
         return create_from_image(
             state,

@@ -234,7 +234,9 @@ pub async fn pull(state: &AppState, s: &mut Snapshot) -> Result<ImageInfo, ApiEr
 /// (snapshots still `pending` or `pulling`).
 pub async fn resume_pulls(state: &AppState) -> Result<(), ApiError> {
     for mut s in state.snapshots.list_snapshots().await? {
-        if matches!(s.state, SnapshotState::Pending | SnapshotState::Pulling) {
+        if matches!(s.state, SnapshotState::Pending | SnapshotState::Pulling)
+            && !crate::builds::is_build(state, &s.id)
+        {
             tracing::warn!(snapshot = %s.name, "resuming an image pull cut off by a server stop");
             let bg = state.clone();
             tokio::spawn(async move {
@@ -242,7 +244,7 @@ pub async fn resume_pulls(state: &AppState) -> Result<(), ApiError> {
             });
         }
     }
-    Ok(())
+    crate::builds::resume(state).await
 }
 
 /// `POST /api/snapshots`: records the snapshot (`pending`) and pulls it in the background.
@@ -263,15 +265,30 @@ pub async fn create(
     }
     let (image, mut entrypoint) = match (&req.image_name, &req.build_info) {
         (Some(i), None) => (i.trim().to_owned(), Vec::new()),
-        (None, Some(b)) => {
-            if b.context_hashes.as_ref().is_some_and(|c| !c.is_empty()) {
-                return Err(ApiError::bad_request(
-                    "Dockerfile builds with COPY/ADD context are not supported yet",
-                )
-                .with_code("BUILD_NOT_SUPPORTED"));
+        (None, Some(b)) => match image_of_dockerfile(&b.dockerfile_content) {
+            Ok(found) if b.context_hashes.as_ref().is_none_or(Vec::is_empty) => found,
+            // Anything beyond FROM is built (in the background, with build logs).
+            _ => {
+                crate::builds::check(&b.dockerfile_content, b.context_hashes.as_deref())?;
+                let d = corral_core::Resources::default();
+                let resources = corral_core::Resources {
+                    cpu: resource(req.cpu, d.cpu, 64, "cpu")?,
+                    gpu: 0,
+                    memory_gib: resource(req.memory, d.memory_gib, 1024, "memory")?,
+                    disk_gib: resource(req.disk, d.disk_gib, 10240, "disk")?,
+                };
+                let snap =
+                    crate::builds::record(&state, req.name, &b.dockerfile_content, resources)
+                        .await?;
+                let reply = dto(&state, &snap);
+                let bg = state.clone();
+                tokio::spawn(async move {
+                    // Failures are recorded on the snapshot (`build_failed`, errorReason).
+                    let _ = crate::builds::ensure_built(&bg, &snap.id).await;
+                });
+                return Ok(Json(reply));
             }
-            image_of_dockerfile(&b.dockerfile_content)?
-        }
+        },
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
                 "give imageName or buildInfo, not both",
@@ -439,13 +456,19 @@ pub async fn delete(
         ))
         .with_code("SNAPSHOT_IN_USE"));
     }
-    if s.state == SnapshotState::Pulling {
+    if matches!(s.state, SnapshotState::Pulling | SnapshotState::Building) {
         return Err(ApiError::conflict(format!(
-            "snapshot {} is being pulled; delete it once it is active or failed",
-            s.name
+            "snapshot {} is being {}; delete it once it is active or failed",
+            s.name,
+            if s.state == SnapshotState::Pulling {
+                "pulled"
+            } else {
+                "built"
+            }
         )));
     }
     state.snapshots.remove_snapshot(&s.id).await?;
+    crate::builds::forget(&state, &s.id).await;
     tracing::info!(snapshot = %s.name, "snapshot deleted");
     if let Some(image) = &s.image_name {
         let keep: Vec<String> = state
@@ -475,6 +498,17 @@ pub async fn activate(
     let mut s = find(&state, &id_or_name)
         .await?
         .ok_or_else(|| not_found(&id_or_name))?;
+    if s.state == SnapshotState::BuildFailed && crate::builds::is_build(&state, &s.id) {
+        s.state = SnapshotState::Pending;
+        s.updated_at_ms = now_ms();
+        state.snapshots.update_snapshot(&s).await?;
+        let reply = dto(&state, &s);
+        let bg = state.clone();
+        tokio::spawn(async move {
+            let _ = crate::builds::ensure_built(&bg, &s.id).await;
+        });
+        return Ok(Json(reply));
+    }
     if s.state == SnapshotState::Error && !s.general {
         s.state = SnapshotState::Pending;
         s.updated_at_ms = now_ms();
@@ -582,6 +616,11 @@ where
     let info = match state.images.resolve(&image).await? {
         // Stored: no registry contact at all.
         Some(info) if snap.state == SnapshotState::Active => info,
+        _ if crate::builds::is_build(state, &snap.id) => {
+            on_pull().await?;
+            crate::builds::ensure_built(state, &snap.id).await?;
+            wait_active(state, &snap.id).await?
+        }
         _ => match snap.state {
             SnapshotState::Pulling => {
                 on_pull().await?;
@@ -626,7 +665,7 @@ async fn wait_active(state: &AppState, id: &str) -> Result<ImageInfo, ApiError> 
                     ApiError::bad_request(format!("image {image} of snapshot {} is gone", s.name))
                 });
             }
-            SnapshotState::Error => {
+            SnapshotState::Error | SnapshotState::BuildFailed => {
                 return Err(ApiError::bad_request(format!(
                     "snapshot {} failed: {}",
                     s.name,

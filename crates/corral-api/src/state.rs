@@ -20,6 +20,8 @@ pub struct ApiConfig {
     pub lifecycle_minute: std::time::Duration,
     /// The domain preview hosts live under: `{port}-{sandboxId}.{preview_domain}`.
     pub preview_domain: String,
+    /// Where image build logs are written (`<dir>/<snapshot id>.log`).
+    pub build_log_dir: std::path::PathBuf,
 }
 
 /// Everything a handler needs.

@@ -8,7 +8,7 @@ pub mod ports;
 pub mod sandbox;
 
 pub use ports::{
-    ApiKeyStore, ImageInfo, Images, ListQuery, Page, Runtime, RuntimeError,
+    ApiKeyStore, CommitConfig, ImageInfo, Images, ListQuery, Page, Runtime, RuntimeError,
     SANDBOX_SNAPSHOT_PREFIX, SandboxSpec, SandboxStore, Snapshot, SnapshotState, SnapshotStore,
     StoreError, sandbox_snapshot_reference,
 };

@@ -172,15 +172,15 @@ pub trait Runtime: Send + Sync {
         None
     }
     /// Commits a sandbox's files (running or stopped: a point-in-time copy, the processes
-    /// keep running) as a new image, `snapshot_id`, whose default user is `user`; a sandbox
-    /// started with the returned reference as its image starts from those files.
+    /// keep running) as a new image, `snapshot_id`, with `config` over its image's config; a
+    /// sandbox started with the returned reference as its image starts from those files.
     async fn snapshot(
         &self,
         id: &str,
         snapshot_id: &str,
-        user: &str,
+        config: &CommitConfig,
     ) -> Result<ImageInfo, RuntimeError> {
-        let _ = (id, snapshot_id, user);
+        let _ = (id, snapshot_id, config);
         Err(RuntimeError::Invalid(
             "snapshots of sandboxes are not supported by this runtime".into(),
         ))
@@ -342,6 +342,10 @@ pub enum SnapshotState {
     Error,
     /// Being deleted.
     Removing,
+    /// Its image is being built from a Dockerfile.
+    Building,
+    /// Building failed (see the error reason and the build logs).
+    BuildFailed,
 }
 
 impl SnapshotState {
@@ -353,6 +357,8 @@ impl SnapshotState {
             Self::Active => "active",
             Self::Error => "error",
             Self::Removing => "removing",
+            Self::Building => "building",
+            Self::BuildFailed => "build_failed",
         }
     }
 
@@ -364,6 +370,8 @@ impl SnapshotState {
             "active" => Self::Active,
             "error" => Self::Error,
             "removing" => Self::Removing,
+            "building" => Self::Building,
+            "build_failed" => Self::BuildFailed,
             _ => return None,
         })
     }
@@ -420,6 +428,26 @@ pub struct ImageInfo {
     pub user: Option<String>,
     /// Layer diff ids, bottom first.
     pub layers: Vec<String>,
+    /// The image config's `KEY=value` environment.
+    pub env: Vec<String>,
+    /// The image config's working directory.
+    pub working_dir: Option<String>,
+    /// The image config's entrypoint.
+    pub entrypoint: Vec<String>,
+    /// The image config's default command.
+    pub cmd: Vec<String>,
+}
+
+/// The image config of a committed snapshot: what a sandbox started from it runs with.
+/// `None` keeps what the sandbox's own image had.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitConfig {
+    pub user: Option<String>,
+    /// `KEY=value` entries (the whole environment).
+    pub env: Option<Vec<String>>,
+    pub working_dir: Option<String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
 }
 
 /// Image references of snapshots committed from sandboxes start with this (followed by the

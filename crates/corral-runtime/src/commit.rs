@@ -202,6 +202,10 @@ pub fn info(m: &Manifest) -> corral_core::ImageInfo {
         size: m.size,
         user: m.image.config.user.clone(),
         layers: m.image.diff_ids.clone(),
+        env: m.image.config.env.clone(),
+        working_dir: m.image.config.working_dir.clone(),
+        entrypoint: m.image.config.entrypoint.clone(),
+        cmd: m.image.config.cmd.clone(),
     }
 }
 

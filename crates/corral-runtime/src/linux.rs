@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use corral_core::agent::{AGENT_PATH_IN_SANDBOX, AgentConfig};
-use corral_core::{ImageInfo, Resources, Runtime, RuntimeError, SandboxSpec};
+use corral_core::{CommitConfig, ImageInfo, Resources, Runtime, RuntimeError, SandboxSpec};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
@@ -1240,13 +1240,27 @@ impl Runtime for LinuxRuntime {
         &self,
         id: &str,
         snapshot_id: &str,
-        user: &str,
+        config: &CommitConfig,
     ) -> Result<ImageInfo, RuntimeError> {
         let data = self.cfg.data_dir.clone();
         let mut base = bound::read_binding(&data, id)
             .map_err(|e| RuntimeError::host("reading the sandbox's image binding", e))?
             .unwrap_or_else(BoundImage::host);
-        base.config.user = Some(user.to_owned());
+        let c = &mut base.config;
+        let set = |dst: &mut Vec<String>, src: &Option<Vec<String>>| {
+            if let Some(v) = src {
+                dst.clone_from(v);
+            }
+        };
+        set(&mut c.env, &config.env);
+        set(&mut c.entrypoint, &config.entrypoint);
+        set(&mut c.cmd, &config.cmd);
+        if config.user.is_some() {
+            c.user.clone_from(&config.user);
+        }
+        if config.working_dir.is_some() {
+            c.working_dir.clone_from(&config.working_dir);
+        }
         let names = self.layer_names(!base.is_host());
         let image_size = if base.is_host() {
             0

@@ -273,6 +273,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             public_url: args.public_url,
             lifecycle_minute: std::time::Duration::from_millis(args.lifecycle_minute_ms.max(1)),
             preview_domain: args.preview_domain.trim_matches('.').to_ascii_lowercase(),
+            build_log_dir: data_dir.join("builds"),
         }),
         metrics,
         locks: Default::default(),

@@ -147,6 +147,10 @@ fn info(img: &StoredImage) -> ImageInfo {
         size: img.size,
         user: img.config.user.clone(),
         layers: img.config.diff_ids.clone(),
+        env: img.config.env.clone(),
+        working_dir: img.config.working_dir.clone(),
+        entrypoint: img.config.entrypoint.clone(),
+        cmd: img.config.cmd.clone(),
     }
 }
 

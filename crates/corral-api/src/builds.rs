@@ -1,0 +1,934 @@
+//! Declarative image builds, without Docker: the SDK's `Image` objects (and users' own
+//! Dockerfiles) arrive as `buildInfo.dockerfileContent`. A build starts a build sandbox from
+//! the `FROM` image (as root, no entrypoint, with the snapshot's resources and network),
+//! runs the steps in it through its agent (`RUN` as the current `USER` via the agent's
+//! `run-as` mode, with the `ENV`s and `WORKDIR` so far; `COPY` of inline heredoc files
+//! through the agent's file API), then commits its writable layer as the snapshot's image
+//! (the runtime's copy-on-write snapshot) with the resulting config (env, workdir, user,
+//! entrypoint, cmd), and removes the build sandbox.
+//!
+//! Progress goes to a build log, `<build log dir>/<snapshot id>.log`, served by
+//! `GET /api/snapshots/{id}/build-logs` and `GET /api/sandbox/{id}/build-logs` (with
+//! `?follow=true` the answer streams until the build ends).
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::response::Response;
+use corral_core::{
+    CommitConfig, Egress, ImageInfo, Resources, SandboxSpec, Snapshot, SnapshotState,
+};
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+
+use crate::dockerfile::{self, CopySource, Op};
+use crate::error::ApiError;
+use crate::extract::QueryPairs;
+use crate::state::AppState;
+
+/// The longest a single `RUN` step may take.
+const STEP_TIMEOUT_SECS: i64 = 3600;
+/// The largest step output kept in the log (the rest is cut, with a note).
+const MAX_STEP_LOG: usize = 1 << 20;
+/// How often a followed log is polled for more.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// Where a snapshot's build log is.
+pub fn log_path(state: &AppState, snapshot_id: &str) -> PathBuf {
+    state
+        .config
+        .build_log_dir
+        .join(format!("{snapshot_id}.log"))
+}
+
+/// A build log being written.
+struct Log {
+    file: Option<std::fs::File>,
+}
+
+impl Log {
+    fn create(path: PathBuf) -> Self {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let file = std::fs::File::create(&path)
+            .map_err(
+                |e| tracing::warn!(log = %path.display(), error = %e, "cannot write a build log"),
+            )
+            .ok();
+        Self { file }
+    }
+
+    fn line(&mut self, text: &str) {
+        if let Some(f) = &mut self.file {
+            let _ = f.write_all(text.as_bytes());
+            if !text.ends_with('\n') {
+                let _ = f.write_all(b"\n");
+            }
+        }
+    }
+}
+
+/// Whether a Dockerfile needs a build (more than `FROM`, `ENTRYPOINT` and `CMD`).
+pub fn needs_build(dockerfile: &str) -> bool {
+    crate::snapshots::image_of_dockerfile(dockerfile).is_err()
+        && dockerfile::parse(dockerfile, &BTreeMap::new()).is_ok()
+}
+
+/// Builds snapshot `snap` (recorded `pending`) from `dockerfile`: `building`, then `active`
+/// with its size, or `build_failed` with the reason (also the last line of the log).
+pub async fn build(
+    state: &AppState,
+    snap: &mut Snapshot,
+    dockerfile: &str,
+) -> Result<ImageInfo, ApiError> {
+    let mut log = Log::create(log_path(state, &snap.id));
+    snap.state = SnapshotState::Building;
+    snap.updated_at_ms = crate::snapshots::now_ms();
+    state.snapshots.update_snapshot(snap).await?;
+    tracing::info!(snapshot = %snap.name, "building snapshot");
+    let started = std::time::Instant::now();
+    match run_build(state, snap, dockerfile, &mut log).await {
+        Ok(info) => {
+            log.line(&format!(
+                "Successfully built snapshot {} in {:.1}s",
+                snap.name,
+                started.elapsed().as_secs_f64()
+            ));
+            snap.state = SnapshotState::Active;
+            snap.size = Some(info.size);
+            snap.error_reason = None;
+            snap.updated_at_ms = crate::snapshots::now_ms();
+            state.snapshots.update_snapshot(snap).await?;
+            tracing::info!(snapshot = %snap.name, size = info.size, "snapshot built");
+            Ok(info)
+        }
+        Err(e) => {
+            log.line(&format!("ERROR: {}", e.message));
+            snap.state = SnapshotState::BuildFailed;
+            snap.error_reason = Some(e.message.clone());
+            snap.updated_at_ms = crate::snapshots::now_ms();
+            state.snapshots.update_snapshot(snap).await?;
+            tracing::warn!(snapshot = %snap.name, error = %e.message, "snapshot build failed");
+            Err(ApiError::bad_request(e.message).with_code("BUILD_FAILED"))
+        }
+    }
+}
+
+fn invalid(e: dockerfile::DockerfileError) -> ApiError {
+    ApiError::bad_request(e.to_string())
+}
+
+async fn run_build(
+    state: &AppState,
+    snap: &Snapshot,
+    content: &str,
+    log: &mut Log,
+) -> Result<ImageInfo, ApiError> {
+    let no_args = BTreeMap::new();
+    let first = dockerfile::parse(content, &no_args).map_err(invalid)?;
+    if first.base == "scratch" {
+        return Err(ApiError::bad_request(
+            "FROM scratch is not supported: a build needs a base image to run its steps in",
+        ));
+    }
+    let base = match state.images.resolve(&first.base).await? {
+        Some(info) => info,
+        None => {
+            log.line(&format!("Pulling base image {}", first.base));
+            state.images.pull(&first.base).await?
+        }
+    };
+    let env: Vec<(String, String)> = base
+        .env
+        .iter()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let parsed = dockerfile::parse_with_base(
+        content,
+        &no_args,
+        &dockerfile::BaseImage {
+            env: env.clone(),
+            working_dir: base.working_dir.clone(),
+        },
+    )
+    .map_err(invalid)?;
+    for w in &parsed.warnings {
+        log.line(&format!("WARNING: {w}"));
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let spec = SandboxSpec {
+        id: id.clone(),
+        image: base.reference.clone(),
+        user: "0".into(),
+        env: BTreeMap::new(),
+        resources: Resources {
+            cpu: snap.cpu,
+            gpu: 0,
+            memory_gib: snap.memory_gib,
+            disk_gib: snap.disk_gib,
+        },
+        egress: Egress::Open,
+        volumes: Vec::new(),
+        // The image's entrypoint does not run while building.
+        entrypoint: Some(Vec::new()),
+    };
+    log.line(&format!("Starting build sandbox from {}", base.reference));
+    // Not recorded in the store: if the server dies mid-build, start-up removes it as the
+    // leftover of an unknown sandbox.
+    state.runtime.start(&spec).await?;
+    let outcome = match run_steps(state, &id, &parsed, &base, env, log).await {
+        Ok(config) => {
+            log.line("Committing the build's files");
+            state
+                .runtime
+                .snapshot(&id, &snap.id, &config)
+                .await
+                .map_err(ApiError::from)
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = state.runtime.destroy(&id).await {
+        tracing::warn!(sandbox = %id, error = %e, "removing a build sandbox failed");
+    }
+    outcome
+}
+
+/// What the steps have set so far.
+struct Context {
+    env: Vec<(String, String)>,
+    workdir: String,
+    user: Option<String>,
+}
+
+impl Context {
+    fn set_env(&mut self, key: &str, value: &str) {
+        match self.env.iter_mut().find(|(k, _)| k == key) {
+            Some(kv) => kv.1 = value.to_owned(),
+            None => self.env.push((key.to_owned(), value.to_owned())),
+        }
+    }
+}
+
+async fn run_steps(
+    state: &AppState,
+    id: &str,
+    parsed: &dockerfile::Dockerfile,
+    base: &ImageInfo,
+    env: Vec<(String, String)>,
+    log: &mut Log,
+) -> Result<CommitConfig, ApiError> {
+    let mut cx = Context {
+        env,
+        workdir: base.working_dir.clone().unwrap_or_else(|| "/".into()),
+        user: base.user.clone(),
+    };
+    let mut entrypoint = base.entrypoint.clone();
+    let mut cmd = base.cmd.clone();
+    let mut cmd_set = false;
+    let n = parsed.steps.len();
+    for (i, step) in parsed.steps.iter().enumerate() {
+        let label = format!("Step {}/{n} : {}", i + 1, step.text());
+        log.line(&label);
+        let failed = |what: String| {
+            ApiError::bad_request(format!(
+                "step {}/{n} (Dockerfile line {}) `{}` {what}",
+                i + 1,
+                step.line,
+                step.text()
+            ))
+        };
+        match &step.op {
+            Op::Run { argv, build_args } => {
+                run(state, id, &cx, argv, build_args, log)
+                    .await
+                    .map_err(failed)?;
+            }
+            Op::RunScript { script, build_args } => {
+                let path = format!("/tmp/.corral-build-step-{}", i + 1);
+                upload(state, id, &path, script.as_bytes())
+                    .await
+                    .map_err(failed)?;
+                permissions(state, id, &path, None, Some(0o755))
+                    .await
+                    .map_err(failed)?;
+                let r = run(state, id, &cx, std::slice::from_ref(&path), build_args, log).await;
+                let _ = agent(
+                    state,
+                    id,
+                    Method::DELETE,
+                    &format!("/files?path={}", q(&path)),
+                    None,
+                )
+                .await;
+                r.map_err(failed)?;
+            }
+            Op::Env { vars } => {
+                for (k, v) in vars {
+                    cx.set_env(k, v);
+                }
+            }
+            Op::Workdir { path } => {
+                folder(state, id, path).await.map_err(failed)?;
+                cx.workdir.clone_from(path);
+            }
+            Op::User { user } => cx.user = Some(user.clone()),
+            Op::Copy {
+                sources,
+                dest,
+                chown,
+                chmod,
+            } => {
+                for src in sources {
+                    let (name, content) = match src {
+                        CopySource::Inline { name, content } => (name, content),
+                        CopySource::Context(p) => {
+                            return Err(failed(format!(
+                                "copies {p:?} from the build context: uploaded build context \
+                                 is not supported by this server (the SDK uploads it to S3 \
+                                 object storage); write files with a heredoc \
+                                 (COPY <<EOF /path) or a RUN step instead"
+                            )));
+                        }
+                    };
+                    let target = if dest.ends_with('/') {
+                        format!("{dest}{name}")
+                    } else {
+                        dest.clone()
+                    };
+                    if let Some((parent, _)) = target.rsplit_once('/')
+                        && !parent.is_empty()
+                    {
+                        folder(state, id, parent).await.map_err(failed)?;
+                    }
+                    upload(state, id, &target, content.as_bytes())
+                        .await
+                        .map_err(failed)?;
+                    permissions(state, id, &target, chown.as_deref(), *chmod)
+                        .await
+                        .map_err(failed)?;
+                }
+            }
+            Op::Entrypoint { argv } => {
+                entrypoint.clone_from(argv);
+                // As Docker: a new entrypoint drops the base image's command.
+                if !cmd_set {
+                    cmd.clear();
+                }
+            }
+            Op::Cmd { argv } => {
+                cmd.clone_from(argv);
+                cmd_set = true;
+            }
+        }
+    }
+    Ok(CommitConfig {
+        user: cx.user,
+        env: Some(cx.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        working_dir: Some(cx.workdir),
+        entrypoint: Some(entrypoint),
+        cmd: Some(cmd),
+    })
+}
+
+/// Quotes a word for `sh`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Percent-encodes a query value.
+fn q(s: &str) -> String {
+    serde_urlencoded::to_string([("", s)])
+        .map(|e| e.trim_start_matches('=').to_owned())
+        .unwrap_or_default()
+}
+
+/// Runs one `RUN` command in the build sandbox; its output goes to the log.
+async fn run(
+    state: &AppState,
+    id: &str,
+    cx: &Context,
+    argv: &[String],
+    build_args: &[(String, String)],
+    log: &mut Log,
+) -> Result<(), String> {
+    let mut full: Vec<String> = Vec::new();
+    if let Some(u) = cx
+        .user
+        .as_deref()
+        .filter(|u| !matches!(*u, "root" | "0" | "0:0"))
+    {
+        full.extend([
+            corral_core::agent::AGENT_PATH_IN_SANDBOX.to_owned(),
+            "run-as".into(),
+            u.to_owned(),
+            "--".into(),
+        ]);
+    }
+    full.extend(argv.iter().cloned());
+    let command = full
+        .iter()
+        .map(|a| sh_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut envs: BTreeMap<String, String> = cx.env.iter().cloned().collect();
+    for (k, v) in build_args {
+        envs.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    let body = json!({
+        "command": command,
+        "cwd": cx.workdir,
+        "envs": envs,
+        "timeout": STEP_TIMEOUT_SECS,
+    });
+    let (status, answer) = agent(state, id, Method::POST, "/process/execute", Some(body)).await?;
+    let v: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+    if status != StatusCode::OK {
+        return Err(format!(
+            "could not run: {}",
+            v.get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("agent error")
+        ));
+    }
+    let output = v.get("result").and_then(Value::as_str).unwrap_or_default();
+    if output.len() > MAX_STEP_LOG {
+        let mut cut = MAX_STEP_LOG;
+        while !output.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        log.line(&output[..cut]);
+        log.line("[... output cut ...]");
+    } else if !output.is_empty() {
+        log.line(output);
+    }
+    // The error names the last line the step printed (usually what went wrong).
+    let last: String = output
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().chars().take(300).collect::<String>())
+        .map(|l| format!(" ({l})"))
+        .unwrap_or_default();
+    match v.get("exitCode").and_then(Value::as_i64) {
+        Some(0) => Ok(()),
+        Some(code) => Err(format!("returned a non-zero code: {code}{last}")),
+        None => Err(format!("ended without an exit code{last}")),
+    }
+}
+
+/// Creates a directory (and its parents) in the build sandbox, as root.
+async fn folder(state: &AppState, id: &str, path: &str) -> Result<(), String> {
+    let mut so_far = String::new();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        so_far.push('/');
+        so_far.push_str(part);
+        let (status, body) = agent(
+            state,
+            id,
+            Method::POST,
+            &format!("/files/folder?path={}&mode=755", q(&so_far)),
+            None,
+        )
+        .await?;
+        // An existing directory answers an error; a file in the way shows at the next step.
+        if status.is_server_error() {
+            return Err(format!(
+                "could not create {so_far}: {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Writes a file in the build sandbox.
+async fn upload(state: &AppState, id: &str, path: &str, content: &[u8]) -> Result<(), String> {
+    const BOUNDARY: &str = "corral-build-7f3a9c1e5b";
+    let mut body = Vec::with_capacity(content.len() + 256);
+    body.extend_from_slice(
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(content);
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{id}/files/upload-v2?path={}", q(path)))
+        .header(header::HOST, "agent")
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(Body::from(body))
+        .map_err(|e| e.to_string())?;
+    let (status, answer) = send(state, req).await?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "could not write {path}: {}",
+            String::from_utf8_lossy(&answer)
+        ))
+    }
+}
+
+/// Sets a file's owner (`user[:group]`) and mode in the build sandbox.
+async fn permissions(
+    state: &AppState,
+    id: &str,
+    path: &str,
+    chown: Option<&str>,
+    mode: Option<u32>,
+) -> Result<(), String> {
+    if chown.is_none() && mode.is_none() {
+        return Ok(());
+    }
+    let mut query = format!("path={}", q(path));
+    if let Some(c) = chown {
+        let (u, g) = c.split_once(':').unwrap_or((c, ""));
+        query.push_str(&format!("&owner={}&group={}", q(u), q(g)));
+    }
+    if let Some(m) = mode {
+        query.push_str(&format!("&mode={m:o}"));
+    }
+    let (status, answer) = agent(
+        state,
+        id,
+        Method::POST,
+        &format!("/files/permissions?{query}"),
+        None,
+    )
+    .await?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "could not set the owner or mode of {path}: {}",
+            String::from_utf8_lossy(&answer)
+        ))
+    }
+}
+
+/// One request to the build sandbox's agent.
+async fn agent(
+    state: &AppState,
+    id: &str,
+    method: Method,
+    path_and_query: &str,
+    json_body: Option<Value>,
+) -> Result<(StatusCode, Vec<u8>), String> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{id}{path_and_query}"))
+        .header(header::HOST, "agent");
+    let body = match json_body {
+        Some(v) => {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+            Body::from(v.to_string())
+        }
+        None => Body::empty(),
+    };
+    send(state, req.body(body).map_err(|e| e.to_string())?).await
+}
+
+async fn send(state: &AppState, req: Request<Body>) -> Result<(StatusCode, Vec<u8>), String> {
+    let resp = state
+        .agents
+        .request(req)
+        .await
+        .map_err(|e| format!("the build sandbox did not answer: {e}"))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("the build sandbox's answer broke off: {e}"))?
+        .to_bytes();
+    Ok((status, body.to_vec()))
+}
+
+// ---- build logs ----------------------------------------------------------------------------
+
+/// `GET /api/snapshots/{id}/build-logs-url` → `{url}`.
+pub async fn snapshot_logs_url(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id_or_name): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let s = snapshot(&state, &id_or_name).await?;
+    Ok(axum::Json(json!({
+        "url": format!("{}/api/snapshots/{}/build-logs", state.base_url(&headers), s.id)
+    })))
+}
+
+/// `GET /api/sandbox/{id}/build-logs-url` → `{url}`.
+pub async fn sandbox_logs_url(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id_or_name): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let sb = crate::sandboxes::find(&state, &id_or_name).await?;
+    Ok(axum::Json(json!({
+        "url": format!("{}/api/sandbox/{}/build-logs", state.base_url(&headers), sb.id)
+    })))
+}
+
+async fn snapshot(state: &AppState, id_or_name: &str) -> Result<Snapshot, ApiError> {
+    crate::snapshots::find(state, id_or_name)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("Snapshot {id_or_name} not found"))
+                .with_code("SNAPSHOT_NOT_FOUND")
+        })
+}
+
+/// `GET /api/snapshots/{id}/build-logs[?follow=true]`.
+pub async fn snapshot_logs(
+    State(state): State<AppState>,
+    Path(id_or_name): Path<String>,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    let s = snapshot(&state, &id_or_name).await?;
+    logs(state, s.id, follow(&query)?).await
+}
+
+/// `GET /api/sandbox/{id}/build-logs[?follow=true]`: the log of the snapshot the sandbox
+/// is built from.
+pub async fn sandbox_logs(
+    State(state): State<AppState>,
+    Path(id_or_name): Path<String>,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    let sb = crate::sandboxes::find(&state, &id_or_name).await?;
+    let s = snapshot(&state, &sb.snapshot)
+        .await
+        .map_err(|_| ApiError::not_found(format!("sandbox {} has no build logs", sb.id)))?;
+    logs(state, s.id, follow(&query)?).await
+}
+
+fn follow(query: &QueryPairs) -> Result<bool, ApiError> {
+    match query.get("follow") {
+        None | Some("" | "false" | "0") => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "follow must be true or false, got {other:?}"
+        ))),
+    }
+}
+
+/// Whether a snapshot's build has ended (or it never builds).
+async fn build_over(state: &AppState, id: &str) -> bool {
+    match state.snapshots.get_snapshot(id).await {
+        Ok(Some(s)) => !matches!(s.state, SnapshotState::Pending | SnapshotState::Building),
+        _ => true,
+    }
+}
+
+async fn logs(state: AppState, id: String, follow: bool) -> Result<Response, ApiError> {
+    let path = log_path(&state, &id);
+    let text_plain = |body: Body| {
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(body)
+            .map_err(|e| ApiError::internal("answering build logs", &e))
+    };
+    if !follow {
+        let bytes = tokio::fs::read(&path).await.unwrap_or_default();
+        return text_plain(Body::from(bytes));
+    }
+    // (bytes sent so far, whether the build was over at the last read)
+    let stream = futures_util::stream::unfold((0usize, false), move |(sent, done)| {
+        let (state, id, path) = (state.clone(), id.clone(), path.clone());
+        async move {
+            if done {
+                return None;
+            }
+            loop {
+                // The state first: a build that is over has written its whole log.
+                let over = build_over(&state, &id).await;
+                let bytes = tokio::fs::read(&path).await.unwrap_or_default();
+                if bytes.len() > sent {
+                    let chunk = bytes[sent..].to_vec();
+                    return Some((Ok::<_, std::io::Error>(chunk), (bytes.len(), over)));
+                }
+                if over {
+                    return None;
+                }
+                tokio::time::sleep(FOLLOW_POLL).await;
+            }
+        }
+    });
+    text_plain(Body::from_stream(stream))
+}
+
+// ---- build snapshots and sandboxes built from Dockerfiles ------------------------------------
+
+/// Snapshots being built by this process (a second request for one waits for it).
+static RUNNING: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn running() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<String>> {
+    RUNNING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where a build snapshot's Dockerfile is kept (so an interrupted build can run again).
+fn dockerfile_path(state: &AppState, snapshot_id: &str) -> PathBuf {
+    state
+        .config
+        .build_log_dir
+        .join(format!("{snapshot_id}.Dockerfile"))
+}
+
+/// Whether snapshot `id` is built from a Dockerfile (rather than pulled or committed).
+pub fn is_build(state: &AppState, snapshot_id: &str) -> bool {
+    dockerfile_path(state, snapshot_id).is_file()
+}
+
+/// Refuses what a build cannot do before anything is recorded: uploaded context and
+/// Dockerfiles that do not parse.
+pub fn check(dockerfile: &str, context_hashes: Option<&[String]>) -> Result<(), ApiError> {
+    if context_hashes.is_some_and(|c| !c.is_empty()) {
+        return Err(ApiError::bad_request(
+            "builds with an uploaded context (Image.add_local_file/add_local_dir) are not \
+             supported: the SDK uploads context to S3 object storage, which this server does \
+             not provide; write files with RUN steps or a heredoc (COPY <<EOF /path) instead",
+        )
+        .with_code("BUILD_NOT_SUPPORTED"));
+    }
+    dockerfile::parse(dockerfile, &BTreeMap::new())
+        .map(|_| ())
+        .map_err(invalid)
+}
+
+/// Records snapshot `name`, to be built from `dockerfile` (`pending`), with the resources
+/// its build sandbox gets.
+pub async fn record(
+    state: &AppState,
+    name: String,
+    dockerfile: &str,
+    resources: Resources,
+) -> Result<Snapshot, ApiError> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let now = crate::snapshots::now_ms();
+    let snap = Snapshot {
+        image_name: Some(corral_core::sandbox_snapshot_reference(&id)),
+        id,
+        name,
+        state: SnapshotState::Pending,
+        size: None,
+        entrypoint: Vec::new(),
+        cpu: resources.cpu,
+        memory_gib: resources.memory_gib,
+        disk_gib: resources.disk_gib,
+        error_reason: None,
+        general: false,
+        created_at_ms: now,
+        updated_at_ms: now,
+        last_used_at_ms: None,
+    };
+    let path = dockerfile_path(state, &snap.id);
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| ApiError::internal("creating the build dir", &e))?;
+    }
+    tokio::fs::write(&path, dockerfile)
+        .await
+        .map_err(|e| ApiError::internal("keeping the Dockerfile", &e))?;
+    if let Err(e) = crate::snapshots::insert(state, &snap).await {
+        let _ = tokio::fs::remove_file(&path).await;
+        return Err(e);
+    }
+    Ok(snap)
+}
+
+/// Builds snapshot `id` unless it is active; when this process is building it already,
+/// waits for that build instead.
+pub async fn ensure_built(state: &AppState, id: &str) -> Result<(), ApiError> {
+    let mut waited = false;
+    loop {
+        let mut snap = state
+            .snapshots
+            .get_snapshot(id)
+            .await?
+            .ok_or_else(|| ApiError::bad_request(format!("snapshot {id} was deleted")))?;
+        if snap.state == SnapshotState::Active {
+            return Ok(());
+        }
+        if running().contains(id) {
+            waited = true;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        }
+        if waited
+            && matches!(
+                snap.state,
+                SnapshotState::BuildFailed | SnapshotState::Error
+            )
+        {
+            return Err(ApiError::bad_request(
+                snap.error_reason
+                    .unwrap_or_else(|| "the build failed".into()),
+            )
+            .with_code("BUILD_FAILED"));
+        }
+        if !running().insert(id.to_owned()) {
+            continue;
+        }
+        let content = tokio::fs::read_to_string(dockerfile_path(state, id)).await;
+        let r = match content {
+            Ok(c) => build(state, &mut snap, &c).await.map(|_| ()),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "the Dockerfile of snapshot {} is gone: {e}",
+                snap.name
+            ))),
+        };
+        running().remove(id);
+        return r;
+    }
+}
+
+/// Removes a deleted snapshot's build files.
+pub async fn forget(state: &AppState, snapshot_id: &str) {
+    for p in [
+        dockerfile_path(state, snapshot_id),
+        log_path(state, snapshot_id),
+    ] {
+        let _ = tokio::fs::remove_file(p).await;
+    }
+}
+
+/// Restarts, in the background, builds a previous server process left unfinished.
+pub async fn resume(state: &AppState) -> Result<(), ApiError> {
+    for s in state.snapshots.list_snapshots().await? {
+        if matches!(s.state, SnapshotState::Pending | SnapshotState::Building)
+            && is_build(state, &s.id)
+        {
+            tracing::warn!(snapshot = %s.name, "resuming a build cut off by a server stop");
+            let bg = state.clone();
+            tokio::spawn(async move {
+                let _ = ensure_built(&bg, &s.id).await;
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `POST /api/sandbox` with a Dockerfile that needs a build: the sandbox is recorded
+/// `pending_build` and the answer goes at once; in the background the snapshot is built (or
+/// an identical Dockerfile's snapshot reused), then the sandbox starts from it
+/// (`building_snapshot` → `creating` → `started`, or `build_failed` with the reason).
+pub async fn create_sandbox(
+    state: AppState,
+    headers: HeaderMap,
+    mut sandbox: corral_core::Sandbox,
+    dockerfile: &str,
+    user_requested: bool,
+) -> Result<axum::Json<crate::wire::SandboxDto>, ApiError> {
+    use sha2::Digest as _;
+    // One snapshot per Dockerfile (and build resources): the same image is built once.
+    let mut h = sha2::Sha256::new();
+    h.update(dockerfile.as_bytes());
+    let r = &sandbox.resources;
+    h.update(format!("\0{}/{}/{}", r.cpu, r.memory_gib, r.disk_gib).as_bytes());
+    let name = format!("build-{}", &hex::encode(h.finalize())[..16]);
+    let snap = match state.snapshots.get_snapshot(&name).await? {
+        Some(s) => s,
+        None => match record(&state, name.clone(), dockerfile, sandbox.resources).await {
+            Ok(s) => s,
+            // Recorded by a concurrent request meanwhile.
+            Err(e) => state.snapshots.get_snapshot(&name).await?.ok_or(e)?,
+        },
+    };
+    sandbox.snapshot = snap.name;
+    if !user_requested {
+        // The image's user, known once it is built.
+        sandbox.user = String::new();
+    }
+    sandbox.state = corral_core::SandboxState::PendingBuild;
+    state.store.insert(&sandbox).await?;
+    let answer = crate::sandboxes::dto(&state, &headers, &sandbox, true);
+    let bg = state.clone();
+    let id = sandbox.id.clone();
+    tokio::spawn(async move { finish(bg, id).await });
+    Ok(axum::Json(answer))
+}
+
+/// Builds (or waits for) the snapshot of a `pending_build` sandbox, then starts it.
+pub async fn finish(state: AppState, id: String) {
+    if let Err(e) = try_finish(&state, &id).await {
+        tracing::warn!(sandbox = %id, error = %e.message, "building a sandbox's image failed");
+    }
+}
+
+async fn try_finish(state: &AppState, id: &str) -> Result<(), ApiError> {
+    use corral_core::SandboxState as S;
+    let set = |s: &mut corral_core::Sandbox, st: S| {
+        s.state = st;
+        s.updated_at = time::OffsetDateTime::now_utc();
+    };
+    // The sandbox's lock is not held during the build, so a delete meanwhile is not kept
+    // waiting; the record is read again afterwards.
+    let snapshot = {
+        let _guard = state.locks.lock(id).await;
+        let Some(mut s) = state.store.get(id).await? else {
+            return Ok(());
+        };
+        if !matches!(s.state, S::PendingBuild | S::BuildingSnapshot) {
+            return Ok(());
+        }
+        set(&mut s, S::BuildingSnapshot);
+        state.store.update(&s).await?;
+        s.snapshot
+    };
+    let snap = state.snapshots.get_snapshot(&snapshot).await?;
+    let built = match &snap {
+        Some(snap) => ensure_built(state, &snap.id).await,
+        None => Err(ApiError::bad_request(format!(
+            "snapshot {snapshot} was deleted"
+        ))),
+    };
+    let image = snap.and_then(|s| s.image_name).unwrap_or_default();
+    let _guard = state.locks.lock(id).await;
+    let Some(mut s) = state.store.get(id).await? else {
+        return Ok(());
+    };
+    if s.state != S::BuildingSnapshot {
+        // Deleted (or being deleted) while it was building.
+        return Ok(());
+    }
+    let info = match built {
+        Ok(()) => state.images.resolve(&image).await?,
+        Err(e) => {
+            s.error_reason = Some(e.message.clone());
+            set(&mut s, S::BuildFailed);
+            state.store.update(&s).await?;
+            return Err(e);
+        }
+    };
+    let Some(info) = info else {
+        s.error_reason = Some(format!("the image of snapshot {} is gone", s.snapshot));
+        set(&mut s, S::BuildFailed);
+        state.store.update(&s).await?;
+        return Ok(());
+    };
+    if s.user.is_empty() {
+        s.user = info.user.clone().unwrap_or_else(|| "root".into());
+    }
+    set(&mut s, S::Creating);
+    state.store.update(&s).await?;
+    let mut spec = crate::lifecycle::spec_of(&s);
+    spec.image = info.reference;
+    crate::sandboxes::start_recorded(state, &mut s, &spec).await
+}
