@@ -74,10 +74,10 @@ impl Log {
     }
 }
 
-/// Whether a Dockerfile needs a build (more than `FROM`, `ENTRYPOINT` and `CMD`).
+/// Whether a Dockerfile is more than `FROM` (plus JSON `ENTRYPOINT`/`CMD`), which is used
+/// as the image itself; anything else is built (or refused by [`check`]).
 pub fn needs_build(dockerfile: &str) -> bool {
     crate::snapshots::image_of_dockerfile(dockerfile).is_err()
-        && dockerfile::parse(dockerfile, &BTreeMap::new()).is_ok()
 }
 
 /// Builds snapshot `snap` (recorded `pending`) from `dockerfile`: `building`, then `active`
