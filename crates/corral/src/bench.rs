@@ -15,6 +15,7 @@
 //! data dir are removed, also when a phase fails. podman containers are `--rm` and labelled
 //! so that leftovers are removed; the small podman image is kept cached.
 
+mod forks;
 mod peers;
 mod procfs;
 mod stats;
@@ -63,6 +64,10 @@ pub struct BenchArgs {
     /// Idle sandboxes to hold at once for the memory-per-sandbox figures (0 skips it).
     #[arg(long, default_value_t = 0)]
     density: usize,
+    /// MiB of new files in the sandbox that is snapshotted and forked (0 skips it)
+    /// [default: 100; --quick: 20].
+    #[arg(long)]
+    fork_mib: Option<u64>,
     /// A short smoke run (for CI): few iterations, everything printed.
     #[arg(long)]
     quick: bool,
@@ -89,6 +94,8 @@ struct Config {
     rate: Duration,
     rate_clients: usize,
     density: usize,
+    fork_mib: u64,
+    fork_rounds: usize,
     quick: bool,
     json: Option<PathBuf>,
     port: u16,
@@ -114,6 +121,8 @@ impl Config {
             rate: Duration::from_secs_f64(rate),
             rate_clients: a.rate_clients.max(1),
             density: a.density,
+            fork_mib: a.fork_mib.unwrap_or(if q { 20 } else { 100 }),
+            fork_rounds: if q { 2 } else { 5 },
             quick: q,
             json: a.json,
             port: a.port,
@@ -355,6 +364,7 @@ struct Results {
     cycle: Option<Stats>,
     rate: Option<Rate>,
     density: Option<Density>,
+    forks: Option<forks::Figures>,
     /// Sandbox processes and cgroups found (and removed) after the server stopped: any is a
     /// sandbox the deletes or the server's graceful stop left behind.
     leftover_processes: usize,
@@ -611,6 +621,9 @@ async fn corral_part(cfg: &Config, res: &mut Results) -> anyhow::Result<()> {
         }
         if cfg.density > 0 {
             res.density = Some(density(cfg, &api, server_pid).await);
+        }
+        if cfg.fork_mib > 0 {
+            res.forks = Some(forks::measure(&api, cfg.fork_mib, cfg.fork_rounds).await?);
         }
         anyhow::Ok(())
     }
@@ -1013,6 +1026,38 @@ fn render(cfg: &Config, res: &Results) -> String {
     );
     row(w, "corral DELETE /api/sandbox/{id}", res.delete, "p50<=5");
     row(w, "corral delete until gone (404)", res.delete_gone, "");
+    if let Some(f) = &res.forks {
+        let _ = writeln!(
+            w,
+            "{:<44} {:>8.2}",
+            format!("corral snapshot, {} MiB new (first: flushes)", f.mib),
+            f.first_snapshot.as_secs_f64() * 1000.0
+        );
+        row(
+            w,
+            &format!("corral snapshot, {} MiB new, running", f.mib),
+            Some(f.snapshot),
+            "",
+        );
+        row(
+            w,
+            "corral create from that snapshot",
+            Some(f.create_from_snapshot),
+            "",
+        );
+        row(
+            w,
+            &format!("corral fork, {} MiB new, until started", f.mib),
+            Some(f.fork),
+            "",
+        );
+        row(
+            w,
+            &format!("  (cp -a of the {} MiB in the sandbox)", f.mib),
+            Some(f.copy),
+            "",
+        );
+    }
     row(w, "corral create+exec+delete until gone", res.cycle, "");
     if let Some(p) = &res.peers {
         for (name, peer) in [
@@ -1315,6 +1360,7 @@ fn to_json(cfg: &Config, res: &Results) -> serde_json::Value {
             "exec_python3_cold": st(res.python_cold),
             "delete": st(res.delete),
             "delete_until_gone": st(res.delete_gone),
+            "snapshot_and_fork": res.forks.as_ref().map(forks::Figures::json),
             "create_exec_delete": st(res.cycle),
         },
         "rate": rate,
