@@ -262,3 +262,19 @@ def test_snapshots_and_forks_survive_a_restart(disk):
         assert commit_layers(server) == []
     finally:
         assert server.finish() == ([], [], [], [])
+
+
+def test_run_as_grants_nothing(srv):
+    """The agent binary's `run-as` mode (used by builds, as root) cannot raise the default
+    user's privileges: setuid/setgid fail without them."""
+    d = srv.client()
+    sb = d.create(timeout=60)
+    try:
+        r = sb.process.exec("/.corral/agent run-as root -- id -u; echo rc=$?")
+        assert "rc=126" in r.result and "\n0\n" not in f"\n{r.result}", r.result
+        assert "Operation not permitted" in r.result or "not permitted" in r.result, r.result
+        # Running as oneself is allowed and changes nothing.
+        r = sb.process.exec("/.corral/agent run-as daytona -- id -u")
+        assert r.result.strip() == sb.process.exec("id -u").result.strip()
+    finally:
+        d.delete(sb, wait=True)

@@ -110,25 +110,29 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Ok(id) => id,
         Err(e) => return fail(&e),
     };
-    // SAFETY: setgroups reads `groups.len()` gid_t values from a live slice.
-    if unsafe { libc::setgroups(id.groups.len(), id.groups.as_ptr()) } != 0 {
-        return fail(&format!("setgroups: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: plain syscall wrappers without pointer arguments.
-    if unsafe { libc::setgid(id.gid) } != 0 {
-        return fail(&format!(
-            "setgid {}: {}",
-            id.gid,
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: as above.
-    if unsafe { libc::setuid(id.uid) } != 0 {
-        return fail(&format!(
-            "setuid {}: {}",
-            id.uid,
-            std::io::Error::last_os_error()
-        ));
+    // SAFETY: plain syscall wrappers without arguments.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if (euid, egid) != (id.uid, id.gid) {
+        // SAFETY: setgroups reads `groups.len()` gid_t values from a live slice.
+        if unsafe { libc::setgroups(id.groups.len(), id.groups.as_ptr()) } != 0 {
+            return fail(&format!("setgroups: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: plain syscall wrappers without pointer arguments.
+        if unsafe { libc::setgid(id.gid) } != 0 {
+            return fail(&format!(
+                "setgid {}: {}",
+                id.gid,
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: as above.
+        if unsafe { libc::setuid(id.uid) } != 0 {
+            return fail(&format!(
+                "setuid {}: {}",
+                id.uid,
+                std::io::Error::last_os_error()
+            ));
+        }
     }
     let err = Command::new(&program)
         .args(args)

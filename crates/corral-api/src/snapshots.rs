@@ -498,25 +498,20 @@ pub async fn activate(
     let mut s = find(&state, &id_or_name)
         .await?
         .ok_or_else(|| not_found(&id_or_name))?;
-    if s.state == SnapshotState::BuildFailed && crate::builds::is_build(&state, &s.id) {
+    let build = s.state == SnapshotState::BuildFailed && crate::builds::is_build(&state, &s.id);
+    if build || (s.state == SnapshotState::Error && !s.general) {
         s.state = SnapshotState::Pending;
         s.updated_at_ms = now_ms();
         state.snapshots.update_snapshot(&s).await?;
         let reply = dto(&state, &s);
         let bg = state.clone();
         tokio::spawn(async move {
-            let _ = crate::builds::ensure_built(&bg, &s.id).await;
-        });
-        return Ok(Json(reply));
-    }
-    if s.state == SnapshotState::Error && !s.general {
-        s.state = SnapshotState::Pending;
-        s.updated_at_ms = now_ms();
-        state.snapshots.update_snapshot(&s).await?;
-        let reply = dto(&state, &s);
-        let bg = state.clone();
-        tokio::spawn(async move {
-            let _ = pull(&bg, &mut s).await;
+            // The outcome is recorded on the snapshot.
+            let _ = if build {
+                crate::builds::ensure_built(&bg, &s.id).await
+            } else {
+                pull(&bg, &mut s).await.map(|_| ())
+            };
         });
         return Ok(Json(reply));
     }

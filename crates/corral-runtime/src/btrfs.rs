@@ -357,6 +357,22 @@ pub fn delete_subvolume(parent: &Path, name: &str) -> Result<(), BtrfsError> {
     Ok(())
 }
 
+/// Sets (or with `None` removes) the limit on the referenced bytes of the subvolume at `path`.
+pub fn set_limit_at(path: &Path, limit_bytes: Option<u64>) -> Result<(), BtrfsError> {
+    let vol = open_dir(path)?;
+    let mut args = QgroupLimitArgs {
+        // 0 = the qgroup of the subvolume `vol` is in.
+        qgroupid: 0,
+        lim: QgroupLimit {
+            flags: QGROUP_LIMIT_MAX_RFER,
+            max_rfer: limit_bytes.unwrap_or(QGROUP_LIMIT_CLEAR),
+            ..QgroupLimit::default()
+        },
+    };
+    ioctl(&vol, BTRFS_IOC_QGROUP_LIMIT, &mut args).map_err(io_err("set qgroup limit on", path))?;
+    Ok(())
+}
+
 /// Whether `path` is on a btrfs filesystem.
 pub fn on_btrfs(path: &Path) -> bool {
     is_btrfs(path).unwrap_or(false)
@@ -454,11 +470,22 @@ impl Pool {
         name: &str,
         limit_bytes: Option<u64>,
     ) -> Result<PathBuf, BtrfsError> {
-        validate_name(&self.mount_dir, name)?;
-        let path = self.volume_path(name);
-        let dir = open_dir(&self.mount_dir)?;
+        self.create_subvolume(&self.mount_dir, name, limit_bytes)
+    }
+
+    /// [`Self::create_volume`] in `dir`, a directory of this pool (such subvolumes are not
+    /// listed by [`Self::list`]).
+    pub fn create_subvolume(
+        &self,
+        dir: &Path,
+        name: &str,
+        limit_bytes: Option<u64>,
+    ) -> Result<PathBuf, BtrfsError> {
+        validate_name(dir, name)?;
+        let path = dir.join(name);
+        let parent = open_dir(dir)?;
         let mut args = vol_args(name);
-        match ioctl(&dir, BTRFS_IOC_SUBVOL_CREATE, &mut args) {
+        match ioctl(&parent, BTRFS_IOC_SUBVOL_CREATE, &mut args) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 if !is_subvolume(&path) {
@@ -467,27 +494,14 @@ impl Pool {
             }
             Err(e) => return Err(io_err("create subvolume", &path)(e)),
         }
-        self.set_limit(name, limit_bytes)?;
+        set_limit_at(&path, limit_bytes)?;
         Ok(path)
     }
 
     /// Sets (or with `None` removes) the limit on the referenced bytes of volume `name`.
     pub fn set_limit(&self, name: &str, limit_bytes: Option<u64>) -> Result<(), BtrfsError> {
         validate_name(&self.mount_dir, name)?;
-        let path = self.volume_path(name);
-        let vol = open_dir(&path)?;
-        let mut args = QgroupLimitArgs {
-            // 0 = the qgroup of the subvolume `vol` is in.
-            qgroupid: 0,
-            lim: QgroupLimit {
-                flags: QGROUP_LIMIT_MAX_RFER,
-                max_rfer: limit_bytes.unwrap_or(QGROUP_LIMIT_CLEAR),
-                ..QgroupLimit::default()
-            },
-        };
-        ioctl(&vol, BTRFS_IOC_QGROUP_LIMIT, &mut args)
-            .map_err(io_err("set qgroup limit on", &path))?;
-        Ok(())
+        set_limit_at(&self.volume_path(name), limit_bytes)
     }
 
     /// Deletes volume `name` with everything in it, and its qgroup. A missing volume is not an

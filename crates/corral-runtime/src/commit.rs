@@ -100,13 +100,7 @@ pub fn read(data_dir: &Path, id: &str) -> io::Result<Option<Manifest>> {
     if !valid_id(id) {
         return Ok(None);
     }
-    match fs::read(manifest_path(data_dir, id)) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    bound::read_json(&manifest_path(data_dir, id))
 }
 
 /// Diff ids of the OCI layers below every committed snapshot (image garbage collection
@@ -180,11 +174,8 @@ pub(crate) fn commit(
         image,
         size: base_size + layer_bytes,
     };
-    let body = serde_json::to_vec(&manifest).map_err(host_json)?;
-    let path = manifest_path(data_dir, id);
-    let tmp = path.with_extension("json.tmp");
-    fs::write(&tmp, body).map_err(host("writing the snapshot manifest"))?;
-    fs::rename(&tmp, &path).map_err(host("writing the snapshot manifest"))?;
+    bound::write_json(&manifest_path(data_dir, id), &manifest)
+        .map_err(host("writing the snapshot manifest"))?;
     Ok(manifest)
 }
 
@@ -207,10 +198,6 @@ pub fn info(m: &Manifest) -> corral_core::ImageInfo {
         entrypoint: m.image.config.entrypoint.clone(),
         cmd: m.image.config.cmd.clone(),
     }
-}
-
-fn host_json(e: serde_json::Error) -> RuntimeError {
-    RuntimeError::host("encoding the snapshot manifest", e)
 }
 
 /// Copies `names`' upper dirs of the layer dir `src` to `dest/<name>` through the archive

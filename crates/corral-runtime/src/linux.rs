@@ -97,6 +97,10 @@ pub struct LinuxRuntimeConfig {
     pub disk: DiskConfig,
     /// Sandbox networking (NAT and egress policies); `None`: loopback only.
     pub network: Option<crate::net::NetConfig>,
+    /// How images are pulled (plain-HTTP registries, credentials).
+    pub registry: crate::oci::RegistryOptions,
+    /// The size limit of each volume (with the btrfs disk pool); `None`: unlimited.
+    pub volume_size_bytes: Option<u64>,
 }
 
 /// Errors starting the runtime.
@@ -145,7 +149,7 @@ pub struct LinuxRuntime {
     /// Pooled network slots and egress rules; `None` when sandboxes get loopback only.
     net: Option<std::sync::Arc<crate::net::Network>>,
     /// OCI images sandboxes may run (resolved here; pulled by the control plane).
-    oci: crate::oci::ImageStore,
+    oci: std::sync::Arc<crate::oci::ImageStore>,
 }
 
 impl std::fmt::Debug for LinuxRuntime {
@@ -208,7 +212,8 @@ impl LinuxRuntime {
             )));
         }
         let image = host_image::build(&cfg.data_dir.join("images"), &cfg.host_root)?;
-        let oci = crate::oci::ImageStore::open(&cfg.data_dir, &Default::default())
+        let oci = crate::oci::ImageStore::open(&cfg.data_dir, &cfg.registry)
+            .map(std::sync::Arc::new)
             .map_err(|e| InitError::Unsupported(format!("opening the image store: {e}")))?;
         let cgroups = Cgroups::detect(&cfg.cgroup_root, &cfg.cgroup_parent)?;
         cgroups.init()?;
@@ -265,6 +270,11 @@ impl LinuxRuntime {
     }
 
     /// The cgroups corral manages (for tests and leak checks).
+    /// The image store sandboxes' images come from (share it: one store per data dir).
+    pub fn image_store(&self) -> std::sync::Arc<crate::oci::ImageStore> {
+        self.oci.clone()
+    }
+
     pub fn cgroups(&self) -> &Cgroups {
         &self.cgroups
     }
@@ -1305,7 +1315,8 @@ impl Runtime for LinuxRuntime {
     }
 
     async fn create_volume(&self, id: &str) -> Result<(), RuntimeError> {
-        crate::volume::create(&self.cfg.data_dir, id)
+        let limit = self.cfg.volume_size_bytes;
+        crate::volume::create(&self.cfg.data_dir, &self.disk, id, limit)
     }
 
     async fn delete_volume(&self, id: &str) -> Result<(), RuntimeError> {

@@ -1,5 +1,7 @@
-//! Volumes on the host: one directory per volume under `<data>/volumes/<id>`, outliving
-//! sandboxes, bind-mounted into the sandboxes that ask for it.
+//! Volumes on the host: one directory per volume, outliving sandboxes, bind-mounted into the
+//! sandboxes that ask for it. With the btrfs disk pool a volume is a subvolume,
+//! `<data>/disk/.volumes/<id>`, whose quota group limits its size (`--volume-size-gib`);
+//! otherwise (and for volumes made before) a plain directory, `<data>/volumes/<id>`.
 //!
 //! A sandbox can write anything into a volume, symlinks included, and other sandboxes mount
 //! the same directory later, perhaps only a subpath of it. So a subpath is never resolved
@@ -15,11 +17,12 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use corral_core::{RuntimeError, VolumeMount};
 
+use crate::disk::Disk;
 use crate::spawn::{Step, VolumeBind};
 
 /// Where volumes live under the data dir.
@@ -37,16 +40,48 @@ fn check_id(id: &str) -> Result<(), RuntimeError> {
     }
 }
 
+/// Where volumes live in the btrfs disk pool.
+fn pool_volumes_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("disk").join(".volumes")
+}
+
 /// The host directory of volume `id`.
 pub fn dir(data_dir: &Path, id: &str) -> Result<PathBuf, RuntimeError> {
     check_id(id)?;
-    Ok(volumes_dir(data_dir).join(id))
+    let in_pool = pool_volumes_dir(data_dir).join(id);
+    Ok(if in_pool.exists() {
+        in_pool
+    } else {
+        volumes_dir(data_dir).join(id)
+    })
 }
 
-/// Creates volume `id`'s directory (root-owned and empty: the first sandbox that mounts it
-/// gets it). Idempotent.
-pub fn create(data_dir: &Path, id: &str) -> Result<(), RuntimeError> {
+/// Creates volume `id` (root-owned and empty: the first sandbox that mounts it gets it),
+/// limited to `limit` bytes when the disk pool can. Idempotent.
+pub(crate) fn create(
+    data_dir: &Path,
+    disk: &Disk,
+    id: &str,
+    limit: Option<u64>,
+) -> Result<(), RuntimeError> {
     let d = dir(data_dir, id)?;
+    if d.is_dir() {
+        return Ok(());
+    }
+    let host = |c: &'static str| move |e| RuntimeError::host(c, e);
+    if let Disk::Pool(pool) = disk {
+        let parent = pool_volumes_dir(data_dir);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&parent)
+            .map_err(host("creating the volumes dir"))?;
+        let path = pool
+            .create_subvolume(&parent, id, limit)
+            .map_err(|e| RuntimeError::host("creating the volume's subvolume", e))?;
+        return fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+            .map_err(host("creating the volume's subvolume"));
+    }
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -55,13 +90,20 @@ pub fn create(data_dir: &Path, id: &str) -> Result<(), RuntimeError> {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             other => other,
         })
-        .map_err(|e| RuntimeError::host("creating volume dir", e))
+        .map_err(host("creating volume dir"))
 }
 
-/// Removes volume `id`'s directory and everything in it (symlinks are removed, never
-/// followed). Idempotent.
+/// Removes volume `id` and everything in it (symlinks are removed, never followed).
+/// Idempotent.
 pub fn delete(data_dir: &Path, id: &str) -> Result<(), RuntimeError> {
     let d = dir(data_dir, id)?;
+    if let Some(parent) = d.parent() {
+        match crate::btrfs::delete_subvolume(parent, id) {
+            Ok(()) => return Ok(()),
+            Err(crate::btrfs::BtrfsError::NotSubvolume { .. }) => {}
+            Err(e) => return Err(RuntimeError::host("removing the volume's subvolume", e)),
+        }
+    }
     match fs::remove_dir_all(&d) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
             Err(RuntimeError::host("removing volume dir", e))

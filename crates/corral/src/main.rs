@@ -129,6 +129,20 @@ struct ServeArgs {
     /// Use this agent binary instead of the embedded one (must be static).
     #[arg(long, env = "CORRAL_AGENT_BINARY")]
     agent_binary: Option<PathBuf>,
+    /// Registries pulled from over plain HTTP besides loopback ones (comma-separated
+    /// `host[:port]`).
+    #[arg(
+        long = "insecure-registry",
+        env = "CORRAL_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    insecure_registries: Vec<String>,
+    /// Docker-style config.json with registry credentials (default ~/.docker/config.json).
+    #[arg(long, env = "CORRAL_REGISTRY_AUTH_FILE")]
+    registry_auth_file: Option<PathBuf>,
+    /// Size limit of each new volume in MiB, enforced with the btrfs disk pool (0: none).
+    #[arg(long, env = "CORRAL_VOLUME_SIZE_MIB", default_value_t = 10240)]
+    volume_size_mib: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -240,6 +254,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 })
             }
         },
+        registry: corral_runtime::oci::RegistryOptions {
+            insecure: args.insecure_registries,
+            auth_file: args.registry_auth_file,
+        },
+        volume_size_bytes: (args.volume_size_mib > 0).then(|| args.volume_size_mib << 20),
     };
     let runtime = match LinuxRuntime::new(runtime_cfg.clone()) {
         Err(e)
@@ -257,6 +276,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         other => other,
     }
     .context("starting the Linux runtime")?;
+    // One image store per data dir: the runtime's, shared with the API's `Images` port.
+    let image_store = runtime.image_store();
     let runtime: Arc<dyn corral_core::Runtime> = Arc::new(runtime);
 
     let store = Arc::new(store);
@@ -285,10 +306,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         volumes: store.clone(),
         snapshots: store.clone(),
         images: Arc::new(corral_runtime::oci::images::OciImages::new(
-            Arc::new(
-                corral_runtime::oci::ImageStore::open(&data_dir, &Default::default())
-                    .context("opening the image store")?,
-            ),
+            image_store,
             &data_dir,
         )),
     };

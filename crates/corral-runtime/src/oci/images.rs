@@ -87,9 +87,9 @@ pub fn bound_path(data_dir: &Path, id: &str) -> PathBuf {
     bound_dir(data_dir).join(format!("{id}.json"))
 }
 
-/// Reads a sandbox's binding; `None` when it has none (a `host` sandbox).
-pub fn read_binding(data_dir: &Path, id: &str) -> io::Result<Option<BoundImage>> {
-    match fs::read(bound_path(data_dir, id)) {
+/// Reads a JSON file; `None` when it does not exist.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
+    match fs::read(path) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
@@ -98,15 +98,27 @@ pub fn read_binding(data_dir: &Path, id: &str) -> io::Result<Option<BoundImage>>
     }
 }
 
+/// Writes a JSON file atomically (a temporary file renamed over it), creating its dir.
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let body =
+        serde_json::to_vec(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    fs::write(&tmp, body)?;
+    fs::rename(&tmp, path)
+}
+
+/// Reads a sandbox's binding; `None` when it has none (a `host` sandbox).
+pub fn read_binding(data_dir: &Path, id: &str) -> io::Result<Option<BoundImage>> {
+    read_json(&bound_path(data_dir, id))
+}
+
 /// Records a sandbox's binding (atomically).
 pub fn write_binding(data_dir: &Path, id: &str, img: &BoundImage) -> io::Result<()> {
-    let dir = bound_dir(data_dir);
-    fs::create_dir_all(&dir)?;
-    let body =
-        serde_json::to_vec(img).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let tmp = dir.join(format!("{id}.json.tmp"));
-    fs::write(&tmp, body)?;
-    fs::rename(&tmp, bound_path(data_dir, id))
+    write_json(&bound_path(data_dir, id), img)
 }
 
 /// Removes a sandbox's binding, if any.
