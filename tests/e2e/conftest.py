@@ -149,7 +149,8 @@ class Server:
         """Per-sandbox btrfs volumes in the disk pool, and snapshot layers (every snapshot
         is deleted by then: see `finish`)."""
         d = self.data_dir / "disk"
-        found = sorted(p.name for p in d.iterdir() if p.name != ".commits") if d.is_dir() else []
+        # Volumes (`.volumes`) outlive sandboxes by design.
+        found = sorted(p.name for p in d.iterdir() if p.name not in (".commits", ".volumes")) if d.is_dir() else []
         for c in [d / ".commits", self.data_dir / "commits" / "layers"]:
             if c.is_dir():
                 found += sorted(f"snapshot layer {p.name}" for p in c.iterdir())

@@ -27,6 +27,12 @@ def name(prefix="vol"):
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def vol_dir(server, vid):
+    """A volume's host directory: a subvolume in the btrfs disk pool, else a plain dir."""
+    in_pool = server.data_dir / "disk" / ".volumes" / vid
+    return in_pool if in_pool.exists() else server.data_dir / "volumes" / vid
+
+
 def with_volumes(*mounts):
     return CreateSandboxFromSnapshotParams(volumes=list(mounts))
 
@@ -50,7 +56,7 @@ def test_create_get_by_name_list_and_delete(srv, d):
     v = d.volume.create(n)
     assert v.name == n and v.state == "ready" and v.id
     assert v.organization_id and v.created_at and v.error_reason is None
-    assert (srv.data_dir / "volumes" / v.id).is_dir()
+    assert vol_dir(srv, v.id).is_dir()
     assert d.volume.get(n).id == v.id
     status, body = srv.request("GET", f"/api/volumes/{v.id}")
     assert status == 200 and body["name"] == n and body["state"] == "ready"
@@ -66,7 +72,7 @@ def test_create_get_by_name_list_and_delete(srv, d):
     with pytest.raises(DaytonaConflictError, match="already exists"):
         d.volume.create(n)
     d.volume.delete(v2)
-    assert not (srv.data_dir / "volumes" / v2.id).exists()
+    assert not vol_dir(srv, v2.id).exists()
     assert v2.id not in [x.id for x in d.volume.list()]
     status, body = srv.request("GET", "/api/volumes?includeDeleted=true")
     assert status == 200
@@ -110,7 +116,7 @@ def test_data_persists_across_sandboxes_and_belongs_to_the_user(srv, d):
     assert sh(sb2, "cat /mnt/v/f.txt") == "kept"
     d.delete(sb2)
     d.volume.delete(v)
-    assert not (srv.data_dir / "volumes" / v.id).exists()
+    assert not vol_dir(srv, v.id).exists()
 
 
 def test_two_running_sandboxes_share_a_volume(srv, d):
@@ -191,7 +197,7 @@ def test_planted_symlink_does_not_expose_the_host(srv, d):
         with pytest.raises(DaytonaBadRequestError, match="symlink"):
             d.create(with_volumes(VolumeMount(volume_id=v.id, mount_path="/x", subpath=sub)))
     # The host's files stay untouched and nothing was created through the link.
-    assert not (srv.data_dir / "volumes" / v.id / "sub").resolve().joinpath("ok").exists()
+    assert not (vol_dir(srv, v.id) / "sub").resolve().joinpath("ok").exists()
     host_hostname = open("/etc/hostname").read()
     c = d.create(with_volumes(VolumeMount(volume_id=v.id, mount_path="/vol")))
     # Within its own sandbox, /vol/sub points at the sandbox's /etc, not the host's.
@@ -233,9 +239,9 @@ def test_deleting_a_volume_in_use_is_refused_and_keeps_data(srv, d):
     d.start(sb)
     assert sh(sb, "cat /data/p") == "precious"
     d.delete(sb)
-    assert (srv.data_dir / "volumes" / v.id / "p").read_text() == "precious\n"
+    assert (vol_dir(srv, v.id) / "p").read_text() == "precious\n"
     d.volume.delete(v)
-    assert not (srv.data_dir / "volumes" / v.id).exists()
+    assert not vol_dir(srv, v.id).exists()
     # A deleted volume cannot be mounted.
     with pytest.raises(DaytonaError):
         d.create(with_volumes(VolumeMount(volume_id=v.id, mount_path="/data")))
@@ -249,7 +255,7 @@ def test_warm_pool_does_not_serve_volume_creates():
         v = d.volume.create(name())
         sb = d.create(with_volumes(VolumeMount(volume_id=v.id, mount_path="/data")))
         sh(sb, "test -d /data && touch /data/x")
-        assert (s.data_dir / "volumes" / v.id / "x").exists()
+        assert (vol_dir(s, v.id) / "x").exists()
         d.delete(sb)
         d.volume.delete(v)
     finally:
@@ -266,7 +272,7 @@ def test_volumes_come_back_after_archive_and_restart(srv, d):
     assert d.get(sb.id).state == "archived"
     d.start(sb)
     assert sh(sb, "cat /data/f") == "one"
-    assert (srv.data_dir / "volumes" / v.id / "a" / "b" / "f").read_text() == "one\n"
+    assert (vol_dir(srv, v.id) / "a" / "b" / "f").read_text() == "one\n"
     d.delete(sb)
     d.volume.delete(v)
 
@@ -296,3 +302,38 @@ def test_volumes_and_mounts_survive_a_server_restart():
     finally:
         leftovers = s.finish()
     assert leftovers == ([], [], [], [])
+
+
+def test_volume_size_limit():
+    """With the btrfs disk pool each volume is a subvolume with a size limit
+    (--volume-size-mib): writes past it fail inside with EDQUOT, for every sandbox mounting
+    it, and the host's disk is untouched; freeing space makes room again."""
+    s = Server(env={"CORRAL_VOLUME_SIZE_MIB": "64"})
+    s.start()
+    try:
+        d = s.client()
+        v = d.volume.create(name("quota"))
+        assert (s.data_dir / "disk" / ".volumes" / v.id).is_dir(), "volume not in the disk pool"
+        a = d.create(with_volumes(VolumeMount(volume_id=v.id, mount_path="/data")), timeout=60)
+        b = d.create(with_volumes(VolumeMount(volume_id=v.id, mount_path="/data")), timeout=60)
+        r = a.process.exec("dd if=/dev/zero of=/data/big bs=1M count=100 conv=fsync 2>&1; echo rc=$?")
+        assert "Disk quota exceeded" in r.result and "rc=0" not in r.result, r.result
+        size = int(sh(a, "stat -c %s /data/big"))
+        assert 32 << 20 <= size <= 64 << 20, size
+        # The other sandbox shares the same limit.
+        r = b.process.exec("dd if=/dev/zero of=/data/more bs=1M count=64 conv=fsync 2>&1; echo rc=$?")
+        assert "Disk quota exceeded" in r.result, r.result
+        sh(a, "rm -f /data/big /data/more && sync")
+        # Freed space counts again (btrfs accounts it at the next commit).
+        for _ in range(50):
+            r = b.process.exec("dd if=/dev/zero of=/data/small bs=1M count=8 conv=fsync 2>&1; echo rc=$?")
+            if "rc=0" in r.result:
+                break
+            b.process.exec("sync; sleep 0.2")
+        assert "rc=0" in r.result, r.result
+        for sb in (a, b):
+            d.delete(sb, wait=True)
+        d.volume.delete(v)
+        assert not (s.data_dir / "disk" / ".volumes" / v.id).exists()
+    finally:
+        assert s.finish() == ([], [], [], [])
