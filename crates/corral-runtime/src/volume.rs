@@ -284,7 +284,8 @@ mod tests {
     #[test]
     fn subpaths_are_created_and_symlinks_refused() {
         let data = tempfile::tempdir().expect("tempdir");
-        create(data.path(), "v1").expect("create");
+        let disk = Disk::Plain(data.path().join("sandboxes"));
+        create(data.path(), &disk, "v1", None).expect("create");
         let root = dir(data.path(), "v1").expect("dir");
         let uid = nix::unistd::geteuid().as_raw();
         let gid = nix::unistd::getegid().as_raw();
