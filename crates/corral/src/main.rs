@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Start a server and measure create, exec and delete latencies over HTTP.
     Bench(bench::BenchArgs),
     /// Pull, import, list and remove OCI images.
@@ -151,7 +151,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
         Command::Image(args) => runtime.block_on(image_cmd::run(args)),
     }
