@@ -258,7 +258,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             insecure: args.insecure_registries,
             auth_file: args.registry_auth_file,
         },
-        volume_size_bytes: (args.volume_size_mib > 0).then(|| args.volume_size_mib << 20),
+        volume_size_bytes: (args.volume_size_mib > 0).then_some(args.volume_size_mib << 20),
     };
     let runtime = match LinuxRuntime::new(runtime_cfg.clone()) {
         Err(e)
