@@ -229,6 +229,15 @@ def test_rm_and_gc_remove_only_unused_layers(env, tmp_path):
     assert os.path.isfile(os.path.join(img["layers"][0], "bin/busybox"))
     p = corral(data, "rm", f"{reg.host}/test/busybox:2", check=False)
     assert p.returncode != 0 and "not found" in p.stderr
-    corral(data, "rm", f"{reg.host}/test/busybox:1")
+    # A sandbox bound to the image keeps its layers, even once nothing names them.
+    (data / "bound").mkdir(exist_ok=True)
+    binding = {"reference": img["reference"], "layers": img["layers"],
+               "diff_ids": img["config"]["diffIds"], "config": img["config"]}
+    (data / "bound" / "sb-1.json").write_text(json.dumps(binding))
+    p = corral(data, "rm", f"{reg.host}/test/busybox:1")
+    assert "freed 0 layers" in p.stdout, p.stdout
+    assert layer_count(data) == 1
+    (data / "bound" / "sb-1.json").unlink()
+    corral(data, "gc")
     assert layer_count(data) == 0
     assert json.loads(corral(data, "list", "--json").stdout) == []

@@ -100,6 +100,7 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
         auth_file: args.auth_file.clone(),
     };
     let store = ImageStore::open(&args.data_dir, &opts)?;
+    let in_use = corral_runtime::oci::images::layers_in_use(&args.data_dir);
     let mut out = std::io::stdout().lock();
     match args.cmd {
         ImageCmd::Pull { reference } => {
@@ -177,11 +178,12 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("image {reference} is not in the store"))?;
             writeln!(out, "{}", serde_json::to_string_pretty(&img)?)?;
         }
+        // Layers of sandboxes (and below sandbox snapshots) stay, whatever names them.
         ImageCmd::Rm { reference, no_gc } => {
             let img = store.remove(&reference)?;
             writeln!(out, "removed {}", img.reference)?;
             if !no_gc {
-                let r = store.gc(&[])?;
+                let r = store.gc(&in_use)?;
                 writeln!(
                     out,
                     "freed {} layers ({})",
@@ -191,7 +193,7 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
             }
         }
         ImageCmd::Gc => {
-            let r = store.gc(&[])?;
+            let r = store.gc(&in_use)?;
             writeln!(
                 out,
                 "freed {} layers ({}), {} blobs",

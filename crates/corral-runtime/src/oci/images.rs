@@ -129,8 +129,9 @@ pub fn remove_binding(data_dir: &Path, id: &str) -> io::Result<()> {
     }
 }
 
-/// Diff ids of every bound sandbox's layers and of the images below committed snapshots.
-fn bound_layers(data_dir: &Path) -> Vec<String> {
+/// Diff ids of every bound sandbox's layers and of the images below committed snapshots:
+/// what garbage collection must keep even when no reference names them any more.
+pub fn layers_in_use(data_dir: &Path) -> Vec<String> {
     let Ok(entries) = fs::read_dir(bound_dir(data_dir)) else {
         return Vec::new();
     };
@@ -262,7 +263,7 @@ impl Images for OciImages {
                     Err(e) => return Err(e),
                 }
             }
-            let report = store.gc(&bound_layers(&data_dir))?;
+            let report = store.gc(&layers_in_use(&data_dir))?;
             tracing::info!(
                 layers = report.layers_removed,
                 bytes = report.bytes_freed,
