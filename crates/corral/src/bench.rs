@@ -1053,7 +1053,7 @@ fn render(cfg: &Config, res: &Results) -> String {
         );
         row(
             w,
-            &format!("  (cp -a of the {} MiB in the sandbox)", f.mib),
+            &format!("  (cp -a --reflink=never of the {} MiB)", f.mib),
             Some(f.copy),
             "",
         );

@@ -1,8 +1,8 @@
 //! Snapshot and fork of a running sandbox holding new files (`--fork-mib`, 100 by default):
 //! `POST /api/sandbox/{id}/snapshot`, a create from that snapshot, `POST /api/sandbox/{id}/fork`
 //! (answered once the fork is started), and beside them the floor a fork without
-//! copy-on-write cannot go below: copying the same files inside the sandbox (`cp -a`, page
-//! cache to page cache, nothing synced).
+//! copy-on-write cannot go below: copying the same files inside the sandbox
+//! (`cp -a --reflink=never`, page cache to page cache, nothing synced).
 
 use std::time::{Duration, Instant};
 
@@ -114,7 +114,8 @@ pub async fn measure(api: &Api, mib: u64, n: usize) -> anyhow::Result<Figures> {
         forks.push(took);
         remove(api, &track(api, &v)?).await?;
 
-        let cp = json!({"command": "cp -a /home/daytona/data /home/daytona/copy", "timeout": 300});
+        // A real copy: coreutils' cp would otherwise clone the extents on btrfs.
+        let cp = json!({"command": "cp -a --reflink=never /home/daytona/data /home/daytona/copy", "timeout": 300});
         copies.push(
             api.toolbox(&src, "process/execute", &cp.to_string())
                 .await?,
