@@ -1,8 +1,8 @@
 //! Declarative image builds, without Docker: the SDK's `Image` objects (and users' own
 //! Dockerfiles) arrive as `buildInfo.dockerfileContent`. A build starts a build sandbox from
 //! the `FROM` image (as root, no entrypoint, with the snapshot's resources and network),
-//! runs the steps in it through its agent (`RUN` as the current `USER` via the agent's
-//! `run-as` mode, with the `ENV`s and `WORKDIR` so far; `COPY` of inline heredoc files
+//! runs the steps in it through its agent (`RUN` by the agent's streaming `/corral/run`, as
+//! the current `USER` via its `run-as` mode, with the `ENV`s and `WORKDIR` so far; `COPY` of inline heredoc files
 //! through the agent's file API), then commits its writable layer as the snapshot's image
 //! (the runtime's copy-on-write snapshot) with the resulting config (env, workdir, user,
 //! entrypoint, cmd), and removes the build sandbox.
@@ -49,6 +49,8 @@ pub fn log_path(state: &AppState, snapshot_id: &str) -> PathBuf {
 /// A build log being written.
 struct Log {
     file: Option<std::fs::File>,
+    /// Whether the last text written did not end its line.
+    open_line: bool,
 }
 
 impl Log {
@@ -61,15 +63,34 @@ impl Log {
                 |e| tracing::warn!(log = %path.display(), error = %e, "cannot write a build log"),
             )
             .ok();
-        Self { file }
+        Self {
+            file,
+            open_line: false,
+        }
     }
 
     fn line(&mut self, text: &str) {
-        if let Some(f) = &mut self.file {
+        self.write(text);
+        self.end_line();
+    }
+
+    /// Appends text as it comes (no newline added).
+    fn write(&mut self, text: &str) {
+        if let Some(f) = &mut self.file
+            && !text.is_empty()
+        {
             let _ = f.write_all(text.as_bytes());
-            if !text.ends_with('\n') {
-                let _ = f.write_all(b"\n");
-            }
+            self.open_line = !text.ends_with('\n');
+        }
+    }
+
+    /// Ends the current line, if text left it open.
+    fn end_line(&mut self) {
+        if let Some(f) = &mut self.file
+            && self.open_line
+        {
+            let _ = f.write_all(b"\n");
+            self.open_line = false;
         }
     }
 }
@@ -337,11 +358,6 @@ async fn run_steps(
     })
 }
 
-/// Quotes a word for `sh`.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
 /// Percent-encodes a query value.
 fn q(s: &str) -> String {
     serde_urlencoded::to_string([("", s)])
@@ -372,54 +388,90 @@ async fn run(
         ]);
     }
     full.extend(argv.iter().cloned());
-    let command = full
-        .iter()
-        .map(|a| sh_quote(a))
-        .collect::<Vec<_>>()
-        .join(" ");
     let mut envs: BTreeMap<String, String> = cx.env.iter().cloned().collect();
     for (k, v) in build_args {
         envs.entry(k.clone()).or_insert_with(|| v.clone());
     }
     let body = json!({
-        "command": command,
+        "argv": full,
         "cwd": cx.workdir,
         "envs": envs,
         "timeout": STEP_TIMEOUT_SECS,
     });
-    let (status, answer) = agent(state, id, Method::POST, "/process/execute", Some(body)).await?;
-    let v: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
-    if status != StatusCode::OK {
+    // The agent streams the output as it comes (`{"output"}` lines, then `{"exitCode"}`),
+    // so a long step shows its progress in the log.
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{id}/corral/run"))
+        .header(header::HOST, "agent")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .map_err(|e| e.to_string())?;
+    let resp = state
+        .agents
+        .request(req)
+        .await
+        .map_err(|e| format!("the build sandbox did not answer: {e}"))?;
+    if resp.status() != StatusCode::OK {
+        let status = resp.status();
+        let answer = resp.into_body().collect().await.map(|b| b.to_bytes());
+        let v: Value = answer
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
         return Err(format!(
-            "could not run: {}",
+            "could not run ({status}): {}",
             v.get("message")
                 .and_then(Value::as_str)
                 .unwrap_or("agent error")
         ));
     }
-    let output = v.get("result").and_then(Value::as_str).unwrap_or_default();
-    if output.len() > MAX_STEP_LOG {
-        let mut cut = MAX_STEP_LOG;
-        while !output.is_char_boundary(cut) {
-            cut -= 1;
+    let mut body = resp.into_body();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut logged = 0usize;
+    let mut last_line = String::new();
+    let mut end: Option<Value> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("the build sandbox's output broke off: {e}"))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let Ok(v) = serde_json::from_slice::<Value>(&line) else {
+                continue;
+            };
+            if let Some(text) = v.get("output").and_then(Value::as_str) {
+                if let Some(l) = text.lines().rev().find(|l| !l.trim().is_empty()) {
+                    last_line = l.trim().chars().take(300).collect();
+                }
+                if logged < MAX_STEP_LOG {
+                    log.write(text);
+                    logged += text.len();
+                    if logged >= MAX_STEP_LOG {
+                        log.line("\n[... output cut ...]");
+                    }
+                }
+            } else if v.get("exitCode").is_some() {
+                end = Some(v);
+            }
         }
-        log.line(&output[..cut]);
-        log.line("[... output cut ...]");
-    } else if !output.is_empty() {
-        log.line(output);
     }
-    // The error names the last line the step printed (usually what went wrong).
-    let last: String = output
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .map(|l| l.trim().chars().take(300).collect::<String>())
-        .map(|l| format!(" ({l})"))
-        .unwrap_or_default();
-    match v.get("exitCode").and_then(Value::as_i64) {
+    log.end_line();
+    let end = end.ok_or("the build sandbox stopped answering before the step ended")?;
+    let why = match (
+        end.get("error").and_then(Value::as_str),
+        last_line.is_empty(),
+    ) {
+        (Some(e), _) => format!(" ({e})"),
+        (None, false) => format!(" ({last_line})"),
+        (None, true) => String::new(),
+    };
+    match end.get("exitCode").and_then(Value::as_i64) {
         Some(0) => Ok(()),
-        Some(code) => Err(format!("returned a non-zero code: {code}{last}")),
-        None => Err(format!("ended without an exit code{last}")),
+        Some(code) => Err(format!("returned a non-zero code: {code}{why}")),
+        None => Err(format!("ended without an exit code{why}")),
     }
 }
 

@@ -13,6 +13,7 @@ mod misc;
 mod outcome;
 mod pty;
 mod session;
+mod stream_run;
 pub use session::start_entrypoint;
 mod tunnel;
 
@@ -75,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route("/user-home-dir", get(info::user_home_dir))
         .route("/work-dir", get(info::work_dir))
         .route("/process/execute", post(execute::execute))
+        .route("/corral/run", post(stream_run::run))
         .route("/process/code-run", post(code_run::code_run))
         .route("/port/{port}/tunnel", get(tunnel::tunnel))
         .merge(files::routes())
