@@ -105,9 +105,13 @@ def test_sandbox_from_image_pulls_once_and_runs_entrypoint(env):
     d = server.client()
     ref = f"{reg.host}/test/ep:1"
     before = reg.blob_gets()
-    sb = d.create(CreateSandboxFromImageParams(image=ref), timeout=120)
+    logs = []
+    sb = d.create(CreateSandboxFromImageParams(image=ref), timeout=120, on_snapshot_create_logs=logs.append)
     pulled = reg.blob_gets()
     assert pulled > before
+    # The pull's progress reached the SDK's log callback.
+    text = "\n".join(logs)
+    assert f"Pulling image {ref}" in text and "MiB" in text and "Pulled" in text, logs
     try:
         assert sb.state == "started"
         assert sb.process.exec("id -u").result.strip() == "0"
@@ -199,8 +203,12 @@ def test_missing_image_and_bad_dockerfiles_are_clear_errors(env):
     with pytest.raises(DaytonaError) as e:
         d.create(CreateSandboxFromImageParams(image=f"{reg.host}/test/nope:1"), timeout=60)
     assert "nope" in str(e.value)
-    # No sandbox stays behind in creating/pulling.
-    assert [s.state for s in d.list() if s.state != "destroyed"] == []
+    # As with Daytona, the sandbox stays, `build_failed` with the reason, until deleted.
+    failed = [s for s in d.list() if s.state != "destroyed"]
+    assert [s.state for s in failed] == ["build_failed"] and "nope" in failed[0].error_reason
+    status, body = server.request("GET", f"/api/sandbox/{failed[0].id}/build-logs")
+    assert "Pulling image" in body and "ERROR" in body, body
+    d.delete(failed[0], wait=True)
 
     # A Dockerfile that does not parse is refused at once (builds are in test_builds.py).
     status, body = server.request(
@@ -276,7 +284,7 @@ class SilentRegistry:
             c.close()
 
 
-def test_a_server_crash_during_pulls_loses_nothing_and_leaves_nothing():
+def test_a_server_crash_during_pulls_loses_nothing():
     import threading
     silent = SilentRegistry()
     server = Server()
@@ -288,7 +296,8 @@ def test_a_server_crash_during_pulls_loses_nothing_and_leaves_nothing():
         status, body = server.request("POST", "/api/snapshots",
                                       {"name": name, "imageName": f"{silent.host}/x/y:1"})
         assert status == 200, body
-        # A create from an image whose pull hangs: the request stays open.
+        # A create from an image whose pull hangs: answered at once (`pending_build`); the
+        # SDK waits for the start.
         outcome = {}
 
         def create():
@@ -301,25 +310,33 @@ def test_a_server_crash_during_pulls_loses_nothing_and_leaves_nothing():
         t = threading.Thread(target=create, daemon=True)
         t.start()
         deadline = time.time() + 10
-        while not [s for s in d.list() if s.state == "pulling_snapshot"]:
-            assert time.time() < deadline, "the create never reached pulling_snapshot"
+        while not (waiting := [s for s in d.list() if s.state == "building_snapshot"]):
+            assert time.time() < deadline, "the create never reached building_snapshot"
             time.sleep(0.05)
+        sb_id = waiting[0].id
         assert d.snapshot.get(name).state in ("pending", "pulling")
 
         server.crash()
         t.join(timeout=30)
         assert "error" in outcome and "sb" not in outcome
         server.start()
-        # The cut-off create left no sandbox behind; the snapshot's pull was resumed.
-        assert [s.id for s in d.list()] == []
+        # Nothing was lost: the sandbox and both pulls resumed.
+        assert d.get(sb_id).state in ("pending_build", "building_snapshot")
         assert d.snapshot.get(name).state in ("pending", "pulling")
-        # With the registry gone the resumed pull fails cleanly, with a reason.
+        # With the registry gone the resumed pulls fail cleanly, with a reason.
         silent.close()
         deadline = time.time() + 30
         while (s := d.snapshot.get(name)).state != "error":
             assert time.time() < deadline, s.state
             time.sleep(0.2)
         assert s.error_reason
+        while (sb := d.get(sb_id)).state != "build_failed":
+            assert time.time() < deadline, sb.state
+            time.sleep(0.2)
+        assert "x/z:1" in sb.error_reason, sb.error_reason
+        status, body = server.request("GET", f"/api/sandbox/{sb_id}/build-logs")
+        assert status == 200 and "Pulling image" in body and "ERROR" in body, body
+        d.delete(sb, wait=True)
         d.snapshot.delete(name)
     finally:
         silent.close()

@@ -46,15 +46,20 @@ pub fn log_path(state: &AppState, snapshot_id: &str) -> PathBuf {
         .join(format!("{snapshot_id}.log"))
 }
 
-/// A build log being written.
-struct Log {
+/// A snapshot's build (or pull) log being written; clones share it.
+#[derive(Clone)]
+pub(crate) struct Log(std::sync::Arc<std::sync::Mutex<LogFile>>);
+
+struct LogFile {
     file: Option<std::fs::File>,
     /// Whether the last text written did not end its line.
     open_line: bool,
 }
 
 impl Log {
-    fn create(path: PathBuf) -> Self {
+    /// Starts the log of snapshot `snapshot_id` afresh.
+    pub(crate) fn create(state: &AppState, snapshot_id: &str) -> Self {
+        let path = log_path(state, snapshot_id);
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
@@ -63,35 +68,44 @@ impl Log {
                 |e| tracing::warn!(log = %path.display(), error = %e, "cannot write a build log"),
             )
             .ok();
-        Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(LogFile {
             file,
             open_line: false,
-        }
+        })))
     }
 
-    fn line(&mut self, text: &str) {
+    fn with<R>(&self, f: impl FnOnce(&mut LogFile) -> R) -> R {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Appends a whole line.
+    pub(crate) fn line(&self, text: &str) {
         self.write(text);
         self.end_line();
     }
 
     /// Appends text as it comes (no newline added).
-    fn write(&mut self, text: &str) {
-        if let Some(f) = &mut self.file
-            && !text.is_empty()
-        {
-            let _ = f.write_all(text.as_bytes());
-            self.open_line = !text.ends_with('\n');
-        }
+    fn write(&self, text: &str) {
+        self.with(|l| {
+            if let Some(f) = &mut l.file
+                && !text.is_empty()
+            {
+                let _ = f.write_all(text.as_bytes());
+                l.open_line = !text.ends_with('\n');
+            }
+        });
     }
 
     /// Ends the current line, if text left it open.
-    fn end_line(&mut self) {
-        if let Some(f) = &mut self.file
-            && self.open_line
-        {
-            let _ = f.write_all(b"\n");
-            self.open_line = false;
-        }
+    fn end_line(&self) {
+        self.with(|l| {
+            if let Some(f) = &mut l.file
+                && l.open_line
+            {
+                let _ = f.write_all(b"\n");
+                l.open_line = false;
+            }
+        });
     }
 }
 
@@ -108,13 +122,13 @@ pub async fn build(
     snap: &mut Snapshot,
     dockerfile: &str,
 ) -> Result<ImageInfo, ApiError> {
-    let mut log = Log::create(log_path(state, &snap.id));
+    let log = Log::create(state, &snap.id);
     snap.state = SnapshotState::Building;
     snap.updated_at_ms = crate::snapshots::now_ms();
     state.snapshots.update_snapshot(snap).await?;
     tracing::info!(snapshot = %snap.name, "building snapshot");
     let started = std::time::Instant::now();
-    match run_build(state, snap, dockerfile, &mut log).await {
+    match run_build(state, snap, dockerfile, &log).await {
         Ok(info) => {
             log.line(&format!(
                 "Successfully built snapshot {} in {:.1}s",
@@ -149,7 +163,7 @@ async fn run_build(
     state: &AppState,
     snap: &Snapshot,
     content: &str,
-    log: &mut Log,
+    log: &Log,
 ) -> Result<ImageInfo, ApiError> {
     let no_args = BTreeMap::new();
     let first = dockerfile::parse(content, &no_args).map_err(invalid)?;
@@ -162,7 +176,11 @@ async fn run_build(
         Some(info) => info,
         None => {
             log.line(&format!("Pulling base image {}", first.base));
-            state.images.pull(&first.base).await?
+            let sink = log.clone();
+            state
+                .images
+                .pull(&first.base, &move |l: &str| sink.line(l))
+                .await?
         }
     };
     let env: Vec<(String, String)> = base
@@ -243,7 +261,7 @@ async fn run_steps(
     parsed: &dockerfile::Dockerfile,
     base: &ImageInfo,
     env: Vec<(String, String)>,
-    log: &mut Log,
+    log: &Log,
 ) -> Result<CommitConfig, ApiError> {
     let mut cx = Context {
         env,
@@ -372,7 +390,7 @@ async fn run(
     cx: &Context,
     argv: &[String],
     build_args: &[(String, String)],
-    log: &mut Log,
+    log: &Log,
 ) -> Result<(), String> {
     let mut full: Vec<String> = Vec::new();
     if let Some(u) = cx
@@ -805,9 +823,10 @@ pub async fn record(
     Ok(snap)
 }
 
-/// Builds snapshot `id` unless it is active; when this process is building it already,
-/// waits for that build instead.
-pub async fn ensure_built(state: &AppState, id: &str) -> Result<(), ApiError> {
+/// Makes snapshot `id` active: builds it from its Dockerfile or pulls its image, unless it
+/// is active already. When this process is doing that already, waits for it instead (and
+/// fails with its reason when it failed).
+pub async fn ensure_ready(state: &AppState, id: &str) -> Result<(), ApiError> {
     let mut waited = false;
     loop {
         let mut snap = state
@@ -829,22 +848,26 @@ pub async fn ensure_built(state: &AppState, id: &str) -> Result<(), ApiError> {
                 SnapshotState::BuildFailed | SnapshotState::Error
             )
         {
-            return Err(ApiError::bad_request(
-                snap.error_reason
-                    .unwrap_or_else(|| "the build failed".into()),
-            )
+            return Err(ApiError::bad_request(format!(
+                "snapshot {} failed: {}",
+                snap.name,
+                snap.error_reason.unwrap_or_default()
+            ))
             .with_code("BUILD_FAILED"));
         }
         if !running().insert(id.to_owned()) {
             continue;
         }
-        let content = tokio::fs::read_to_string(dockerfile_path(state, id)).await;
-        let r = match content {
-            Ok(c) => build(state, &mut snap, &c).await.map(|_| ()),
-            Err(e) => Err(ApiError::bad_request(format!(
-                "the Dockerfile of snapshot {} is gone: {e}",
-                snap.name
-            ))),
+        let r = if is_build(state, id) {
+            match tokio::fs::read_to_string(dockerfile_path(state, id)).await {
+                Ok(c) => build(state, &mut snap, &c).await.map(|_| ()),
+                Err(e) => Err(ApiError::bad_request(format!(
+                    "the Dockerfile of snapshot {} is gone: {e}",
+                    snap.name
+                ))),
+            }
+        } else {
+            crate::snapshots::pull(state, &mut snap).await.map(|_| ())
         };
         running().remove(id);
         return r;
@@ -861,51 +884,66 @@ pub async fn forget(state: &AppState, snapshot_id: &str) {
     }
 }
 
-/// Restarts, in the background, builds a previous server process left unfinished.
+/// Restarts, in the background, the builds and pulls a previous server process left
+/// unfinished.
 pub async fn resume(state: &AppState) -> Result<(), ApiError> {
     for s in state.snapshots.list_snapshots().await? {
-        if matches!(s.state, SnapshotState::Pending | SnapshotState::Building)
-            && is_build(state, &s.id)
-        {
-            tracing::warn!(snapshot = %s.name, "resuming a build cut off by a server stop");
+        if matches!(
+            s.state,
+            SnapshotState::Pending | SnapshotState::Pulling | SnapshotState::Building
+        ) {
+            tracing::warn!(snapshot = %s.name, "resuming a build or pull cut off by a server stop");
             let bg = state.clone();
             tokio::spawn(async move {
-                let _ = ensure_built(&bg, &s.id).await;
+                let _ = ensure_ready(&bg, &s.id).await;
             });
         }
     }
     Ok(())
 }
 
-/// `POST /api/sandbox` with a Dockerfile that needs a build: the sandbox is recorded
-/// `pending_build` and the answer goes at once; in the background the snapshot is built (or
-/// an identical Dockerfile's snapshot reused), then the sandbox starts from it
+/// The snapshot a Dockerfile that needs a build is built as: one per Dockerfile (and build
+/// resources), so the same image is built once; recorded `pending` when new.
+pub async fn build_snapshot(
+    state: &AppState,
+    dockerfile: &str,
+    resources: Resources,
+) -> Result<Snapshot, ApiError> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(dockerfile.as_bytes());
+    h.update(
+        format!(
+            "\0{}/{}/{}",
+            resources.cpu, resources.memory_gib, resources.disk_gib
+        )
+        .as_bytes(),
+    );
+    let name = format!("build-{}", &hex::encode(h.finalize())[..16]);
+    if let Some(s) = state.snapshots.get_snapshot(&name).await? {
+        return Ok(s);
+    }
+    match record(state, name.clone(), dockerfile, resources).await {
+        Ok(s) => Ok(s),
+        // Recorded by a concurrent request meanwhile.
+        Err(e) => state.snapshots.get_snapshot(&name).await?.ok_or(e),
+    }
+}
+
+/// `POST /api/sandbox` whose snapshot must be built or pulled first: the sandbox is recorded
+/// `pending_build` and the answer goes at once (the SDK then streams the snapshot's log);
+/// in the background the snapshot is made ready, then the sandbox starts from it
 /// (`building_snapshot` → `creating` → `started`, or `build_failed` with the reason).
 pub async fn create_sandbox(
     state: AppState,
     headers: HeaderMap,
     mut sandbox: corral_core::Sandbox,
-    dockerfile: &str,
+    snapshot: Snapshot,
     user_requested: bool,
 ) -> Result<axum::Json<crate::wire::SandboxDto>, ApiError> {
-    use sha2::Digest as _;
-    // One snapshot per Dockerfile (and build resources): the same image is built once.
-    let mut h = sha2::Sha256::new();
-    h.update(dockerfile.as_bytes());
-    let r = &sandbox.resources;
-    h.update(format!("\0{}/{}/{}", r.cpu, r.memory_gib, r.disk_gib).as_bytes());
-    let name = format!("build-{}", &hex::encode(h.finalize())[..16]);
-    let snap = match state.snapshots.get_snapshot(&name).await? {
-        Some(s) => s,
-        None => match record(&state, name.clone(), dockerfile, sandbox.resources).await {
-            Ok(s) => s,
-            // Recorded by a concurrent request meanwhile.
-            Err(e) => state.snapshots.get_snapshot(&name).await?.ok_or(e)?,
-        },
-    };
-    sandbox.snapshot = snap.name;
+    sandbox.snapshot = snapshot.name;
     if !user_requested {
-        // The image's user, known once it is built.
+        // The image's user, known once it is ready.
         sandbox.user = String::new();
     }
     sandbox.state = corral_core::SandboxState::PendingBuild;
@@ -946,11 +984,15 @@ async fn try_finish(state: &AppState, id: &str) -> Result<(), ApiError> {
     };
     let snap = state.snapshots.get_snapshot(&snapshot).await?;
     let built = match &snap {
-        Some(snap) => ensure_built(state, &snap.id).await,
+        Some(snap) => ensure_ready(state, &snap.id).await,
         None => Err(ApiError::bad_request(format!(
             "snapshot {snapshot} was deleted"
         ))),
     };
+    let entrypoint = snap
+        .as_ref()
+        .map(|s| s.entrypoint.clone())
+        .filter(|e| !e.is_empty());
     let image = snap.and_then(|s| s.image_name).unwrap_or_default();
     let _guard = state.locks.lock(id).await;
     let Some(mut s) = state.store.get(id).await? else {
@@ -982,5 +1024,6 @@ async fn try_finish(state: &AppState, id: &str) -> Result<(), ApiError> {
     state.store.update(&s).await?;
     let mut spec = crate::lifecycle::spec_of(&s);
     spec.image = info.reference;
+    spec.entrypoint = entrypoint;
     crate::sandboxes::start_recorded(state, &mut s, &spec).await
 }

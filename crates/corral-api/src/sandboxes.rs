@@ -224,13 +224,24 @@ pub async fn create(
             .get("contextHashes")
             .and_then(|c| serde_json::from_value(c.clone()).ok());
         let context = context.filter(|c| !c.is_empty());
-        if context.is_some() || crate::builds::needs_build(dockerfile) {
+        let snap = if context.is_some() || crate::builds::needs_build(dockerfile) {
             crate::builds::check(dockerfile, context.as_deref())?;
+            Some(crate::builds::build_snapshot(&state, dockerfile, sandbox.resources).await?)
+        } else {
+            // A bare `FROM <image>`: a stored image starts at once (below); one to pull is
+            // pulled in the background, its progress in the snapshot's log.
+            let (image, entrypoint) = crate::snapshots::image_of_dockerfile(dockerfile)?;
+            let snap = crate::snapshots::image_snapshot(&state, &image, entrypoint).await?;
+            let stored = snap.state == corral_core::SnapshotState::Active
+                && state.images.resolve(&image).await?.is_some();
+            (!stored).then_some(snap)
+        };
+        if let Some(snap) = snap {
             let r = crate::builds::create_sandbox(
                 state.clone(),
                 headers,
                 sandbox,
-                dockerfile,
+                snap,
                 user_requested,
             )
             .await;

@@ -2,8 +2,6 @@
 //! background, plus the built-in `host` snapshot. Also the image side of sandbox create:
 //! a snapshot name or a bare `FROM <image>` build resolves to a pulled image.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use corral_core::{ImageInfo, ListQuery, Snapshot, SnapshotState, StoreError};
@@ -18,8 +16,6 @@ use crate::state::AppState;
 
 const DEFAULT_PAGE_SIZE: u64 = 100;
 const MAX_PAGE_SIZE: u64 = 200;
-/// How long a create waits for a snapshot another request is pulling.
-const PULL_WAIT: Duration = Duration::from_secs(600);
 
 /// `CreateSnapshot` as the SDK sends it.
 #[derive(Debug, Deserialize)]
@@ -206,8 +202,20 @@ pub async fn pull(state: &AppState, s: &mut Snapshot) -> Result<ImageInfo, ApiEr
     s.state = SnapshotState::Pulling;
     s.updated_at_ms = now_ms();
     state.snapshots.update_snapshot(s).await?;
-    match state.images.pull(&image).await {
+    // Progress goes to the snapshot's log (what the SDK streams while a sandbox waits).
+    let log = crate::builds::Log::create(state, &s.id);
+    log.line(&format!("Pulling image {image}"));
+    let sink = log.clone();
+    match state
+        .images
+        .pull(&image, &move |l: &str| sink.line(l))
+        .await
+    {
         Ok(info) => {
+            log.line(&format!(
+                "Pulled {image} ({:.1} MiB)",
+                info.size as f64 / f64::from(1u32 << 20)
+            ));
             s.state = SnapshotState::Active;
             s.size = Some(info.size);
             s.error_reason = None;
@@ -220,6 +228,7 @@ pub async fn pull(state: &AppState, s: &mut Snapshot) -> Result<ImageInfo, ApiEr
             let err = ApiError::from(e);
             s.state = SnapshotState::Error;
             s.error_reason = Some(format!("pulling {image} failed: {}", err.message));
+            log.line(&format!("ERROR: {}", err.message));
             s.updated_at_ms = now_ms();
             state.snapshots.update_snapshot(s).await?;
             tracing::warn!(snapshot = %s.name, image = %image, error = %err.message, "snapshot pull failed");
@@ -230,20 +239,9 @@ pub async fn pull(state: &AppState, s: &mut Snapshot) -> Result<ImageInfo, ApiEr
     }
 }
 
-/// Restarts, in the background, the pulls a previous server process left unfinished
-/// (snapshots still `pending` or `pulling`).
+/// Restarts, in the background, the pulls and builds a previous server process left
+/// unfinished (snapshots still `pending`, `pulling` or `building`).
 pub async fn resume_pulls(state: &AppState) -> Result<(), ApiError> {
-    for mut s in state.snapshots.list_snapshots().await? {
-        if matches!(s.state, SnapshotState::Pending | SnapshotState::Pulling)
-            && !crate::builds::is_build(state, &s.id)
-        {
-            tracing::warn!(snapshot = %s.name, "resuming an image pull cut off by a server stop");
-            let bg = state.clone();
-            tokio::spawn(async move {
-                let _ = pull(&bg, &mut s).await;
-            });
-        }
-    }
     crate::builds::resume(state).await
 }
 
@@ -284,7 +282,7 @@ pub async fn create(
                 let bg = state.clone();
                 tokio::spawn(async move {
                     // Failures are recorded on the snapshot (`build_failed`, errorReason).
-                    let _ = crate::builds::ensure_built(&bg, &snap.id).await;
+                    let _ = crate::builds::ensure_ready(&bg, &snap.id).await;
                 });
                 return Ok(Json(reply));
             }
@@ -309,7 +307,7 @@ pub async fn create(
     state.images.resolve(&image).await?;
     let d = corral_core::Resources::default();
     let now = now_ms();
-    let mut snap = Snapshot {
+    let snap = Snapshot {
         id: uuid::Uuid::new_v4().to_string(),
         name: req.name,
         image_name: Some(image),
@@ -330,7 +328,7 @@ pub async fn create(
     let bg = state.clone();
     tokio::spawn(async move {
         // Failures are recorded on the snapshot (state `error`, errorReason).
-        let _ = pull(&bg, &mut snap).await;
+        let _ = crate::builds::ensure_ready(&bg, &snap.id).await;
     });
     Ok(Json(reply))
 }
@@ -507,15 +505,57 @@ pub async fn activate(
         let bg = state.clone();
         tokio::spawn(async move {
             // The outcome is recorded on the snapshot.
-            let _ = if build {
-                crate::builds::ensure_built(&bg, &s.id).await
-            } else {
-                pull(&bg, &mut s).await.map(|_| ())
-            };
+            let _ = crate::builds::ensure_ready(&bg, &s.id).await;
         });
         return Ok(Json(reply));
     }
     Ok(Json(dto(&state, &s)))
+}
+
+/// The snapshot of a bare `FROM <image>` (with its entrypoint, if any): one per image,
+/// named after it and shared by every create from it; recorded `pending` when new.
+pub(crate) async fn image_snapshot(
+    state: &AppState,
+    image: &str,
+    entrypoint: Vec<String>,
+) -> Result<Snapshot, ApiError> {
+    // Checks the reference's syntax.
+    state.images.resolve(image).await?;
+    let name = if entrypoint.is_empty() {
+        image.to_owned()
+    } else {
+        format!("{image}+{}", short_hash(&entrypoint.join("\0")))
+    };
+    if let Some(s) = state.snapshots.get_snapshot(&name).await? {
+        return Ok(s);
+    }
+    let d = corral_core::Resources::default();
+    let now = now_ms();
+    let s = Snapshot {
+        id: uuid::Uuid::new_v4().to_string(),
+        name,
+        image_name: Some(image.to_owned()),
+        state: SnapshotState::Pending,
+        size: None,
+        entrypoint,
+        cpu: d.cpu,
+        memory_gib: d.memory_gib,
+        disk_gib: d.disk_gib,
+        error_reason: None,
+        general: false,
+        created_at_ms: now,
+        updated_at_ms: now,
+        last_used_at_ms: None,
+    };
+    match insert(state, &s).await {
+        Ok(()) => Ok(s),
+        // Created by a concurrent request meanwhile.
+        Err(_) => state
+            .snapshots
+            .get_snapshot(&s.name)
+            .await?
+            .ok_or_else(|| not_found(&s.name)),
+    }
 }
 
 /// What a sandbox create resolves its snapshot to.
@@ -558,45 +598,7 @@ where
             .with_code("BUILD_NOT_SUPPORTED"));
         }
         let (image, entrypoint) = image_of_dockerfile(&b.dockerfile_content)?;
-        state.images.resolve(&image).await?;
-        // One snapshot per image, named after it, shared by every create from it.
-        let name = if entrypoint.is_empty() {
-            image.clone()
-        } else {
-            format!("{image}+{}", short_hash(&entrypoint.join("\0")))
-        };
-        match state.snapshots.get_snapshot(&name).await? {
-            Some(s) => s,
-            None => {
-                let d = corral_core::Resources::default();
-                let now = now_ms();
-                let s = Snapshot {
-                    id: uuid::Uuid::new_v4().to_string(),
-                    name,
-                    image_name: Some(image),
-                    state: SnapshotState::Pending,
-                    size: None,
-                    entrypoint,
-                    cpu: d.cpu,
-                    memory_gib: d.memory_gib,
-                    disk_gib: d.disk_gib,
-                    error_reason: None,
-                    general: false,
-                    created_at_ms: now,
-                    updated_at_ms: now,
-                    last_used_at_ms: None,
-                };
-                match insert(state, &s).await {
-                    Ok(()) => s,
-                    // Created by a concurrent request meanwhile.
-                    Err(_) => state
-                        .snapshots
-                        .get_snapshot(&s.name)
-                        .await?
-                        .ok_or_else(|| not_found(&s.name))?,
-                }
-            }
-        }
+        image_snapshot(state, &image, entrypoint).await?
     } else {
         match snapshot {
             None => return Ok(Source::Host),
@@ -611,28 +613,24 @@ where
     let info = match state.images.resolve(&image).await? {
         // Stored: no registry contact at all.
         Some(info) if snap.state == SnapshotState::Active => info,
-        _ if crate::builds::is_build(state, &snap.id) => {
-            on_pull().await?;
-            crate::builds::ensure_built(state, &snap.id).await?;
-            wait_active(state, &snap.id).await?
-        }
-        _ => match snap.state {
-            SnapshotState::Pulling => {
-                on_pull().await?;
-                wait_active(state, &snap.id).await?
-            }
-            SnapshotState::Error if build_info.is_none() => {
+        _ => {
+            if matches!(
+                snap.state,
+                SnapshotState::Error | SnapshotState::BuildFailed
+            ) && build_info.is_none()
+            {
                 return Err(ApiError::bad_request(format!(
-                    "snapshot {} failed: {}; activate it to pull again",
+                    "snapshot {} failed: {}; activate it to try again",
                     snap.name,
                     snap.error_reason.clone().unwrap_or_default()
                 )));
             }
-            _ => {
-                on_pull().await?;
-                pull(state, &mut snap).await?
-            }
-        },
+            on_pull().await?;
+            crate::builds::ensure_ready(state, &snap.id).await?;
+            state.images.resolve(&image).await?.ok_or_else(|| {
+                ApiError::bad_request(format!("image {image} of snapshot {} is gone", snap.name))
+            })?
+        }
     };
     snap.last_used_at_ms = Some(now_ms());
     state.snapshots.update_snapshot(&snap).await?;
@@ -642,41 +640,6 @@ where
         user: info.user,
         entrypoint: (!snap.entrypoint.is_empty()).then(|| snap.entrypoint.clone()),
     })
-}
-
-/// Waits for a snapshot another request is pulling.
-async fn wait_active(state: &AppState, id: &str) -> Result<ImageInfo, ApiError> {
-    let deadline = tokio::time::Instant::now() + PULL_WAIT;
-    loop {
-        let s = state
-            .snapshots
-            .get_snapshot(id)
-            .await?
-            .ok_or_else(|| not_found(id))?;
-        match s.state {
-            SnapshotState::Active => {
-                let image = s.image_name.unwrap_or_default();
-                return state.images.resolve(&image).await?.ok_or_else(|| {
-                    ApiError::bad_request(format!("image {image} of snapshot {} is gone", s.name))
-                });
-            }
-            SnapshotState::Error | SnapshotState::BuildFailed => {
-                return Err(ApiError::bad_request(format!(
-                    "snapshot {} failed: {}",
-                    s.name,
-                    s.error_reason.unwrap_or_default()
-                )));
-            }
-            _ if tokio::time::Instant::now() > deadline => {
-                return Err(ApiError::bad_request(format!(
-                    "snapshot {} is still {}",
-                    s.name,
-                    s.state.as_str()
-                )));
-            }
-            _ => tokio::time::sleep(Duration::from_millis(300)).await,
-        }
-    }
 }
 
 fn short_hash(s: &str) -> String {

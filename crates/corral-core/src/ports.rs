@@ -466,7 +466,12 @@ pub trait Images: Send + Sync {
     async fn resolve(&self, reference: &str) -> Result<Option<ImageInfo>, RuntimeError>;
     /// Pulls an image (layers already stored are not fetched again). Errors whose cause is
     /// the request (bad reference, unknown image, registry refusal) are `Invalid`.
-    async fn pull(&self, reference: &str) -> Result<ImageInfo, RuntimeError>;
+    /// `progress` gets a line per step (a layer's bytes so far, a layer already stored).
+    async fn pull(
+        &self,
+        reference: &str,
+        progress: &(dyn for<'a> Fn(&'a str) + Send + Sync),
+    ) -> Result<ImageInfo, RuntimeError>;
     /// Forgets `references` and removes every layer no remaining image, and none of
     /// `keep` (references still in use), needs.
     async fn remove_unused(

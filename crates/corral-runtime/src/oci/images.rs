@@ -201,7 +201,11 @@ impl Images for OciImages {
             .map_err(runtime_error)
     }
 
-    async fn pull(&self, reference: &str) -> Result<ImageInfo, RuntimeError> {
+    async fn pull(
+        &self,
+        reference: &str,
+        lines: &(dyn for<'a> Fn(&'a str) + Send + Sync),
+    ) -> Result<ImageInfo, RuntimeError> {
         if crate::commit::id_of(reference).is_some() {
             // Nothing to fetch: the snapshot exists once it is committed.
             return self.resolve(reference).await?.ok_or_else(|| {
@@ -214,10 +218,22 @@ impl Images for OciImages {
         }
         let image = reference.to_owned();
         let progress = move |p: &PullProgress| {
+            let short = p
+                .layer
+                .trim_start_matches("sha256:")
+                .get(..12)
+                .unwrap_or(&p.layer);
+            let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
             if p.cached {
                 tracing::info!(image = %image, layer = %p.layer, "layer already stored");
+                lines(&format!("layer {short}: already stored"));
             } else {
                 tracing::info!(image = %image, layer = %p.layer, done = p.done, total = p.total, "pulling layer");
+                lines(&format!(
+                    "layer {short}: {:.1}/{:.1} MiB",
+                    mib(p.done),
+                    mib(p.total)
+                ));
             }
         };
         tracing::info!(image = %reference, "pulling image");
