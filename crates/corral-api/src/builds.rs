@@ -858,7 +858,15 @@ pub async fn ensure_ready(state: &AppState, id: &str) -> Result<(), ApiError> {
         if !running().insert(id.to_owned()) {
             continue;
         }
-        let r = if is_build(state, id) {
+        // Forgets the claim however this ends (a dropped future included).
+        struct Claim<'a>(&'a str);
+        impl Drop for Claim<'_> {
+            fn drop(&mut self) {
+                running().remove(self.0);
+            }
+        }
+        let _claim = Claim(id);
+        return if is_build(state, id) {
             match tokio::fs::read_to_string(dockerfile_path(state, id)).await {
                 Ok(c) => build(state, &mut snap, &c).await.map(|_| ()),
                 Err(e) => Err(ApiError::bad_request(format!(
@@ -869,8 +877,6 @@ pub async fn ensure_ready(state: &AppState, id: &str) -> Result<(), ApiError> {
         } else {
             crate::snapshots::pull(state, &mut snap).await.map(|_| ())
         };
-        running().remove(id);
-        return r;
     }
 }
 

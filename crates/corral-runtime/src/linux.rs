@@ -1037,11 +1037,23 @@ impl Runtime for LinuxRuntime {
                 phase("prepare", t);
                 let t = Instant::now();
                 // Clone into namespaces, mounts, pivot_root, hardening, exec of the agent.
-                let r = self
-                    .spawner
-                    .spawn(plan)
-                    .await
-                    .map_err(|e| RuntimeError::host("starting sandbox", e));
+                let r = self.spawner.spawn(plan).await.map_err(|e| match e {
+                    // A volume subpath that became a symlink (or another filesystem)
+                    // between the server's check and the mount: the request's problem.
+                    crate::spawn::SpawnError::Step { step, source }
+                        if step.starts_with("mounting volume")
+                            && matches!(
+                                source.raw_os_error(),
+                                Some(libc::ELOOP | libc::EXDEV | libc::ENOTDIR)
+                            ) =>
+                    {
+                        RuntimeError::Invalid(format!(
+                            "a volume subpath cannot be mounted ({source}): symlinks and \
+                                 other filesystems in its path are refused"
+                        ))
+                    }
+                    e => RuntimeError::host("starting sandbox", e),
+                });
                 phase("namespaces_mounts_exec", t);
                 r
             }
