@@ -191,6 +191,11 @@ def test_logs_follow_a_running_build(env):
     status, body = server.request("POST", "/api/snapshots",
                                   {"name": name, "buildInfo": {"dockerfileContent": image.dockerfile()}})
     assert status == 200 and body["state"] == "pending", body
+    # While it builds: delete is refused, and a create from it answers at once.
+    status, refused = server.request("DELETE", f"/api/snapshots/{name}")
+    assert status == 409, refused
+    status, early = server.request("POST", "/api/sandbox", {"snapshot": name})
+    assert status == 200 and early["state"] == "pending_build", early
     status, url = server.request("GET", f"/api/snapshots/{name}/build-logs-url")
     assert status == 200 and url["url"].endswith(f"/api/snapshots/{body['id']}/build-logs")
     # A streaming GET: chunks arrive while the build runs, and the answer ends with it.
@@ -218,6 +223,14 @@ def test_logs_follow_a_running_build(env):
     # The step's output streams while the step runs (its own lines, not the step's text).
     assert seen("\nsecond\n") - seen("\nfirst\n") > 1.0, chunks
     assert d.snapshot.get(name).state == "active"
+    # The early sandbox started once the snapshot was ready.
+    deadline = time.time() + 30
+    while (sb := d.get(early["id"])).state != "started":
+        assert sb.state in ("pending_build", "building_snapshot", "creating"), sb.state
+        assert time.time() < deadline
+        time.sleep(0.1)
+    assert sb.process.exec("echo ok").result.strip() == "ok"
+    d.delete(sb, wait=True)
     d.snapshot.delete(name)
     status, _ = server.request("GET", "/api/snapshots/nope/build-logs")
     assert status == 404

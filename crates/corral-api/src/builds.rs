@@ -752,6 +752,23 @@ fn running() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<String
     RUNNING.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A snapshot being made ready (built, pulled or committed) by this process; others wait
+/// for it. Released however the work ends (a dropped future included).
+pub(crate) struct Claim(String);
+
+impl Claim {
+    /// Claims snapshot `id`, unless this process is at work on it already.
+    pub(crate) fn take(id: &str) -> Option<Self> {
+        running().insert(id.to_owned()).then(|| Self(id.to_owned()))
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        running().remove(&self.0);
+    }
+}
+
 /// Where a build snapshot's Dockerfile is kept (so an interrupted build can run again).
 fn dockerfile_path(state: &AppState, snapshot_id: &str) -> PathBuf {
     state
@@ -855,17 +872,9 @@ pub async fn ensure_ready(state: &AppState, id: &str) -> Result<(), ApiError> {
             ))
             .with_code("BUILD_FAILED"));
         }
-        if !running().insert(id.to_owned()) {
+        let Some(_claim) = Claim::take(id) else {
             continue;
-        }
-        // Forgets the claim however this ends (a dropped future included).
-        struct Claim<'a>(&'a str);
-        impl Drop for Claim<'_> {
-            fn drop(&mut self) {
-                running().remove(self.0);
-            }
-        }
-        let _claim = Claim(id);
+        };
         return if is_build(state, id) {
             match tokio::fs::read_to_string(dockerfile_path(state, id)).await {
                 Ok(c) => build(state, &mut snap, &c).await.map(|_| ()),

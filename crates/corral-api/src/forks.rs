@@ -101,6 +101,8 @@ pub async fn snapshot(
         last_used_at_ms: None,
     };
     // Recorded first: a server stopped midway finds it `pending` and finishes or fails it.
+    // Claimed first: a create from it meanwhile waits for the commit.
+    let _claim = crate::builds::Claim::take(&snap.id);
     crate::snapshots::insert(&state, &snap).await?;
     let before = s.state;
     set_state(&state, &mut s, SandboxState::Snapshotting).await?;

@@ -249,6 +249,23 @@ pub async fn create(
             return r;
         }
     }
+    if build_info.is_none()
+        && sandbox.snapshot != DEFAULT_SNAPSHOT
+        && let Some(snap) = state.snapshots.get_snapshot(&sandbox.snapshot).await?
+        && matches!(
+            snap.state,
+            corral_core::SnapshotState::Pending
+                | corral_core::SnapshotState::Pulling
+                | corral_core::SnapshotState::Building
+        )
+    {
+        // A snapshot still being pulled or built: answer now, start when it is ready.
+        let r =
+            crate::builds::create_sandbox(state.clone(), headers, sandbox, snap, user_requested)
+                .await;
+        drop(volumes_guard);
+        return r;
+    }
     if build_info.is_some() || sandbox.snapshot != DEFAULT_SNAPSHOT {
         return create_from_image(
             state,

@@ -454,14 +454,17 @@ pub async fn delete(
         ))
         .with_code("SNAPSHOT_IN_USE"));
     }
-    if matches!(s.state, SnapshotState::Pulling | SnapshotState::Building) {
+    if matches!(
+        s.state,
+        SnapshotState::Pending | SnapshotState::Pulling | SnapshotState::Building
+    ) {
         return Err(ApiError::conflict(format!(
             "snapshot {} is being {}; delete it once it is active or failed",
             s.name,
-            if s.state == SnapshotState::Pulling {
-                "pulled"
-            } else {
-                "built"
+            match s.state {
+                SnapshotState::Pulling => "pulled",
+                SnapshotState::Building => "built",
+                _ => "prepared",
             }
         )));
     }
