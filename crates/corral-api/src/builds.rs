@@ -945,6 +945,47 @@ pub async fn build_snapshot(
     }
 }
 
+/// The snapshot a new sandbox must wait for, when it must: the build of a Dockerfile that is
+/// more than `FROM` (or has uploaded context), the image of a bare `FROM <image>` not stored
+/// yet, or a snapshot named in the request that is still pending, pulling or building.
+/// `None`: the sandbox can start at once (a stored image, an active snapshot, `host`).
+pub async fn snapshot_to_prepare(
+    state: &AppState,
+    sandbox: &corral_core::Sandbox,
+    build_info: Option<&Value>,
+) -> Result<Option<Snapshot>, ApiError> {
+    let dockerfile = build_info.and_then(|b| b.get("dockerfileContent")?.as_str());
+    let Some(dockerfile) = dockerfile else {
+        if build_info.is_some() || sandbox.snapshot == crate::sandboxes::DEFAULT_SNAPSHOT {
+            return Ok(None);
+        }
+        let snap = state.snapshots.get_snapshot(&sandbox.snapshot).await?;
+        return Ok(snap.filter(|s| {
+            matches!(
+                s.state,
+                SnapshotState::Pending | SnapshotState::Pulling | SnapshotState::Building
+            )
+        }));
+    };
+    let context: Option<Vec<String>> = build_info
+        .and_then(|b| b.get("contextHashes"))
+        .and_then(|c| serde_json::from_value(c.clone()).ok());
+    let context = context.filter(|c| !c.is_empty());
+    if context.is_some() || needs_build(dockerfile) {
+        check(dockerfile, context.as_deref())?;
+        return build_snapshot(state, dockerfile, sandbox.resources)
+            .await
+            .map(Some);
+    }
+    // A bare `FROM <image>`: a stored image starts at once; one to pull is pulled in the
+    // background, its progress in the snapshot's log.
+    let (image, entrypoint) = crate::snapshots::image_of_dockerfile(dockerfile)?;
+    let snap = crate::snapshots::image_snapshot(state, &image, entrypoint).await?;
+    let stored =
+        snap.state == SnapshotState::Active && state.images.resolve(&image).await?.is_some();
+    Ok((!stored).then_some(snap))
+}
+
 /// `POST /api/sandbox` whose snapshot must be built or pulled first: the sandbox is recorded
 /// `pending_build` and the answer goes at once (the SDK then streams the snapshot's log);
 /// in the background the snapshot is made ready, then the sandbox starts from it
@@ -978,11 +1019,8 @@ pub async fn finish(state: AppState, id: String) {
 }
 
 async fn try_finish(state: &AppState, id: &str) -> Result<(), ApiError> {
+    use crate::lifecycle::save;
     use corral_core::SandboxState as S;
-    let set = |s: &mut corral_core::Sandbox, st: S| {
-        s.state = st;
-        s.updated_at = time::OffsetDateTime::now_utc();
-    };
     // The sandbox's lock is not held during the build, so a delete meanwhile is not kept
     // waiting; the record is read again afterwards.
     let snapshot = {
@@ -993,8 +1031,7 @@ async fn try_finish(state: &AppState, id: &str) -> Result<(), ApiError> {
         if !matches!(s.state, S::PendingBuild | S::BuildingSnapshot) {
             return Ok(());
         }
-        set(&mut s, S::BuildingSnapshot);
-        state.store.update(&s).await?;
+        save(state, &mut s, S::BuildingSnapshot).await?;
         s.snapshot
     };
     let snap = state.snapshots.get_snapshot(&snapshot).await?;
@@ -1021,22 +1058,19 @@ async fn try_finish(state: &AppState, id: &str) -> Result<(), ApiError> {
         Ok(()) => state.images.resolve(&image).await?,
         Err(e) => {
             s.error_reason = Some(e.message.clone());
-            set(&mut s, S::BuildFailed);
-            state.store.update(&s).await?;
+            save(state, &mut s, S::BuildFailed).await?;
             return Err(e);
         }
     };
     let Some(info) = info else {
         s.error_reason = Some(format!("the image of snapshot {} is gone", s.snapshot));
-        set(&mut s, S::BuildFailed);
-        state.store.update(&s).await?;
+        save(state, &mut s, S::BuildFailed).await?;
         return Ok(());
     };
     if s.user.is_empty() {
         s.user = info.user.clone().unwrap_or_else(|| "root".into());
     }
-    set(&mut s, S::Creating);
-    state.store.update(&s).await?;
+    save(state, &mut s, S::Creating).await?;
     let mut spec = crate::lifecycle::spec_of(&s);
     spec.image = info.reference;
     spec.entrypoint = entrypoint;

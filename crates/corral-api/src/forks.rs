@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 
 use crate::error::ApiError;
 use crate::extract::JsonBody;
+use crate::lifecycle::save;
 use crate::sandboxes::{DEFAULT_SNAPSHOT, dto, locked};
 use crate::state::AppState;
 use crate::wire::SandboxDto;
@@ -49,13 +50,6 @@ fn check_source(s: &Sandbox, what: &str) -> Result<(), ApiError> {
             s.id
         ))),
     }
-}
-
-async fn set_state(state: &AppState, s: &mut Sandbox, st: SandboxState) -> Result<(), ApiError> {
-    s.state = st;
-    s.updated_at = OffsetDateTime::now_utc();
-    state.store.update(s).await?;
-    Ok(())
 }
 
 /// `POST /api/sandbox/{idOrName}/snapshot` `{name}`: commits the sandbox's files as snapshot
@@ -105,7 +99,7 @@ pub async fn snapshot(
     let _claim = crate::builds::Claim::take(&snap.id);
     crate::snapshots::insert(&state, &snap).await?;
     let before = s.state;
-    set_state(&state, &mut s, SandboxState::Snapshotting).await?;
+    save(&state, &mut s, SandboxState::Snapshotting).await?;
     let committed = state
         .runtime
         .snapshot(
@@ -117,7 +111,7 @@ pub async fn snapshot(
             },
         )
         .await;
-    set_state(&state, &mut s, before).await?;
+    save(&state, &mut s, before).await?;
     match committed {
         Ok(info) => {
             snap.state = SnapshotState::Active;
@@ -176,9 +170,9 @@ pub async fn fork(
     let _fork_guard = state.locks.lock(&fork.id).await;
     state.store.insert(&fork).await?;
     let before = src.state;
-    set_state(&state, &mut src, SandboxState::Forking).await?;
+    save(&state, &mut src, SandboxState::Forking).await?;
     let copied = state.runtime.fork(&src.id, &fork.id, &fork.resources).await;
-    set_state(&state, &mut src, before).await?;
+    save(&state, &mut src, before).await?;
     drop(src_guard);
     if let Err(e) = copied {
         state.runtime.destroy(&fork.id).await?;

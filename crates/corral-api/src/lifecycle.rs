@@ -130,7 +130,12 @@ pub fn spec_of(s: &Sandbox) -> SandboxSpec {
     }
 }
 
-async fn save(state: &AppState, s: &mut Sandbox, st: SandboxState) -> Result<(), ApiError> {
+/// Records `st` as the sandbox's state.
+pub(crate) async fn save(
+    state: &AppState,
+    s: &mut Sandbox,
+    st: SandboxState,
+) -> Result<(), ApiError> {
     s.state = st;
     s.updated_at = OffsetDateTime::now_utc();
     state.store.update(s).await?;

@@ -90,15 +90,17 @@ pub async fn on_start(state: &AppState) -> Result<(), ApiError> {
                 tokio::spawn(crate::builds::finish(bg, s.id.clone()));
             }
             SandboxState::PullingSnapshot => {
-                // Its create request died with the server before the sandbox ever ran: as a
-                // failed pull does, it leaves nothing behind (the client got no sandbox).
+                // Left by an earlier version, whose creates pulled inside the request: that
+                // request died with the server before the sandbox ever ran, and its client
+                // got no sandbox. (Creates now answer `pending_build` and pull in the
+                // background.)
                 tracing::warn!(sandbox = %s.id, "removing a sandbox whose create was cut off during its image pull");
                 lifecycle::delete(state, &mut s).await?;
             }
             _ => {}
         }
     }
-    crate::snapshots::resume_pulls(state).await?;
+    crate::builds::resume(state).await?;
     let known: std::collections::HashSet<&str> = recorded.iter().map(|s| s.id.as_str()).collect();
     for id in state.runtime.traces() {
         if !known.contains(id.as_str()) {

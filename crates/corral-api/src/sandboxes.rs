@@ -217,49 +217,10 @@ pub async fn create(
     let mut sandbox = new_sandbox(&state, req)?;
     // Held until the record is stored: a volume cannot be deleted in between.
     let volumes_guard = crate::volumes::resolve_mounts(&state, &mut sandbox.volumes).await?;
-    if let Some(b) = &build_info
-        && let Some(dockerfile) = b.get("dockerfileContent").and_then(|d| d.as_str())
+    if let Some(snap) =
+        crate::builds::snapshot_to_prepare(&state, &sandbox, build_info.as_ref()).await?
     {
-        let context: Option<Vec<String>> = b
-            .get("contextHashes")
-            .and_then(|c| serde_json::from_value(c.clone()).ok());
-        let context = context.filter(|c| !c.is_empty());
-        let snap = if context.is_some() || crate::builds::needs_build(dockerfile) {
-            crate::builds::check(dockerfile, context.as_deref())?;
-            Some(crate::builds::build_snapshot(&state, dockerfile, sandbox.resources).await?)
-        } else {
-            // A bare `FROM <image>`: a stored image starts at once (below); one to pull is
-            // pulled in the background, its progress in the snapshot's log.
-            let (image, entrypoint) = crate::snapshots::image_of_dockerfile(dockerfile)?;
-            let snap = crate::snapshots::image_snapshot(&state, &image, entrypoint).await?;
-            let stored = snap.state == corral_core::SnapshotState::Active
-                && state.images.resolve(&image).await?.is_some();
-            (!stored).then_some(snap)
-        };
-        if let Some(snap) = snap {
-            let r = crate::builds::create_sandbox(
-                state.clone(),
-                headers,
-                sandbox,
-                snap,
-                user_requested,
-            )
-            .await;
-            drop(volumes_guard);
-            return r;
-        }
-    }
-    if build_info.is_none()
-        && sandbox.snapshot != DEFAULT_SNAPSHOT
-        && let Some(snap) = state.snapshots.get_snapshot(&sandbox.snapshot).await?
-        && matches!(
-            snap.state,
-            corral_core::SnapshotState::Pending
-                | corral_core::SnapshotState::Pulling
-                | corral_core::SnapshotState::Building
-        )
-    {
-        // A snapshot still being pulled or built: answer now, start when it is ready.
+        // Built or pulled first: answered now, started when the snapshot is ready.
         let r =
             crate::builds::create_sandbox(state.clone(), headers, sandbox, snap, user_requested)
                 .await;
@@ -329,8 +290,8 @@ pub(crate) async fn start_recorded(
     Ok(())
 }
 
-/// Creates a sandbox from an OCI snapshot or image: pulls it first when needed (the
-/// sandbox is `pulling_snapshot` meanwhile), then starts it over the image's layers.
+/// Creates a sandbox from a ready OCI snapshot or stored image (see
+/// `builds::snapshot_to_prepare` for the others) and starts it over the image's layers.
 async fn create_from_image(
     state: AppState,
     headers: HeaderMap,
@@ -342,37 +303,21 @@ async fn create_from_image(
     let started = Instant::now();
     let _guard = state.locks.lock(&sandbox.id).await;
     let requested = (sandbox.snapshot != DEFAULT_SNAPSHOT).then(|| sandbox.snapshot.clone());
-    let recorded = std::sync::atomic::AtomicBool::new(false);
-    let on_pull = || async {
-        let mut s = sandbox.clone();
-        s.state = SandboxState::PullingSnapshot;
-        state.store.insert(&s).await?;
-        recorded.store(true, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
-    };
     let source =
-        crate::snapshots::source_for(&state, requested.as_deref(), build_info.as_ref(), on_pull)
-            .await;
-    let recorded = recorded.into_inner();
-    let (snapshot, image, image_user, entrypoint) = match source {
-        Ok(crate::snapshots::Source::Image {
+        crate::snapshots::source_for(&state, requested.as_deref(), build_info.as_ref()).await;
+    let (snapshot, image, image_user, entrypoint) = match source? {
+        crate::snapshots::Source::Image {
             snapshot,
             image,
             user,
             entrypoint,
-        }) => (snapshot, image, user, entrypoint),
-        Ok(crate::snapshots::Source::Host) => (
+        } => (snapshot, image, user, entrypoint),
+        crate::snapshots::Source::Host => (
             DEFAULT_SNAPSHOT.to_owned(),
             DEFAULT_SNAPSHOT.to_owned(),
             None,
             None,
         ),
-        Err(e) => {
-            if recorded {
-                state.store.remove(&sandbox.id).await?;
-            }
-            return Err(e);
-        }
     };
     sandbox.snapshot = snapshot;
     if !user_requested && image != DEFAULT_SNAPSHOT {
@@ -381,11 +326,7 @@ async fn create_from_image(
     }
     sandbox.state = SandboxState::Creating;
     sandbox.updated_at = OffsetDateTime::now_utc();
-    if recorded {
-        state.store.update(&sandbox).await?;
-    } else {
-        state.store.insert(&sandbox).await?;
-    }
+    state.store.insert(&sandbox).await?;
     drop(volumes_guard);
     let mut spec = lifecycle::spec_of(&sandbox);
     spec.image = image;

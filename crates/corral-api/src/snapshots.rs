@@ -239,12 +239,6 @@ pub async fn pull(state: &AppState, s: &mut Snapshot) -> Result<ImageInfo, ApiEr
     }
 }
 
-/// Restarts, in the background, the pulls and builds a previous server process left
-/// unfinished (snapshots still `pending`, `pulling` or `building`).
-pub async fn resume_pulls(state: &AppState) -> Result<(), ApiError> {
-    crate::builds::resume(state).await
-}
-
 /// `POST /api/snapshots`: records the snapshot (`pending`) and pulls it in the background.
 pub async fn create(
     State(state): State<AppState>,
@@ -579,18 +573,14 @@ pub enum Source {
     },
 }
 
-/// Resolves a create's `snapshot` / `buildInfo` to an image, pulling it when needed
-/// (`on_pull` runs first, e.g. to mark the sandbox `pulling_snapshot`).
-pub async fn source_for<F, Fut>(
+/// Resolves a create's `snapshot` / `buildInfo` to an image (`builds::snapshot_to_prepare`
+/// has sent snapshots still to pull or build to the background path already; what reaches
+/// here is ready, or is made ready while the request waits).
+pub async fn source_for(
     state: &AppState,
     snapshot: Option<&str>,
     build_info: Option<&Value>,
-    on_pull: F,
-) -> Result<Source, ApiError>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<(), ApiError>>,
-{
+) -> Result<Source, ApiError> {
     let mut snap = if let Some(b) = build_info {
         let b: BuildInfo = serde_json::from_value(b.clone())
             .map_err(|e| ApiError::bad_request(format!("invalid buildInfo: {e}")))?;
@@ -628,7 +618,6 @@ where
                     snap.error_reason.clone().unwrap_or_default()
                 )));
             }
-            on_pull().await?;
             crate::builds::ensure_ready(state, &snap.id).await?;
             state.images.resolve(&image).await?.ok_or_else(|| {
                 ApiError::bad_request(format!("image {image} of snapshot {} is gone", snap.name))

@@ -203,21 +203,13 @@ pub fn info(m: &Manifest) -> corral_core::ImageInfo {
 /// Copies `names`' upper dirs of the layer dir `src` to `dest/<name>` through the archive
 /// format (which keeps whiteouts, opaque dirs, owners, modes and times).
 fn copy_uppers(src: &Path, names: &[String], dest: &Path) -> Result<(), RuntimeError> {
-    let uppers: Vec<(String, PathBuf)> = names
-        .iter()
-        .map(|n| (n.clone(), src.join("upper").join(n)))
-        .collect();
-    let refs: Vec<(&str, &Path)> = uppers
-        .iter()
-        .map(|(n, p)| (n.as_str(), p.as_path()))
-        .collect();
     if let Some(parent) = dest.parent() {
         mkdirs(parent, 0o700).map_err(host("creating the copy's dir"))?;
     }
     let mut archive = dest.as_os_str().to_owned();
     archive.push(".tar.zst.partial");
     let archive = PathBuf::from(archive);
-    let r = crate::layer::pack(&refs, &archive)
+    let r = crate::layer::pack_uppers(src, names, &archive)
         .and_then(|_| crate::layer::unpack(&archive, dest))
         .map_err(|e| RuntimeError::host("copying the sandbox's files", e));
     remove_file_if_exists(&archive).map_err(host("removing a temporary archive"))?;

@@ -103,6 +103,16 @@ pub fn pack(layers: &[(&str, &Path)], out: &Path) -> Result<u64, LayerError> {
     Ok(fs::metadata(out).map(|m| m.len()).unwrap_or(0))
 }
 
+/// [`pack`] of the upper dirs `layer/upper/<name>` of a sandbox's layer dir, one per name.
+pub fn pack_uppers(layer: &Path, names: &[String], out: &Path) -> Result<u64, LayerError> {
+    let uppers: Vec<(&str, PathBuf)> = names
+        .iter()
+        .map(|n| (n.as_str(), layer.join("upper").join(n)))
+        .collect();
+    let refs: Vec<(&str, &Path)> = uppers.iter().map(|(n, p)| (*n, p.as_path())).collect();
+    pack(&refs, out)
+}
+
 fn pack_dir<W: io::Write>(
     tar: &mut tar::Builder<W>,
     dir: &Path,

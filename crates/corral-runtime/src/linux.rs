@@ -1151,15 +1151,7 @@ impl Runtime for LinuxRuntime {
                 };
             }
             let tmp = archive.with_extension("partial");
-            let uppers: Vec<(String, PathBuf)> = layers
-                .iter()
-                .map(|l| (l.clone(), dir.join("upper").join(l)))
-                .collect();
-            let refs: Vec<(&str, &Path)> = uppers
-                .iter()
-                .map(|(n, p)| (n.as_str(), p.as_path()))
-                .collect();
-            crate::layer::pack(&refs, &tmp)
+            crate::layer::pack_uppers(&dir, &layers, &tmp)
                 .map_err(|e| RuntimeError::host("packing sandbox files", e))?;
             fs::rename(&tmp, &archive).map_err(|e| RuntimeError::host("installing archive", e))?;
             disk.remove(&id)?;
