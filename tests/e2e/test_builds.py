@@ -198,6 +198,8 @@ def test_logs_follow_a_running_build(env):
     assert status == 200 and early["state"] == "pending_build", early
     status, url = server.request("GET", f"/api/snapshots/{name}/build-logs-url")
     assert status == 200 and url["url"].endswith(f"/api/snapshots/{body['id']}/build-logs")
+    status, bad = server.request("GET", f"/api/snapshots/{body['id']}/build-logs?follow=maybe")
+    assert status == 400 and "follow" in bad["message"], bad
     # A streaming GET: chunks arrive while the build runs, and the answer ends with it.
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     conn.request("GET", f"/api/snapshots/{body['id']}/build-logs?follow=true",
@@ -234,6 +236,9 @@ def test_logs_follow_a_running_build(env):
     d.snapshot.delete(name)
     status, _ = server.request("GET", "/api/snapshots/nope/build-logs")
     assert status == 404
+    status, _ = server.request("GET", "/api/sandbox/nope/build-logs-url")
+    assert status == 404
+
 
 
 def test_a_restart_during_a_build_resumes_it(env):
