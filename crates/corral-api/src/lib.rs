@@ -11,6 +11,7 @@ pub mod forks;
 pub mod lifecycle;
 pub mod metrics;
 pub mod network;
+pub mod object_storage;
 pub mod pool;
 pub mod preview;
 pub mod reconciler;

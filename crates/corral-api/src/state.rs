@@ -22,6 +22,13 @@ pub struct ApiConfig {
     pub preview_domain: String,
     /// Where image build logs are written (`<dir>/<snapshot id>.log`).
     pub build_log_dir: std::path::PathBuf,
+    /// Where uploaded objects (build context) live: `<dir>/<bucket>/<key>`.
+    pub object_storage_dir: std::path::PathBuf,
+    /// The S3 endpoint handed to SDKs by `GET /api/object-storage/push-access`; when unset it
+    /// is `https://<request host>/object-storage` if this server speaks TLS.
+    pub storage_url: Option<String>,
+    /// Whether the listener also speaks TLS (on the same port as plain HTTP).
+    pub tls: bool,
 }
 
 /// Everything a handler needs.
