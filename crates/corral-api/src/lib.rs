@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod forks;
 pub mod lifecycle;
+pub mod listener;
 pub mod metrics;
 pub mod network;
 pub mod object_storage;
@@ -52,6 +53,24 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             axum::Json(serde_json::json!({"status": "starting"})),
         )
     }
+}
+
+/// Marks requests that came over TLS with `X-Forwarded-Proto: https` (and drops any the
+/// client sent), so URLs the server hands out keep the scheme the client used.
+async fn connection_scheme(mut req: Request, next: middleware::Next) -> axum::response::Response {
+    let tls = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<listener::Peer>>()
+        .is_some_and(|c| c.0.tls);
+    let headers = req.headers_mut();
+    headers.remove("x-forwarded-proto");
+    if tls {
+        headers.insert(
+            "x-forwarded-proto",
+            axum::http::HeaderValue::from_static("https"),
+        );
+    }
+    next.run(req).await
 }
 
 async fn not_found(req: Request) -> ApiError {
@@ -177,6 +196,7 @@ pub fn router(state: AppState) -> Router {
             preview::dispatch,
         ))
         .layer(middleware::from_fn(metrics::track))
+        .layer(middleware::from_fn(connection_scheme))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");

@@ -325,8 +325,8 @@ async fn forward(
 
     let peer = req
         .extensions()
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
+        .get::<ConnectInfo<crate::listener::Peer>>()
+        .map(|c| c.0);
     let upgrade = req.headers().get(header::UPGRADE).cloned();
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -352,9 +352,13 @@ async fn forward(
     }
     parts.headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(scheme(state)),
+        HeaderValue::from_static(if peer.is_some_and(|p| p.tls) {
+            "https"
+        } else {
+            scheme(state)
+        }),
     );
-    if let Some(ip) = peer {
+    if let Some(ip) = peer.map(|p| p.addr.ip()) {
         let prior = parts
             .headers
             .get("x-forwarded-for")

@@ -75,7 +75,12 @@ impl AppState {
             .get(axum::http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("127.0.0.1");
-        format!("http://{host}")
+        // Set by `crate::connection_scheme` from the connection itself, never by the client.
+        let scheme = match headers.get("x-forwarded-proto") {
+            Some(v) if v == "https" => "https",
+            _ => "http",
+        };
+        format!("{scheme}://{host}")
     }
 
     /// The `toolboxProxyUrl` of every sandbox.

@@ -143,6 +143,18 @@ struct ServeArgs {
     /// Size limit of each new volume in MiB, enforced with the btrfs disk pool (0: none).
     #[arg(long, env = "CORRAL_VOLUME_SIZE_MIB", default_value_t = 10240)]
     volume_size_mib: u64,
+    /// PEM certificate chain: the listener then also speaks TLS, on the same port as plain
+    /// HTTP. Needed to upload local files for image builds (the SDK's S3 client insists on
+    /// HTTPS); the certificate must be one the SDK's machine trusts.
+    #[arg(long, env = "CORRAL_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "CORRAL_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The https:// URL SDKs upload build context to (this server's `/object-storage`, e.g.
+    /// behind a TLS proxy); default: `https://<host>/object-storage` when --tls-cert is given.
+    #[arg(long, env = "CORRAL_STORAGE_URL")]
+    storage_url: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -208,6 +220,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     init_logging(args.log_format);
     let data_dir = absolute(&args.data_dir)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            corral_api::listener::tls_config(cert, key).context("loading the TLS certificate")?,
+        ),
+        _ => None,
+    };
     let store = SqliteStore::open(&data_dir.join("corral.db")).await?;
     ensure_api_key(&store, args.api_key.as_deref()).await?;
     let metrics = corral_api::metrics::install().context("installing the metrics recorder")?;
@@ -296,8 +314,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             preview_domain: args.preview_domain.trim_matches('.').to_ascii_lowercase(),
             build_log_dir: data_dir.join("builds"),
             object_storage_dir: data_dir.join("object-storage"),
-            storage_url: None,
-            tls: false,
+            storage_url: args.storage_url,
+            tls: tls.is_some(),
         }),
         metrics,
         locks: Default::default(),
@@ -316,9 +334,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     corral_api::reconciler::on_start(&state)
         .await
         .map_err(|e| anyhow::anyhow!("reconciling recorded sandboxes: {}", e.message))?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+    let with_tls = tls.is_some();
+    let listener = corral_api::listener::Listener::bind(args.listen, tls).await?;
     // Background work starts only once the port is ours, so a failed start leaves nothing.
     let tick = std::time::Duration::from_secs_f64(args.reconcile_seconds.clamp(0.05, 3600.0));
     tokio::spawn(corral_api::reconciler::run(state.clone(), tick));
@@ -326,12 +343,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     tracing::info!(
         listen = %args.listen,
+        tls = with_tls,
         data_dir = %data_dir.display(),
         startup_ms = started.elapsed().as_millis() as u64,
         "corral is ready"
     );
     // The peer address feeds the X-Forwarded-For of preview requests.
-    let app = corral_api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let app = corral_api::router(state.clone()).into_make_service_with_connect_info::<corral_api::listener::Peer>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;
