@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,41 @@ def host_processes_with(marker: str):
         if marker in cmd:
             pids.append(int(p.name))
     return pids
+
+
+SYSTEM_CAS = Path("/usr/local/share/ca-certificates")
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def trusted_cert(tmp_path_factory):
+    """A throwaway CA in the system trust store (removed afterwards) and a certificate it
+    signed for 127.0.0.1 and localhost."""
+    if shutil.which("openssl") is None or shutil.which("update-ca-certificates") is None:
+        if os.environ.get("CORRAL_E2E_STRICT"):
+            pytest.fail("openssl and update-ca-certificates are needed")
+        pytest.skip("openssl or update-ca-certificates missing")
+    d = tmp_path_factory.mktemp("tls")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+            "-subj", "/CN=corral e2e CA " + uuid.uuid4().hex[:8], cwd=d)
+    openssl("req", *ec, "-keyout", "key.pem", "-out", "req.csr", "-subj", "/CN=localhost", cwd=d)
+    (d / "ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                           "extendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", "req.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "cert.pem", "-days", "1", "-extfile", "ext", cwd=d)
+    installed = SYSTEM_CAS / f"corral-e2e-{uuid.uuid4().hex[:8]}.crt"
+    SYSTEM_CAS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(d / "ca.pem", installed)
+    subprocess.run(["update-ca-certificates"], check=True, capture_output=True)
+    try:
+        yield d / "cert.pem", d / "key.pem"
+    finally:
+        installed.unlink()
+        subprocess.run(["update-ca-certificates", "--fresh"], check=True, capture_output=True)
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,6 @@ copies it into the image."""
 
 import hashlib
 import os
-import shutil
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -22,41 +20,6 @@ from daytona._sync.object_storage import ObjectStorage
 
 from conftest import Server
 from oci_helpers import Layout, Registry, busybox_rootfs, tools_or_skip
-
-SYSTEM_CAS = Path("/usr/local/share/ca-certificates")
-
-
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def trusted_cert(tmp_path_factory):
-    """A throwaway CA in the system trust store (removed afterwards) and a certificate it
-    signed for 127.0.0.1 and localhost."""
-    if shutil.which("openssl") is None or shutil.which("update-ca-certificates") is None:
-        if os.environ.get("CORRAL_E2E_STRICT"):
-            pytest.fail("openssl and update-ca-certificates are needed")
-        pytest.skip("openssl or update-ca-certificates missing")
-    d = tmp_path_factory.mktemp("tls")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
-            "-subj", "/CN=corral e2e CA " + uuid.uuid4().hex[:8], cwd=d)
-    openssl("req", *ec, "-keyout", "key.pem", "-out", "req.csr", "-subj", "/CN=localhost", cwd=d)
-    (d / "ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-                           "extendedKeyUsage=serverAuth\n")
-    openssl("x509", "-req", "-in", "req.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "cert.pem", "-days", "1", "-extfile", "ext", cwd=d)
-    installed = SYSTEM_CAS / f"corral-e2e-{uuid.uuid4().hex[:8]}.crt"
-    SYSTEM_CAS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(d / "ca.pem", installed)
-    subprocess.run(["update-ca-certificates"], check=True, capture_output=True)
-    try:
-        yield d / "cert.pem", d / "key.pem"
-    finally:
-        installed.unlink()
-        subprocess.run(["update-ca-certificates", "--fresh"], check=True, capture_output=True)
-
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, trusted_cert):
@@ -214,3 +177,32 @@ def test_plain_http_server_explains_that_uploads_need_tls(server, tmp_path):
     with pytest.raises(DaytonaError, match="--tls-cert"):
         d.create(CreateSandboxFromImageParams(image=image), timeout=60)
     assert [s for s in d.list()] == []
+
+
+def test_the_whole_sdk_works_over_https_on_the_same_port(env):
+    """With a certificate, the API, the toolbox (HTTP and WebSocket) and the URLs handed out
+    all use https when the client does; plain HTTP on the port still works."""
+    _, server = env
+    from daytona import Daytona, DaytonaConfig
+    d = Daytona(DaytonaConfig(api_key=server.key, api_url=f"https://localhost:{server.port}/api"))
+    sb = d.create(timeout=60)
+    try:
+        assert sb.toolbox_proxy_url.startswith(f"https://localhost:{server.port}/"), sb.toolbox_proxy_url
+        assert sb.process.exec("echo over-tls").result.strip() == "over-tls"
+        sb.fs.upload_file(b"tls bytes", "/tmp/t.bin")
+        assert sb.fs.download_file("/tmp/t.bin") == b"tls bytes"
+        # A PTY is a WebSocket through the toolbox proxy.
+        pty = sb.process.create_pty_session(id="tls-pty")
+        try:
+            assert pty.is_connected()
+            pty.send_input("echo pty-$((6*7))\nexit 4\n")
+            out = bytearray()
+            assert pty.wait(on_data=out.extend, timeout=15).exit_code == 4
+            assert b"pty-42" in out, bytes(out)
+        finally:
+            pty.disconnect()
+        # The same sandbox over plain HTTP on the same port.
+        status, body = server.request("GET", f"/api/sandbox/{sb.id}")
+        assert status == 200 and body["toolboxProxyUrl"].startswith("http://"), body
+    finally:
+        d.delete(sb, wait=True)
