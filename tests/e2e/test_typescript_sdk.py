@@ -1,0 +1,49 @@
+"""The official Daytona TypeScript SDK (`@daytonaio/sdk`, pinned in tests/ts/package.json)
+against a real `corral serve`: runs tests/ts/sdk.test.mjs with node's test runner and fails
+with its report when any of its tests fails."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import REPO
+from oci_helpers import Layout, Registry, busybox_rootfs, tools_or_skip
+
+TS = REPO / "tests/ts"
+
+
+def node_or_skip():
+    missing = shutil.which("node") is None or not (TS / "node_modules/@daytonaio/sdk").exists()
+    if missing:
+        msg = "node or tests/ts/node_modules missing (scripts/test.sh installs them with npm ci)"
+        if os.environ.get("CORRAL_E2E_STRICT"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    tools_or_skip()
+    base = tmp_path_factory.mktemp("oci-ts")
+    reg = Registry(base / "registry")
+    lay = Layout(base / "layout")
+    lay.new_base("base")
+    lay.modify("base", "v1", busybox_rootfs, base)
+    lay.config("v1", "--config.user", "0", "--config.env", "PATH=/bin")
+    lay.push("v1", f"{reg.host}/test/ts:1")
+    yield f"{reg.host}/test/ts:1"
+    reg.stop()
+
+
+def test_typescript_sdk(server, image, tmp_path):
+    node_or_skip()
+    env = dict(os.environ, CORRAL_API_URL=f"{server.url}/api", CORRAL_API_KEY=server.key,
+               CORRAL_TEST_IMAGE=image, CORRAL_CONTEXT_DIR=str(tmp_path))
+    p = subprocess.run(["node", "--test", "--test-reporter=tap", "sdk.test.mjs"], cwd=TS, env=env,
+                       capture_output=True, text=True, timeout=600)
+    report = p.stdout + p.stderr
+    assert p.returncode == 0, report
+    # Every test ran (none skipped or filtered away).
+    assert "# fail 0" in report and "# pass 4" in report, report

@@ -1,0 +1,140 @@
+// The official Daytona TypeScript SDK against a real `corral serve`, with node's own test
+// runner. Started by tests/e2e/test_typescript_sdk.py, which runs the server and a local
+// registry and passes:
+//   CORRAL_API_URL, CORRAL_API_KEY  the server
+//   CORRAL_TEST_IMAGE               an image in a loopback registry (busybox)
+//   CORRAL_CONTEXT_DIR              a scratch directory for build context
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+import {
+  Daytona,
+  DaytonaNotFoundError,
+  Image,
+} from '@daytonaio/sdk';
+
+const env = (name) => {
+  const v = process.env[name];
+  assert.ok(v, `${name} is not set`);
+  return v;
+};
+const daytona = new Daytona({ apiKey: env('CORRAL_API_KEY'), apiUrl: env('CORRAL_API_URL') });
+const uniq = (prefix) => `${prefix}-${Math.random().toString(16).slice(2, 10)}`;
+
+test('a sandbox runs commands, code, files, sessions and a terminal', async () => {
+  const sb = await daytona.create({ envVars: { FOO: 'bar baz' }, labels: { suite: 'ts' } });
+  try {
+    assert.equal(sb.state, 'started');
+    const r = await sb.process.executeCommand('echo "$FOO"; exit 3');
+    assert.equal(r.exitCode, 3);
+    assert.equal(r.result, 'bar baz\n');
+
+    const code = await sb.process.codeRun('import sys\nprint(sum(range(10)), file=sys.stdout)');
+    assert.equal(code.exitCode, 0);
+    assert.equal(code.result.trim(), '45');
+
+    await sb.fs.createFolder('/tmp/ts-dir', '755');
+    await sb.fs.uploadFile(Buffer.from('hello from ts'), '/tmp/ts-dir/a.txt');
+    assert.equal((await sb.fs.downloadFile('/tmp/ts-dir/a.txt')).toString(), 'hello from ts');
+    const names = (await sb.fs.listFiles('/tmp/ts-dir')).map((f) => f.name);
+    assert.deepEqual(names, ['a.txt']);
+    const found = await sb.fs.findFiles('/tmp/ts-dir', 'hello');
+    assert.equal(found.length, 1);
+    await assert.rejects(sb.fs.downloadFile('/tmp/ts-dir/missing'), (e) => e.statusCode === 404);
+
+    await sb.process.createSession('s1');
+    await sb.process.executeSessionCommand('s1', { command: 'export X=41' });
+    const s = await sb.process.executeSessionCommand('s1', { command: 'echo $((X+1))' });
+    assert.equal(s.exitCode, 0);
+    assert.equal(s.stdout.trim(), '42');
+
+    let out = '';
+    const pty = await sb.process.createPty({
+      id: 'ts-pty',
+      onData: (b) => { out += Buffer.from(b).toString(); },
+    });
+    await pty.waitForConnection();
+    await pty.sendInput('echo pty-$((6*7))\nexit 5\n');
+    const result = await pty.wait();
+    assert.equal(result.exitCode, 5);
+    assert.match(out, /pty-42/);
+
+    const listed = [];
+    for await (const item of daytona.list({ labels: { suite: 'ts' } })) listed.push(item.id);
+    assert.deepEqual(listed, [sb.id]);
+
+    await sb.stop();
+    assert.equal(sb.state, 'stopped');
+    await sb.start();
+    assert.equal(sb.state, 'started');
+    assert.equal((await sb.fs.downloadFile('/tmp/ts-dir/a.txt')).toString(), 'hello from ts');
+  } finally {
+    await sb.delete(60, true);
+  }
+  await assert.rejects(daytona.get(sb.id), DaytonaNotFoundError);
+});
+
+test('snapshots, forks and volumes', async () => {
+  const vol = await daytona.volume.get(uniq('tsvol'), true);
+  assert.equal(vol.state, 'ready');
+  const sb = await daytona.create({ volumes: [{ volumeId: vol.id, mountPath: '/data' }] });
+  const name = uniq('ts-snap');
+  const others = [];
+  try {
+    await sb.process.executeCommand('echo kept > /tmp/snap.txt; echo shared > /data/v.txt');
+    await sb.createSnapshot(name);
+    await sb.process.executeCommand('echo later > /tmp/later.txt');
+
+    const fork = await sb.fork();
+    others.push(fork);
+    assert.equal(fork.state, 'started');
+    assert.equal((await fork.process.executeCommand('cat /tmp/snap.txt /tmp/later.txt')).result,
+      'kept\nlater\n');
+    await fork.process.executeCommand('echo fork-only > /tmp/snap.txt');
+    assert.equal((await sb.process.executeCommand('cat /tmp/snap.txt')).result, 'kept\n');
+
+    const fromSnap = await daytona.create({ snapshot: name });
+    others.push(fromSnap);
+    const r = await fromSnap.process.executeCommand('cat /tmp/snap.txt; test -e /tmp/later.txt || echo absent');
+    assert.equal(r.result, 'kept\nabsent\n');
+    assert.equal((await fork.process.executeCommand('cat /data/v.txt')).result, 'shared\n');
+
+    const snap = await daytona.snapshot.get(name);
+    assert.equal(snap.state, 'active');
+    assert.ok(snap.size > 0);
+  } finally {
+    for (const s of [sb, ...others]) await s.delete(60, true);
+  }
+  await daytona.snapshot.delete(await daytona.snapshot.get(name));
+  await daytona.volume.delete(await daytona.volume.get(vol.name));
+});
+
+test('an image from a registry, built with steps and local files', async () => {
+  const dir = env('CORRAL_CONTEXT_DIR');
+  const local = path.join(dir, 'ts-app');
+  fs.mkdirSync(path.join(local, 'lib'), { recursive: true });
+  fs.writeFileSync(path.join(local, 'lib', 'data.txt'), 'from the ts context\n');
+  fs.writeFileSync(path.join(dir, 'single.txt'), 'single file\n');
+  const image = Image.base(env('CORRAL_TEST_IMAGE'))
+    .addLocalDir(local, '/srv/app')
+    .addLocalFile(path.join(dir, 'single.txt'), '/etc/single.txt')
+    .runCommands('cat /srv/app/lib/data.txt > /built.txt')
+    .env({ GREETING: 'hi' });
+  const logs = [];
+  const sb = await daytona.create({ image }, { timeout: 240, onSnapshotCreateLogs: (l) => logs.push(l) });
+  try {
+    assert.equal(sb.state, 'started');
+    const r = await sb.process.executeCommand('cat /built.txt /etc/single.txt; echo $GREETING');
+    assert.equal(r.result, 'from the ts context\nsingle file\nhi\n');
+    assert.match(logs.join(''), /Step 1\//);
+  } finally {
+    await sb.delete(60, true);
+  }
+});
+
+test('errors come back as the SDK error classes', async () => {
+  await assert.rejects(daytona.get('no-such-sandbox'), DaytonaNotFoundError);
+  await assert.rejects(daytona.snapshot.get('no-such-snapshot'), DaytonaNotFoundError);
+  await assert.rejects(daytona.create({ snapshot: 'no-such-snapshot' }), (e) => e.statusCode === 404 || e.statusCode === 400);
+});
