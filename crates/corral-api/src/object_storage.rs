@@ -8,7 +8,12 @@
 //!   [`CredentialIssuer`]) and the endpoint URL;
 //! - `/object-storage/{bucket}/{key}` is a small S3-compatible endpoint (path-style requests,
 //!   AWS Signature V4 in the `Authorization` header) with just what uploads need: HEAD, GET,
-//!   PUT and DELETE of an object and multipart uploads. Everything else answers 501.
+//!   PUT and DELETE of an object and multipart uploads. Everything else answers 501, and GET
+//!   ignores `Range` (it always answers the whole object).
+//!
+//! The signature covers the request's path and `Host`, so a TLS proxy named by `--storage-url`
+//! must pass both through unchanged: `--storage-url https://proxy.example/object-storage` with
+//! the proxy forwarding `/object-storage/...` here as it is.
 //!
 //! Objects live in files, `<object_storage_dir>/<bucket>/<key>`, and appear only complete: they
 //! are written to a temporary file in the same directory, synced and renamed into place. Each
@@ -869,6 +874,16 @@ impl TempFile {
             armed: true,
         }
     }
+    /// A new temporary file in `dir`, open for writing.
+    async fn create(dir: &Path) -> std::io::Result<(Self, tokio::fs::File)> {
+        let tmp = Self::new(dir);
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp.path)
+            .await?;
+        Ok((tmp, file))
+    }
     fn persist(mut self, to: &Path) -> std::io::Result<()> {
         std::fs::rename(&self.path, to)?;
         self.armed = false;
@@ -899,11 +914,11 @@ fn too_large(limit: u64) -> S3Error {
     )
 }
 
-/// Streams `body` into the (new) temporary file, checking size and digests; the file is
-/// synced. On error the caller drops `tmp`, which removes it.
+/// Streams `body` into `file` (a new temporary file), checking size and digests; the file is
+/// synced. On error the caller drops the file's [`TempFile`], which removes it.
 async fn receive<S, E>(
     mut body: S,
-    tmp: &TempFile,
+    file: tokio::fs::File,
     limit: u64,
     payload: Payload,
     content_md5: Option<[u8; 16]>,
@@ -912,12 +927,6 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: Display,
 {
-    let file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp.path)
-        .await
-        .map_err(|e| io_error("cannot create a temporary upload file", &e))?;
     let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, file);
     let mut md5 = Md5::new();
     let mut sha = matches!(payload, Payload::Sha256(_)).then(Sha256::new);
@@ -1192,8 +1201,10 @@ impl Objects {
         E: Display,
     {
         let path = self.object_dir(bucket, key).await?;
-        let tmp = TempFile::new(path.parent().unwrap_or(&self.root));
-        let got = receive(body, &tmp, MAX_OBJECT_SIZE, payload, content_md5).await?;
+        let (tmp, file) = TempFile::create(path.parent().unwrap_or(&self.root))
+            .await
+            .map_err(|e| io_error("cannot create a temporary upload file", &e))?;
+        let got = receive(body, file, MAX_OBJECT_SIZE, payload, content_md5).await?;
         let etag = hex::encode(got.md5);
         tracing::debug!(key = key.as_str(), size = got.size, "object stored");
         let key = key.clone();
@@ -1268,17 +1279,13 @@ impl Objects {
             ));
         }
         let dir = self.upload_of(bucket, key, id).await?;
-        let tmp = TempFile::new(&dir);
-        let got = receive(body, &tmp, MAX_PART_SIZE, payload, content_md5)
-            .await
-            .map_err(|e| {
-                // Aborted meanwhile: the temporary file could not be made.
-                if e.status.is_server_error() && !dir.exists() {
-                    S3Error::no_such_upload(id.as_str())
-                } else {
-                    e
-                }
-            })?;
+        let (tmp, file) = match TempFile::create(&dir).await {
+            Ok(created) => created,
+            // Aborted meanwhile.
+            Err(e) if is_not_found(&e) => return Err(S3Error::no_such_upload(id.as_str())),
+            Err(e) => return Err(io_error("cannot create a temporary upload file", &e)),
+        };
+        let got = receive(body, file, MAX_PART_SIZE, payload, content_md5).await?;
         let part = dir.join(format!("part-{number}"));
         let upload = id.as_str().to_owned();
         blocking(move || {
@@ -1396,7 +1403,12 @@ impl Objects {
         id: &UploadId,
     ) -> Result<(), S3Error> {
         let dir = self.upload_of(bucket, key, id).await?;
-        match tokio::fs::remove_dir_all(&dir).await {
+        let mut removed = tokio::fs::remove_dir_all(&dir).await;
+        if matches!(&removed, Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty) {
+            // A part arrived while the directory was being emptied.
+            removed = tokio::fs::remove_dir_all(&dir).await;
+        }
+        match removed {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Err(S3Error::no_such_upload(id.as_str())),
             Err(e) => Err(io_error("cannot remove an upload", &e)),
@@ -2360,8 +2372,9 @@ mod tests {
     #[tokio::test]
     async fn an_oversized_body_is_refused_and_removed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let tmp = TempFile::new(dir.path());
-        let e = match receive(body(&[b"12345", b"678"]), &tmp, 6, Payload::Unsigned, None).await {
+        let (tmp, file) = TempFile::create(dir.path()).await.expect("temp file");
+        assert_eq!(files(dir.path()).len(), 1);
+        let e = match receive(body(&[b"12345", b"678"]), file, 6, Payload::Unsigned, None).await {
             Ok(_) => panic!("accepted 8 bytes with a limit of 6"),
             Err(e) => e,
         };
