@@ -73,8 +73,8 @@ pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 pub const MAX_PART_NUMBER: u32 = 10_000;
 /// The longest key, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
-/// How long push credentials stay valid.
-pub const CREDENTIAL_LIFETIME: Duration = Duration::from_secs(60 * 60);
+/// How long push credentials stay valid, in seconds.
+pub const CREDENTIAL_LIFETIME_SECS: i64 = 60 * 60;
 /// How far a request's `x-amz-date` may be from the server's clock.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(15 * 60);
 /// Multipart uploads untouched for this long are removed.
@@ -210,10 +210,10 @@ fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
 /// per process, so nothing needs storing: a request proves it knows the secret of its token by
 /// its signature, and a token with a changed expiry no longer matches its access key.
 ///
-/// Credentials last [`CREDENTIAL_LIFETIME`]. Because the key lives only in memory, credentials
-/// handed out before a server restart are refused afterwards (403 `InvalidAccessKeyId`); the
-/// SDK asks for new ones with each image build, so only an upload running across a restart
-/// fails.
+/// Credentials last [`CREDENTIAL_LIFETIME_SECS`]. Because the key lives only in memory,
+/// credentials handed out before a server restart are refused afterwards (403
+/// `InvalidAccessKeyId`); the SDK asks for new ones with each image build, so only an upload
+/// running across a restart fails.
 pub struct CredentialIssuer {
     key: [u8; 32],
 }
@@ -248,10 +248,11 @@ impl CredentialIssuer {
         Self { key }
     }
 
-    /// New credentials valid for [`CREDENTIAL_LIFETIME`] from `now`.
+    /// New credentials valid for [`CREDENTIAL_LIFETIME_SECS`] from `now`.
     pub fn issue(&self, now: OffsetDateTime) -> PushCredentials {
-        let lifetime = i64::try_from(CREDENTIAL_LIFETIME.as_secs()).unwrap_or(3600);
-        let expires_at = now.unix_timestamp().saturating_add(lifetime);
+        let expires_at = now
+            .unix_timestamp()
+            .saturating_add(CREDENTIAL_LIFETIME_SECS);
         let session_token = format!("{expires_at}.{}", uuid::Uuid::new_v4().simple());
         PushCredentials {
             access_key_id: self.access_key_for(&session_token),
@@ -297,8 +298,12 @@ impl CredentialIssuer {
             return Err(invalid());
         }
         let expiry: i64 = expiry.parse().map_err(|_| invalid())?;
-        let lifetime = i64::try_from(CREDENTIAL_LIFETIME.as_secs()).unwrap_or(3600);
-        if expiry > now.unix_timestamp().saturating_add(lifetime + 60) {
+        // Later than any token issued so far could expire (a minute's leeway for clock steps).
+        if expiry
+            > now
+                .unix_timestamp()
+                .saturating_add(CREDENTIAL_LIFETIME_SECS + 60)
+        {
             return Err(invalid());
         }
         if access_key != self.access_key_for(token) {
