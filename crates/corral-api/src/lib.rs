@@ -171,6 +171,10 @@ pub fn router(state: AppState) -> Router {
             "/snapshots/{id_or_name}/activate",
             post(snapshots::activate),
         )
+        .route(
+            "/object-storage/push-access",
+            get(object_storage::push_access),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -188,6 +192,9 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics::render))
+        .route("/object-storage", any(object_storage::s3))
+        .route("/object-storage/{bucket}", any(object_storage::s3))
+        .route("/object-storage/{bucket}/{*key}", any(object_storage::s3))
         .merge(protected)
         .fallback(not_found)
         // Requests for `{port}-{sandbox}.{preview domain}` go to the sandbox, not the API.
