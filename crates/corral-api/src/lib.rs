@@ -194,6 +194,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .route("/object-storage", any(object_storage::s3))
         .route("/object-storage/{bucket}", any(object_storage::s3))
+        .route("/object-storage/{bucket}/", any(object_storage::s3))
         .route("/object-storage/{bucket}/{*key}", any(object_storage::s3))
         .merge(protected)
         .fallback(not_found)

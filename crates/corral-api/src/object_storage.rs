@@ -349,31 +349,39 @@ pub async fn push_access(
 }
 
 /// The S3 endpoint SDKs are sent to: the configured one, else this server's own
-/// `/object-storage` over TLS. Without either it is an error telling what to configure, since
-/// the SDK's S3 client refuses plain HTTP.
+/// `/object-storage`: over TLS when the server speaks it; over plain HTTP for clients whose S3
+/// client accepts that (the TypeScript SDK's AWS client does). The Python SDK's client
+/// (obstore) refuses plain HTTP, so for it, without TLS, the answer is an error telling what
+/// to configure rather than a URL that fails later with a TLS-less "builder error".
 pub fn storage_url(config: &ApiConfig, headers: &HeaderMap) -> Result<String, ApiError> {
     if let Some(url) = &config.storage_url {
         return Ok(url.trim_end_matches('/').to_owned());
     }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "the request has no Host header, so the object storage URL cannot be told; \
+                 send one or start the server with --storage-url",
+            )
+        })?;
     if config.tls {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "the request has no Host header, so the object storage URL cannot be told; \
-                     send one or start the server with --storage-url",
-                )
-            })?;
         return Ok(format!("https://{host}/object-storage"));
+    }
+    let python_sdk = headers
+        .get("x-daytona-source")
+        .is_some_and(|v| v.as_bytes().starts_with(b"sdk-python"));
+    if !python_sdk {
+        return Ok(format!("http://{host}/object-storage"));
     }
     Err(ApiError::bad_request(
         "uploading local files for an image build needs object storage over HTTPS, because the \
-         SDK's S3 client refuses plain HTTP: start the server with `corral serve --tls-cert FILE \
-         --tls-key FILE` (a certificate this machine trusts; the same port keeps serving plain \
-         HTTP too), or with `--storage-url https://...` pointing at a TLS proxy in front of this \
-         server's /object-storage",
+         Python SDK's S3 client refuses plain HTTP: start the server with `corral serve \
+         --tls-cert FILE --tls-key FILE` (a certificate this machine trusts; the same port keeps \
+         serving plain HTTP too), or with `--storage-url https://...` pointing at a TLS proxy in \
+         front of this server's /object-storage",
     )
     .with_code("OBJECT_STORAGE_NEEDS_TLS"))
 }
@@ -1146,6 +1154,66 @@ impl Objects {
         ))
     }
 
+    /// The objects of `bucket` whose keys start with `prefix` and sort after `after`, in key
+    /// order, at most `max`; and whether more remain.
+    pub async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: &str,
+        max: usize,
+    ) -> Result<(Vec<(String, ObjectMeta)>, bool), S3Error> {
+        // Walk only the deepest directory the prefix names in full; its segments must be
+        // plain names, so the walk never leaves the bucket.
+        let dir_part = prefix.rsplit_once('/').map_or("", |(d, _)| d);
+        if dir_part
+            .split('/')
+            .any(|seg| matches!(seg, "." | "..") || seg.contains('\0'))
+        {
+            return Err(S3Error::bad_request(
+                "InvalidArgument",
+                "the prefix may not hold '.' or '..' segments",
+            ));
+        }
+        let bucket_dir = self.root.join(bucket);
+        let start = bucket_dir.join(dir_part);
+        let (prefix_owned, after_owned) = (prefix.to_owned(), after.to_owned());
+        let keys = tokio::task::spawn_blocking(move || {
+            let mut keys: Vec<String> = walkdir::WalkDir::new(&start)
+                .follow_links(false)
+                .into_iter()
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_file())
+                .filter_map(|e| {
+                    let rel = e.path().strip_prefix(&bucket_dir).ok()?.to_str()?.to_owned();
+                    // Temporary files and ETag records carry a `~`, which keys never do.
+                    (!rel.contains('~')
+                        && rel.starts_with(&prefix_owned)
+                        && rel.as_str() > after_owned.as_str())
+                    .then_some(rel)
+                })
+                .collect();
+            keys.sort();
+            keys
+        })
+        .await
+        .map_err(|e| io_error("cannot list objects", &std::io::Error::other(e)))?;
+        let truncated = keys.len() > max;
+        let mut found = Vec::with_capacity(keys.len().min(max));
+        for k in keys.into_iter().take(max) {
+            let Ok(key) = ObjectKey::parse(&k) else {
+                continue;
+            };
+            match self.head(bucket, &key).await {
+                Ok(meta) => found.push((k, meta)),
+                // Removed meanwhile.
+                Err(e) if e.status == StatusCode::NOT_FOUND => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((found, truncated))
+    }
+
     /// What HEAD tells of an object.
     pub async fn head(&self, bucket: &str, key: &ObjectKey) -> Result<ObjectMeta, S3Error> {
         let path = self.object_path(bucket, key);
@@ -1467,8 +1535,9 @@ enum Operation {
     Abort { id: UploadId },
 }
 
-fn operation(parts: &Parts) -> Result<Operation, S3Error> {
-    let pairs: Vec<(String, String)> = parts
+/// The decoded `name=value` pairs of a request's query.
+fn query_pairs(parts: &Parts) -> Vec<(String, String)> {
+    parts
         .uri
         .query()
         .unwrap_or("")
@@ -1479,7 +1548,11 @@ fn operation(parts: &Parts) -> Result<Operation, S3Error> {
             let dec = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
             (dec(k), dec(v))
         })
-        .collect();
+        .collect()
+}
+
+fn operation(parts: &Parts) -> Result<Operation, S3Error> {
+    let pairs = query_pairs(parts);
     let get = |name: &str| {
         pairs
             .iter()
@@ -1587,6 +1660,15 @@ fn split_path(path: &str) -> (Option<&str>, Option<&str>) {
     }
 }
 
+fn iso8601(t: SystemTime) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    OffsetDateTime::from(t)
+        .format(format)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".to_owned())
+}
+
 fn http_date(t: SystemTime) -> String {
     let format = time::macros::format_description!(
         "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
@@ -1650,6 +1732,82 @@ pub struct S3Endpoint<'a> {
 }
 
 impl S3Endpoint<'_> {
+    /// `GET /{bucket}?list-type=2[&prefix=..][&max-keys=..][&continuation-token=..]
+    /// [&start-after=..]` (ListObjectsV2; the TypeScript SDK asks whether a context was
+    /// uploaded by listing its prefix). Without `delimiter`: keys only, no common prefixes.
+    async fn list(&self, bucket: &str, parts: &Parts) -> Result<Response, S3Error> {
+        let pairs = query_pairs(parts);
+        let get = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        for (name, _) in &pairs {
+            if !matches!(
+                name.as_str(),
+                "list-type"
+                    | "prefix"
+                    | "max-keys"
+                    | "continuation-token"
+                    | "start-after"
+                    | "encoding-type"
+                    | "fetch-owner"
+                    | "x-id"
+            ) {
+                return Err(S3Error::not_implemented(format!(
+                    "listing with {:?} is not supported (only ListObjectsV2 with prefix, \
+                     max-keys, continuation-token and start-after)",
+                    truncate(name)
+                )));
+            }
+        }
+        if get("list-type") != Some("2") {
+            return Err(S3Error::not_implemented(
+                "only ListObjectsV2 (list-type=2) is supported",
+            ));
+        }
+        let prefix = get("prefix").unwrap_or("");
+        let max_keys = match get("max-keys") {
+            None => 1000,
+            Some(raw) => raw.parse::<usize>().map_err(|_| {
+                S3Error::bad_request("InvalidArgument", "max-keys must be a number")
+            })?,
+        }
+        .min(1000);
+        let after = get("continuation-token")
+            .or_else(|| get("start-after"))
+            .unwrap_or("");
+        let (found, truncated) = self.objects.list(bucket, prefix, after, max_keys).await?;
+        let mut xml = format!(
+            "<ListBucketResult xmlns=\"{S3_XMLNS}\"><Name>{}</Name><Prefix>{}</Prefix>\
+             <KeyCount>{}</KeyCount><MaxKeys>{max_keys}</MaxKeys>\
+             <IsTruncated>{truncated}</IsTruncated>",
+            xml_escape(bucket),
+            xml_escape(prefix),
+            found.len()
+        );
+        for (key, meta) in &found {
+            xml.push_str(&format!(
+                "<Contents><Key>{}</Key><LastModified>{}</LastModified>\
+                 <ETag>&quot;{}&quot;</ETag><Size>{}</Size>\
+                 <StorageClass>STANDARD</StorageClass></Contents>",
+                xml_escape(key),
+                iso8601(meta.last_modified),
+                xml_escape(&meta.etag),
+                meta.size
+            ));
+        }
+        if truncated && let Some((last, _)) = found.last() {
+            xml.push_str(&format!(
+                "<NextContinuationToken>{}</NextContinuationToken>",
+                xml_escape(last)
+            ));
+        }
+        xml.push_str("</ListBucketResult>");
+        Ok(xml_response(xml))
+    }
+
     /// Answers one S3 request; every failure is an S3 error document (no body for HEAD).
     pub async fn handle(&self, req: Request, now: OffsetDateTime) -> Response {
         let is_head = req.method() == Method::HEAD;
@@ -1694,9 +1852,12 @@ impl S3Endpoint<'_> {
             ));
         }
         let Some(key) = key else {
+            if parts.method == Method::GET || parts.method == Method::HEAD {
+                return self.list(bucket, parts).await;
+            }
             return Err(S3Error::not_implemented(
-                "bucket operations (listing objects, uploads, settings) are not supported: \
-                 this endpoint only stores build context",
+                "bucket operations other than listing objects are not supported: this \
+                 endpoint only stores build context",
             ));
         };
         let key = ObjectKey::parse(key)?;
@@ -2316,6 +2477,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn list_finds_keys_under_a_prefix_in_order_and_pages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let objects = Objects::new(dir.path());
+        for k in ["org/b/context.tar", "org/a/context.tar", "org/a/x", "other/a"] {
+            objects
+                .put(B, &key(k), body(&[b"data"]), Payload::Unsigned, None)
+                .await
+                .expect("put");
+        }
+        let names = |found: &[(String, ObjectMeta)]| -> Vec<String> {
+            found.iter().map(|(k, _)| k.clone()).collect()
+        };
+        let (found, more) = objects.list(B, "org/a/", "", 1000).await.expect("list");
+        assert_eq!(names(&found), ["org/a/context.tar", "org/a/x"]);
+        assert!(!more);
+        assert_eq!(found[0].1.etag, md5_hex(b"data"));
+        assert_eq!(found[0].1.size, 4);
+        // A prefix that is not a whole directory, paging by the last key.
+        let (found, more) = objects.list(B, "org/", "", 2).await.expect("list");
+        assert_eq!(names(&found), ["org/a/context.tar", "org/a/x"]);
+        assert!(more);
+        let (found, more) = objects
+            .list(B, "org/", "org/a/x", 2)
+            .await
+            .expect("list");
+        assert_eq!(names(&found), ["org/b/context.tar"]);
+        assert!(!more);
+        // Nothing there, and no way out of the bucket.
+        let (found, _) = objects.list(B, "none/", "", 10).await.expect("list");
+        assert!(found.is_empty());
+        assert!(objects.list(B, "../x/", "", 10).await.is_err());
+    }
+
+    #[tokio::test]
     async fn etag_is_recomputed_when_its_record_is_stale() {
         let dir = tempfile::tempdir().expect("tempdir");
         let objects = Objects::new(dir.path());
@@ -2822,7 +3017,7 @@ mod tests {
                     &issuer,
                     now,
                     "GET",
-                    &format!("/object-storage/{B}?list-type=2"),
+                    &format!("/object-storage/{B}?list-type=1"),
                     b"",
                 ),
                 StatusCode::NOT_IMPLEMENTED,
@@ -2974,7 +3169,7 @@ mod tests {
     }
 
     #[test]
-    fn storage_url_needs_tls_or_a_configured_url() {
+    fn storage_url_is_configured_tls_or_plain_for_clients_that_accept_it() {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::HOST,
@@ -2992,6 +3187,16 @@ mod tests {
             storage_url(&config(None, true), &headers).expect("url"),
             "https://corral.example:3000/object-storage"
         );
+        // Plain HTTP: fine for the TypeScript SDK's S3 client, not for the Python SDK's.
+        headers.insert(
+            "x-daytona-source",
+            HeaderValue::from_static("sdk-typescript-legacy"),
+        );
+        assert_eq!(
+            storage_url(&config(None, false), &headers).expect("url"),
+            "http://corral.example:3000/object-storage"
+        );
+        headers.insert("x-daytona-source", HeaderValue::from_static("sdk-python"));
         let e = storage_url(&config(None, false), &headers).expect_err("plain http");
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert_eq!(e.code, Some("OBJECT_STORAGE_NEEDS_TLS"));
