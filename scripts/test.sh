@@ -14,4 +14,8 @@ if ! "$venv/bin/python" -c 'import daytona, pytest' 2>/dev/null; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
 fi
+# The TypeScript SDK for tests/e2e/test_typescript_sdk.py (pinned by tests/ts/package-lock.json).
+if command -v npm >/dev/null && [ ! -d tests/ts/node_modules/@daytonaio/sdk ]; then
+    npm ci --prefix tests/ts --silent --no-audit --no-fund
+fi
 CORRAL_BIN="$PWD/target/release/corral" "$venv/bin/python" -m pytest tests/e2e -q "$@"
