@@ -1100,6 +1100,7 @@ impl Runtime for LinuxRuntime {
         let disk = self.disk.clone();
         let owned = id.to_owned();
         let data = self.cfg.data_dir.clone();
+        let oci = self.oci.clone();
         let files = async {
             tokio::task::spawn_blocking(move || {
                 disk.remove(&owned)?;
@@ -1107,16 +1108,20 @@ impl Runtime for LinuxRuntime {
                     .map_err(|e| RuntimeError::host("removing sandbox dir", e))?;
                 remove_file_if_exists(&archive)
                     .map_err(|e| RuntimeError::host("removing archive", e))?;
-                let had_commits = bound::read_binding(&data, &owned)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|b| !b.commits.is_empty());
+                let binding = bound::read_binding(&data, &owned).ok().flatten();
                 bound::remove_binding(&data, &owned)
                     .map_err(|e| RuntimeError::host("removing image binding", e))?;
-                if had_commits {
+                if binding.as_ref().is_some_and(|b| !b.commits.is_empty()) {
                     // Snapshot layers only this sandbox still used.
                     crate::commit::gc(&data)
                         .map_err(|e| RuntimeError::host("removing unused snapshot layers", e))?;
+                }
+                if binding.as_ref().is_some_and(|b| !b.is_host()) {
+                    // Image layers only this sandbox still used (its snapshot was deleted
+                    // while it was being destroyed). Images still recorded keep theirs.
+                    if let Err(e) = oci.gc(&crate::oci::images::layers_in_use(&data)) {
+                        tracing::warn!(sandbox = %owned, error = %e, "image garbage collection failed");
+                    }
                 }
                 Ok(())
             })
