@@ -3,9 +3,14 @@
 //! the `FROM` image (as root, no entrypoint, with the snapshot's resources and network),
 //! runs the steps in it through its agent (`RUN` by the agent's streaming `/corral/run`, as
 //! the current `USER` via its `run-as` mode, with the `ENV`s and `WORKDIR` so far; `COPY` of inline heredoc files
-//! through the agent's file API), then commits its writable layer as the snapshot's image
+//! through the agent's file API; `COPY`/`ADD` from the uploaded build context (`context`) as
+//! tar streams the agent unpacks), then commits its writable layer as the snapshot's image
 //! (the runtime's copy-on-write snapshot) with the resulting config (env, workdir, user,
 //! entrypoint, cmd), and removes the build sandbox.
+//!
+//! A build's uploaded context is named by `buildInfo.contextHashes` (archives in the object
+//! store, see `object_storage`); the hashes are kept beside the build's Dockerfile and are
+//! part of a sandbox build's identity.
 //!
 //! Progress goes to a build log, `<build log dir>/<snapshot id>.log`, served by
 //! `GET /api/snapshots/{id}/build-logs` and `GET /api/sandbox/{id}/build-logs` (with
@@ -25,6 +30,8 @@ use corral_core::{
 };
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
+
+mod context;
 
 use crate::dockerfile::{self, CopySource, Op};
 use crate::error::ApiError;
@@ -121,6 +128,7 @@ pub async fn build(
     state: &AppState,
     snap: &mut Snapshot,
     dockerfile: &str,
+    context: &[String],
 ) -> Result<ImageInfo, ApiError> {
     let log = Log::create(state, &snap.id);
     snap.state = SnapshotState::Building;
@@ -128,7 +136,7 @@ pub async fn build(
     state.snapshots.update_snapshot(snap).await?;
     tracing::info!(snapshot = %snap.name, "building snapshot");
     let started = std::time::Instant::now();
-    match run_build(state, snap, dockerfile, &log).await {
+    match run_build(state, snap, dockerfile, context, &log).await {
         Ok(info) => {
             log.line(&format!(
                 "Successfully built snapshot {} in {:.1}s",
@@ -163,6 +171,7 @@ async fn run_build(
     state: &AppState,
     snap: &Snapshot,
     content: &str,
+    context: &[String],
     log: &Log,
 ) -> Result<ImageInfo, ApiError> {
     let no_args = BTreeMap::new();
@@ -222,7 +231,7 @@ async fn run_build(
     // Not recorded in the store: if the server dies mid-build, start-up removes it as the
     // leftover of an unknown sandbox.
     state.runtime.start(&spec).await?;
-    let outcome = match run_steps(state, &id, &parsed, &base, env, log).await {
+    let outcome = match run_steps(state, &id, &parsed, &base, env, context, log).await {
         Ok(config) => {
             log.line("Committing the build's files");
             state
@@ -261,8 +270,11 @@ async fn run_steps(
     parsed: &dockerfile::Dockerfile,
     base: &ImageInfo,
     env: Vec<(String, String)>,
+    hashes: &[String],
     log: &Log,
 ) -> Result<CommitConfig, ApiError> {
+    // The uploaded context, read at its first use.
+    let mut context: Option<std::sync::Arc<context::Index>> = None;
     let mut cx = Context {
         env,
         workdir: base.working_dir.clone().unwrap_or_else(|| "/".into()),
@@ -328,12 +340,18 @@ async fn run_steps(
                     let (name, content) = match src {
                         CopySource::Inline { name, content } => (name, content),
                         CopySource::Context(p) => {
-                            return Err(failed(format!(
-                                "copies {p:?} from the build context: uploaded build context \
-                                 is not supported by this server (the SDK uploads it to S3 \
-                                 object storage); write files with a heredoc \
-                                 (COPY <<EOF /path) or a RUN step instead"
-                            )));
+                            let index = match &context {
+                                Some(index) => index.clone(),
+                                None => {
+                                    let index =
+                                        read_context(state, hashes, log).await.map_err(failed)?;
+                                    context.insert(index).clone()
+                                }
+                            };
+                            copy_context(state, id, index, p, dest, chown.as_deref(), *chmod)
+                                .await
+                                .map_err(failed)?;
+                            continue;
                         }
                     };
                     let target = if dest.ends_with('/') {
@@ -381,6 +399,136 @@ fn q(s: &str) -> String {
     serde_urlencoded::to_string([("", s)])
         .map(|e| e.trim_start_matches('=').to_owned())
         .unwrap_or_default()
+}
+
+/// Lists the entries of a build's uploaded context archives.
+async fn read_context(
+    state: &AppState,
+    hashes: &[String],
+    log: &Log,
+) -> Result<std::sync::Arc<context::Index>, String> {
+    let mut archives = Vec::with_capacity(hashes.len());
+    for h in hashes {
+        let path = crate::object_storage::context_archive(state, h)
+            .filter(|p| p.is_file())
+            .ok_or_else(|| format!("the build context {h} is missing from the object store"))?;
+        archives.push(context::Archive {
+            hash: h.clone(),
+            path,
+        });
+    }
+    let index = tokio::task::spawn_blocking(move || context::Index::read(archives))
+        .await
+        .map_err(|e| format!("reading the build context failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    log.line(&format!(
+        "Build context: {} entries in {} upload(s)",
+        index.len(),
+        hashes.len()
+    ));
+    Ok(std::sync::Arc::new(index))
+}
+
+/// Whether `path` is a directory (or a link to one) in the build sandbox.
+async fn is_dir(state: &AppState, id: &str, path: &str) -> Result<bool, String> {
+    let (status, body) = agent(
+        state,
+        id,
+        Method::GET,
+        &format!("/files/info?path={}", q(path)),
+        None,
+    )
+    .await?;
+    if !status.is_success() {
+        return Ok(false);
+    }
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    Ok(v.get("isDir").and_then(Value::as_bool).unwrap_or(false))
+}
+
+/// `COPY` of `source` from the uploaded context to `dest`, with Docker's rules (see
+/// `context`), through the agent's `POST /corral/untar`.
+async fn copy_context(
+    state: &AppState,
+    id: &str,
+    index: std::sync::Arc<context::Index>,
+    source: &str,
+    dest: &str,
+    chown: Option<&str>,
+    chmod: Option<u32>,
+) -> Result<(), String> {
+    let matches = index.find(source).map_err(|e| e.to_string())?;
+    let dest_is_dir =
+        !dest.ends_with('/') && matches.iter().any(|m| !m.dir) && is_dir(state, id, dest).await?;
+    let batches = index
+        .plan(source, &matches, dest, dest_is_dir)
+        .map_err(|e| e.to_string())?;
+    for batch in batches {
+        untar(state, id, index.clone(), batch, chown, chmod).await?;
+    }
+    Ok(())
+}
+
+/// Streams one batch of context entries to the build sandbox's agent, which unpacks it.
+async fn untar(
+    state: &AppState,
+    id: &str,
+    index: std::sync::Arc<context::Index>,
+    batch: context::Batch,
+    chown: Option<&str>,
+    chmod: Option<u32>,
+) -> Result<(), String> {
+    let dir = batch.dir.clone();
+    let mut query = format!("dest={}", q(&dir));
+    if let Some(c) = chown {
+        let (u, g) = c.split_once(':').unwrap_or((c, ""));
+        query.push_str(&format!("&owner={}", q(u)));
+        if !g.is_empty() {
+            query.push_str(&format!("&group={}", q(g)));
+        }
+    }
+    if let Some(m) = chmod {
+        query.push_str(&format!("&mode={m:o}"));
+    }
+    // The tar is written as it is sent: a blocking task reads the archives into a channel
+    // the request body streams from.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let producer = tokio::task::spawn_blocking(move || {
+        let r = index.write_batch(&batch, context::ChunkWriter::new(tx.clone()));
+        if let Err(e) = &r {
+            // Ends the body with an error, so the agent does not take a cut stream for whole.
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+        r
+    });
+    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{id}/corral/untar?{query}"))
+        .header(header::HOST, "agent")
+        .header(header::CONTENT_TYPE, "application/x-tar")
+        .body(body)
+        .map_err(|e| e.to_string())?;
+    let sent = send(state, req).await;
+    let produced = producer
+        .await
+        .map_err(|e| format!("reading the build context failed: {e}"))?;
+    match (sent, produced) {
+        (Ok((status, _)), Ok(())) if status.is_success() => Ok(()),
+        (Ok((status, answer)), _) if !status.is_success() => {
+            let v: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+            let why = v.get("message").and_then(Value::as_str).map_or_else(
+                || String::from_utf8_lossy(&answer).into_owned(),
+                str::to_owned,
+            );
+            Err(format!("could not copy into {dir}: {why}"))
+        }
+        (_, Err(e)) => Err(e.to_string()),
+        (Err(e), Ok(())) => Err(e),
+        (Ok(_), Ok(())) => Err("the build sandbox did not unpack the files".into()),
+    }
 }
 
 /// Runs one `RUN` command in the build sandbox; its output goes to the log.
@@ -777,33 +925,63 @@ fn dockerfile_path(state: &AppState, snapshot_id: &str) -> PathBuf {
         .join(format!("{snapshot_id}.Dockerfile"))
 }
 
+/// Where a build snapshot's uploaded context hashes are kept (a JSON list; absent: none).
+fn context_path(state: &AppState, snapshot_id: &str) -> PathBuf {
+    state
+        .config
+        .build_log_dir
+        .join(format!("{snapshot_id}.context.json"))
+}
+
+/// The uploaded context hashes a build snapshot was recorded with.
+async fn context_of(state: &AppState, snapshot_id: &str) -> Result<Vec<String>, ApiError> {
+    match tokio::fs::read(context_path(state, snapshot_id)).await {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the build context list of snapshot {snapshot_id} is unreadable: {e}"
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(ApiError::internal("reading a build's context list", &e)),
+    }
+}
+
 /// Whether snapshot `id` is built from a Dockerfile (rather than pulled or committed).
 pub fn is_build(state: &AppState, snapshot_id: &str) -> bool {
     dockerfile_path(state, snapshot_id).is_file()
 }
 
-/// Refuses what a build cannot do before anything is recorded: uploaded context and
-/// Dockerfiles that do not parse.
-pub fn check(dockerfile: &str, context_hashes: Option<&[String]>) -> Result<(), ApiError> {
-    if context_hashes.is_some_and(|c| !c.is_empty()) {
-        return Err(ApiError::bad_request(
-            "builds with an uploaded context (Image.add_local_file/add_local_dir) are not \
-             supported: the SDK uploads context to S3 object storage, which this server does \
-             not provide; write files with RUN steps or a heredoc (COPY <<EOF /path) instead",
-        )
-        .with_code("BUILD_NOT_SUPPORTED"));
+/// Refuses what a build cannot do before anything is recorded: Dockerfiles that do not
+/// parse, and uploaded context that is not there (a malformed hash, or no archive under it:
+/// `BUILD_CONTEXT_MISSING`).
+pub fn check(
+    state: &AppState,
+    dockerfile: &str,
+    context_hashes: Option<&[String]>,
+) -> Result<(), ApiError> {
+    dockerfile::parse(dockerfile, &BTreeMap::new()).map_err(invalid)?;
+    for hash in context_hashes.unwrap_or_default() {
+        let why = match crate::object_storage::context_archive(state, hash) {
+            None => "is not a build context hash (32 hex digits, as the SDK computes them)",
+            Some(p) if !p.is_file() => "was not uploaded",
+            Some(_) => continue,
+        };
+        return Err(ApiError::bad_request(format!(
+            "build context {hash:?} {why}: upload it first (the SDK does this through \
+             /api/object-storage/push-access)"
+        ))
+        .with_code("BUILD_CONTEXT_MISSING"));
     }
-    dockerfile::parse(dockerfile, &BTreeMap::new())
-        .map(|_| ())
-        .map_err(invalid)
+    Ok(())
 }
 
-/// Records snapshot `name`, to be built from `dockerfile` (`pending`), with the resources
-/// its build sandbox gets.
+/// Records snapshot `name`, to be built from `dockerfile` (`pending`) with the uploaded
+/// context `context` (hashes), with the resources its build sandbox gets.
 pub async fn record(
     state: &AppState,
     name: String,
     dockerfile: &str,
+    context: &[String],
     resources: Resources,
 ) -> Result<Snapshot, ApiError> {
     let id = uuid::Uuid::new_v4().to_string();
@@ -830,11 +1008,20 @@ pub async fn record(
             .await
             .map_err(|e| ApiError::internal("creating the build dir", &e))?;
     }
+    let hashes_path = context_path(state, &snap.id);
+    if !context.is_empty() {
+        let list = serde_json::to_vec(context)
+            .map_err(|e| ApiError::internal("keeping the build context list", &e))?;
+        tokio::fs::write(&hashes_path, list)
+            .await
+            .map_err(|e| ApiError::internal("keeping the build context list", &e))?;
+    }
     tokio::fs::write(&path, dockerfile)
         .await
         .map_err(|e| ApiError::internal("keeping the Dockerfile", &e))?;
     if let Err(e) = crate::snapshots::insert(state, &snap).await {
         let _ = tokio::fs::remove_file(&path).await;
+        let _ = tokio::fs::remove_file(&hashes_path).await;
         return Err(e);
     }
     Ok(snap)
@@ -877,7 +1064,10 @@ pub async fn ensure_ready(state: &AppState, id: &str) -> Result<(), ApiError> {
         };
         return if is_build(state, id) {
             match tokio::fs::read_to_string(dockerfile_path(state, id)).await {
-                Ok(c) => build(state, &mut snap, &c).await.map(|_| ()),
+                Ok(c) => {
+                    let hashes = context_of(state, id).await?;
+                    build(state, &mut snap, &c, &hashes).await.map(|_| ())
+                }
                 Err(e) => Err(ApiError::bad_request(format!(
                     "the Dockerfile of snapshot {} is gone: {e}",
                     snap.name
@@ -893,6 +1083,7 @@ pub async fn ensure_ready(state: &AppState, id: &str) -> Result<(), ApiError> {
 pub async fn forget(state: &AppState, snapshot_id: &str) {
     for p in [
         dockerfile_path(state, snapshot_id),
+        context_path(state, snapshot_id),
         log_path(state, snapshot_id),
     ] {
         let _ = tokio::fs::remove_file(p).await;
@@ -917,13 +1108,9 @@ pub async fn resume(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The snapshot a Dockerfile that needs a build is built as: one per Dockerfile (and build
-/// resources), so the same image is built once; recorded `pending` when new.
-pub async fn build_snapshot(
-    state: &AppState,
-    dockerfile: &str,
-    resources: Resources,
-) -> Result<Snapshot, ApiError> {
+/// The name of the snapshot a sandbox build is built as: a digest of the Dockerfile, the
+/// uploaded context (the set of hashes) and the build resources.
+fn build_name(dockerfile: &str, context: &[String], resources: Resources) -> String {
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
     h.update(dockerfile.as_bytes());
@@ -934,11 +1121,28 @@ pub async fn build_snapshot(
         )
         .as_bytes(),
     );
-    let name = format!("build-{}", &hex::encode(h.finalize())[..16]);
+    let hashes: std::collections::BTreeSet<&str> = context.iter().map(String::as_str).collect();
+    // Nothing added without context: names of earlier builds stay valid.
+    for hash in hashes {
+        h.update(b"\0context:");
+        h.update(hash.as_bytes());
+    }
+    format!("build-{}", &hex::encode(h.finalize())[..16])
+}
+
+/// The snapshot a Dockerfile that needs a build is built as: one per Dockerfile, uploaded
+/// context and build resources, so the same image is built once; recorded `pending` when new.
+pub async fn build_snapshot(
+    state: &AppState,
+    dockerfile: &str,
+    context: &[String],
+    resources: Resources,
+) -> Result<Snapshot, ApiError> {
+    let name = build_name(dockerfile, context, resources);
     if let Some(s) = state.snapshots.get_snapshot(&name).await? {
         return Ok(s);
     }
-    match record(state, name.clone(), dockerfile, resources).await {
+    match record(state, name.clone(), dockerfile, context, resources).await {
         Ok(s) => Ok(s),
         // Recorded by a concurrent request meanwhile.
         Err(e) => state.snapshots.get_snapshot(&name).await?.ok_or(e),
@@ -967,15 +1171,23 @@ pub async fn snapshot_to_prepare(
             )
         }));
     };
-    let context: Option<Vec<String>> = build_info
-        .and_then(|b| b.get("contextHashes"))
-        .and_then(|c| serde_json::from_value(c.clone()).ok());
+    let context: Option<Vec<String>> = match build_info.and_then(|b| b.get("contextHashes")) {
+        None | Some(Value::Null) => None,
+        Some(c) => Some(serde_json::from_value(c.clone()).map_err(|_| {
+            ApiError::bad_request("buildInfo.contextHashes must be a list of strings")
+        })?),
+    };
     let context = context.filter(|c| !c.is_empty());
     if context.is_some() || needs_build(dockerfile) {
-        check(dockerfile, context.as_deref())?;
-        return build_snapshot(state, dockerfile, sandbox.resources)
-            .await
-            .map(Some);
+        check(state, dockerfile, context.as_deref())?;
+        return build_snapshot(
+            state,
+            dockerfile,
+            context.as_deref().unwrap_or_default(),
+            sandbox.resources,
+        )
+        .await
+        .map(Some);
     }
     // A bare `FROM <image>`: a stored image starts at once; one to pull is pulled in the
     // background, its progress in the snapshot's log.
@@ -1075,4 +1287,30 @@ async fn try_finish(state: &AppState, id: &str) -> Result<(), ApiError> {
     spec.image = info.reference;
     spec.entrypoint = entrypoint;
     crate::sandboxes::start_recorded(state, &mut s, &spec).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_uploaded_context_is_part_of_a_build_s_identity() {
+        let r = Resources::default();
+        let df = "FROM x\nCOPY a /a\n";
+        let (h1, h2) = ("0".repeat(32), "f".repeat(32));
+        let plain = build_name(df, &[], r);
+        // Without context, the name is what it always was (earlier builds are reused).
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(df.as_bytes());
+        h.update(format!("\0{}/{}/{}", r.cpu, r.memory_gib, r.disk_gib).as_bytes());
+        assert_eq!(plain, format!("build-{}", &hex::encode(h.finalize())[..16]));
+        let one = build_name(df, std::slice::from_ref(&h1), r);
+        let both = build_name(df, &[h1.clone(), h2.clone()], r);
+        assert_ne!(plain, one);
+        assert_ne!(one, both);
+        assert_ne!(one, build_name(df, std::slice::from_ref(&h2), r));
+        // The same set in any order (or repeated) is the same build.
+        assert_eq!(both, build_name(df, &[h2.clone(), h1.clone(), h2], r));
+    }
 }

@@ -261,7 +261,7 @@ pub async fn create(
             Ok(found) if b.context_hashes.as_ref().is_none_or(Vec::is_empty) => found,
             // Anything beyond FROM is built (in the background, with build logs).
             _ => {
-                crate::builds::check(&b.dockerfile_content, b.context_hashes.as_deref())?;
+                crate::builds::check(&state, &b.dockerfile_content, b.context_hashes.as_deref())?;
                 let d = corral_core::Resources::default();
                 let resources = corral_core::Resources {
                     cpu: resource(req.cpu, d.cpu, 64, "cpu")?,
@@ -269,9 +269,14 @@ pub async fn create(
                     memory_gib: resource(req.memory, d.memory_gib, 1024, "memory")?,
                     disk_gib: resource(req.disk, d.disk_gib, 10240, "disk")?,
                 };
-                let snap =
-                    crate::builds::record(&state, req.name, &b.dockerfile_content, resources)
-                        .await?;
+                let snap = crate::builds::record(
+                    &state,
+                    req.name,
+                    &b.dockerfile_content,
+                    b.context_hashes.as_deref().unwrap_or_default(),
+                    resources,
+                )
+                .await?;
                 let reply = dto(&state, &snap);
                 let bg = state.clone();
                 tokio::spawn(async move {
@@ -582,14 +587,10 @@ pub async fn source_for(
     build_info: Option<&Value>,
 ) -> Result<Source, ApiError> {
     let mut snap = if let Some(b) = build_info {
+        // Builds (uploaded context included) were sent to the background path by
+        // `builds::snapshot_to_prepare`: what reaches here is a bare `FROM <image>`.
         let b: BuildInfo = serde_json::from_value(b.clone())
             .map_err(|e| ApiError::bad_request(format!("invalid buildInfo: {e}")))?;
-        if b.context_hashes.as_ref().is_some_and(|c| !c.is_empty()) {
-            return Err(ApiError::bad_request(
-                "Dockerfile builds with COPY/ADD context are not supported yet",
-            )
-            .with_code("BUILD_NOT_SUPPORTED"));
-        }
         let (image, entrypoint) = image_of_dockerfile(&b.dockerfile_content)?;
         image_snapshot(state, &image, entrypoint).await?
     } else {

@@ -16,6 +16,7 @@ mod session;
 mod stream_run;
 pub use session::start_entrypoint;
 mod tunnel;
+mod untar;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -77,6 +78,10 @@ pub fn router(state: AppState) -> Router {
         .route("/work-dir", get(info::work_dir))
         .route("/process/execute", post(execute::execute))
         .route("/corral/run", post(stream_run::run))
+        .route(
+            "/corral/untar",
+            post(untar::untar).layer(DefaultBodyLimit::disable()),
+        )
         .route("/process/code-run", post(code_run::code_run))
         .route("/port/{port}/tunnel", get(tunnel::tunnel))
         .merge(files::routes())
