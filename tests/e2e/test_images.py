@@ -2,6 +2,7 @@
 real `corral serve`, with images built here (umoci, busybox-static) and served by a real
 local registry (`docker-registry`) on 127.0.0.1."""
 
+import socket
 import time
 import uuid
 
@@ -279,6 +280,12 @@ class SilentRegistry:
 
     def close(self):
         self.closed = True
+        # shutdown() first: a plain close() leaves the port accepting while another thread
+        # is blocked in accept().
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
         for c in self.conns:
             c.close()

@@ -1185,7 +1185,12 @@ impl Objects {
                 .filter_map(Result::ok)
                 .filter(|e| e.file_type().is_file())
                 .filter_map(|e| {
-                    let rel = e.path().strip_prefix(&bucket_dir).ok()?.to_str()?.to_owned();
+                    let rel = e
+                        .path()
+                        .strip_prefix(&bucket_dir)
+                        .ok()?
+                        .to_str()?
+                        .to_owned();
                     // Temporary files and ETag records carry a `~`, which keys never do.
                     (!rel.contains('~')
                         && rel.starts_with(&prefix_owned)
@@ -2480,7 +2485,12 @@ mod tests {
     async fn list_finds_keys_under_a_prefix_in_order_and_pages() {
         let dir = tempfile::tempdir().expect("tempdir");
         let objects = Objects::new(dir.path());
-        for k in ["org/b/context.tar", "org/a/context.tar", "org/a/x", "other/a"] {
+        for k in [
+            "org/b/context.tar",
+            "org/a/context.tar",
+            "org/a/x",
+            "other/a",
+        ] {
             objects
                 .put(B, &key(k), body(&[b"data"]), Payload::Unsigned, None)
                 .await
@@ -2498,10 +2508,7 @@ mod tests {
         let (found, more) = objects.list(B, "org/", "", 2).await.expect("list");
         assert_eq!(names(&found), ["org/a/context.tar", "org/a/x"]);
         assert!(more);
-        let (found, more) = objects
-            .list(B, "org/", "org/a/x", 2)
-            .await
-            .expect("list");
+        let (found, more) = objects.list(B, "org/", "org/a/x", 2).await.expect("list");
         assert_eq!(names(&found), ["org/b/context.tar"]);
         assert!(!more);
         // Nothing there, and no way out of the bucket.

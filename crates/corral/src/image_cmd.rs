@@ -23,7 +23,8 @@ pub struct ImageArgs {
         global = true
     )]
     data_dir: PathBuf,
-    /// Registries spoken to over plain HTTP besides loopback ones (comma-separated).
+    /// Registries that may fall back to plain HTTP when HTTPS fails, besides loopback ones
+    /// (comma-separated `host[:port]`).
     #[arg(
         long = "insecure-registry",
         env = "CORRAL_INSECURE_REGISTRIES",

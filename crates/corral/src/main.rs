@@ -129,8 +129,8 @@ struct ServeArgs {
     /// Use this agent binary instead of the embedded one (must be static).
     #[arg(long, env = "CORRAL_AGENT_BINARY")]
     agent_binary: Option<PathBuf>,
-    /// Registries pulled from over plain HTTP besides loopback ones (comma-separated
-    /// `host[:port]`).
+    /// Registries that may fall back to plain HTTP when HTTPS fails, besides loopback ones
+    /// (comma-separated `host[:port]`).
     #[arg(
         long = "insecure-registry",
         env = "CORRAL_INSECURE_REGISTRIES",
@@ -349,7 +349,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "corral is ready"
     );
     // The peer address feeds the X-Forwarded-For of preview requests.
-    let app = corral_api::router(state.clone()).into_make_service_with_connect_info::<corral_api::listener::Peer>();
+    let app = corral_api::router(state.clone())
+        .into_make_service_with_connect_info::<corral_api::listener::Peer>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;

@@ -82,6 +82,8 @@ impl RegistryClient {
             builder()
                 .user_agent(concat!("corral/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(std::time::Duration::from_secs(30))
+                // A registry that goes silent mid-answer fails the pull instead of hanging it.
+                .read_timeout(std::time::Duration::from_secs(60))
                 .tls_built_in_webpki_certs(true)
         };
         // reqwest refuses to build when the host's store holds certificates but none
