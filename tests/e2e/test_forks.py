@@ -131,6 +131,31 @@ def test_a_chain_of_snapshots_with_deletions(srv):
     assert commit_layers(srv) == []
 
 
+def test_a_snapshot_can_go_while_its_sandboxes_are_being_deleted(srv):
+    """The TypeScript SDK's delete does not wait: deleting the snapshot right after its
+    sandboxes is accepted, and their teardown removes the layer once nothing mounts it."""
+    d = srv.client()
+    name = uniq("going")
+    sb = d.create(timeout=60)
+    try:
+        sb.process.exec("echo data > ~/f")
+        sb._experimental_create_snapshot(name)
+    finally:
+        d.delete(sb, wait=True)
+    users = [d.create(CreateSandboxFromSnapshotParams(snapshot=name), timeout=60) for _ in range(2)]
+    assert read(users[0], "~/f") == "data"
+    # Still in use: refused.
+    with pytest.raises(DaytonaError, match="in use"):
+        d.snapshot.delete(d.snapshot.get(name))
+    for u in users:
+        d.delete(u)  # no wait
+    d.snapshot.delete(d.snapshot.get(name))
+    deadline = time.time() + 30
+    while list(d.list()) or commit_layers(srv):
+        assert time.time() < deadline, (list(d.list()), commit_layers(srv))
+        time.sleep(0.1)
+
+
 def test_fork_is_a_copy_on_write_sibling(srv):
     d = srv.client()
     sb = d.create(CreateSandboxFromSnapshotParams(labels={"role": "src"}, env_vars={"GREETING": "hi"}), timeout=60)

@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use corral_core::{ImageInfo, ListQuery, Snapshot, SnapshotState, StoreError};
+use corral_core::{DesiredState, ImageInfo, ListQuery, Snapshot, SnapshotState, StoreError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -403,7 +403,8 @@ pub async fn list(
     })))
 }
 
-/// Names of sandboxes (not destroyed) created from `snapshot`.
+/// Names of sandboxes created from `snapshot`, except those being deleted: their teardown
+/// keeps the layers they mount and collects them when it is done.
 async fn users_of(state: &AppState, snapshot: &str) -> Result<Vec<String>, ApiError> {
     let mut found = Vec::new();
     let mut cursor = None;
@@ -419,7 +420,7 @@ async fn users_of(state: &AppState, snapshot: &str) -> Result<Vec<String>, ApiEr
         found.extend(
             page.items
                 .into_iter()
-                .filter(|s| s.snapshot == snapshot)
+                .filter(|s| s.snapshot == snapshot && s.desired_state != DesiredState::Destroyed)
                 .map(|s| s.name),
         );
         match page.next_cursor {
