@@ -964,7 +964,10 @@ pub fn check(
         let why = match crate::object_storage::context_archive(state, hash) {
             None => "is not a build context hash (32 hex digits, as the SDK computes them)",
             Some(p) if !p.is_file() => "was not uploaded",
-            Some(_) => continue,
+            Some(p) => {
+                crate::object_storage::mark_used(&p);
+                continue;
+            }
         };
         return Err(ApiError::bad_request(format!(
             "build context {hash:?} {why}: upload it first (the SDK does this through \

@@ -79,6 +79,9 @@ pub const CREDENTIAL_LIFETIME_SECS: i64 = 60 * 60;
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(15 * 60);
 /// Multipart uploads untouched for this long are removed.
 pub const STALE_UPLOAD_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+/// Objects neither written, found by a HEAD, nor used by a build for this long are removed
+/// (an SDK that finds one missing uploads it again).
+pub const UNUSED_OBJECT_AGE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// The largest body of a `POST` (the part list of `CompleteMultipartUpload`).
 const MAX_XML_BODY: usize = 2 * 1024 * 1024;
 /// Unfinished multipart uploads: `<root>/.uploads/<upload id>/`.
@@ -1012,6 +1015,94 @@ fn is_conflict(e: &std::io::Error) -> bool {
     )
 }
 
+/// Where an object's last use is recorded (its modification time).
+fn used_sidecar(object: &Path) -> PathBuf {
+    let name = object
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    object.with_file_name(format!(".{name}~used"))
+}
+
+/// Records that an object was just used (found by a HEAD, or read by a build), so
+/// [`remove_unused`] keeps it. Best effort.
+pub fn mark_used(object: &Path) {
+    if object.is_file()
+        && let Err(e) = std::fs::File::create(used_sidecar(object))
+    {
+        tracing::debug!(object = %object.display(), error = %e, "cannot record an object's use");
+    }
+}
+
+/// Removes the objects under `root` (every bucket; unfinished uploads have their own
+/// cleanup) last written or used more than `max_age` ago, with their records, and the
+/// directories that leaves empty. Returns how many objects went.
+pub fn remove_unused(root: &Path, max_age: Duration) -> std::io::Result<usize> {
+    let age = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().unwrap_or(Duration::ZERO))
+            .ok()
+    };
+    let mut removed = 0;
+    let mut dirs = Vec::new();
+    let walk = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .follow_links(false)
+        .into_iter()
+        .filter_entry(|e| e.depth() > 1 || e.file_name() != UPLOADS_DIR);
+    for entry in walk {
+        let entry = entry.map_err(std::io::Error::other)?;
+        let path = entry.path();
+        if entry.file_type().is_dir() {
+            if entry.depth() > 1 {
+                dirs.push(path.to_path_buf());
+            }
+            continue;
+        }
+        if !entry.file_type().is_file() || entry.file_name().to_string_lossy().contains('~') {
+            continue;
+        }
+        let last = [age(path), age(&used_sidecar(path))]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(Duration::ZERO);
+        if last < max_age {
+            continue;
+        }
+        for p in [etag_sidecar(path), used_sidecar(path), path.to_path_buf()] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        tracing::info!(object = %path.display(), unused_days = last.as_secs() / 86_400, "removed an unused upload");
+        removed += 1;
+    }
+    // Deepest first; a directory still holding something stays.
+    for dir in dirs.iter().rev() {
+        let _ = std::fs::remove_dir(dir);
+    }
+    Ok(removed)
+}
+
+/// Removes unused uploads at start and then every hour.
+pub async fn collect_unused_forever(state: AppState) {
+    let root = state.config.object_storage_dir.clone();
+    loop {
+        let dir = root.clone();
+        match tokio::task::spawn_blocking(move || remove_unused(&dir, UNUSED_OBJECT_AGE)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove unused uploads"),
+            Err(e) => tracing::warn!(error = %e, "cannot remove unused uploads"),
+        }
+        tokio::time::sleep(Duration::from_secs(60 * 60)).await;
+    }
+}
+
 fn etag_sidecar(object: &Path) -> PathBuf {
     let name = object
         .file_name()
@@ -1210,7 +1301,12 @@ impl Objects {
                 continue;
             };
             match self.head(bucket, &key).await {
-                Ok(meta) => found.push((k, meta)),
+                Ok(meta) => {
+                    // The TypeScript SDK lists to find its upload, then builds from it.
+                    let path = self.object_path(bucket, &key);
+                    let _ = tokio::task::spawn_blocking(move || mark_used(&path)).await;
+                    found.push((k, meta));
+                }
                 // Removed meanwhile.
                 Err(e) if e.status == StatusCode::NOT_FOUND => {}
                 Err(e) => return Err(e),
@@ -1294,7 +1390,7 @@ impl Objects {
     /// Deletes an object; deleting one that does not exist is no error (as in S3).
     pub async fn delete(&self, bucket: &str, key: &ObjectKey) -> Result<(), S3Error> {
         let path = self.object_path(bucket, key);
-        for p in [etag_sidecar(&path), path] {
+        for p in [etag_sidecar(&path), used_sidecar(&path), path] {
             match tokio::fs::remove_file(&p).await {
                 Ok(()) => {}
                 Err(e) if is_not_found(&e) || e.kind() == std::io::ErrorKind::IsADirectory => {}
@@ -1871,6 +1967,9 @@ impl S3Endpoint<'_> {
         match op {
             Operation::Head => {
                 let meta = objects.head(bucket, &key).await?;
+                // An SDK that finds its upload here builds from it next.
+                let path = objects.object_path(bucket, &key);
+                let _ = tokio::task::spawn_blocking(move || mark_used(&path)).await;
                 Ok((StatusCode::OK, object_headers(&meta)).into_response())
             }
             Operation::Get => {
@@ -2515,6 +2614,49 @@ mod tests {
         let (found, _) = objects.list(B, "none/", "", 10).await.expect("list");
         assert!(found.is_empty());
         assert!(objects.list(B, "../x/", "", 10).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn unused_objects_go_and_used_or_fresh_ones_stay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let objects = Objects::new(dir.path());
+        for k in [
+            "org/old/context.tar",
+            "org/used/context.tar",
+            "org/new/context.tar",
+        ] {
+            objects
+                .put(B, &key(k), body(&[b"data"]), Payload::Unsigned, None)
+                .await
+                .expect("put");
+        }
+        let path = |k: &str| dir.path().join(B).join(k);
+        let age = |p: &Path, days: u64| {
+            let t = SystemTime::now() - Duration::from_secs(days * 86_400);
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .and_then(|f| f.set_modified(t))
+                .expect("set mtime");
+        };
+        age(&path("org/old/context.tar"), 8);
+        age(&path("org/used/context.tar"), 8);
+        mark_used(&path("org/used/context.tar"));
+        // An unfinished upload is not an object (it has its own cleanup).
+        std::fs::create_dir_all(dir.path().join(UPLOADS_DIR).join("u1")).expect("mkdir");
+        assert_eq!(remove_unused(dir.path(), UNUSED_OBJECT_AGE).expect("gc"), 1);
+        assert!(
+            !path("org/old").exists(),
+            "its records and empty dir go too"
+        );
+        assert!(path("org/used/context.tar").is_file());
+        assert!(path("org/new/context.tar").is_file());
+        assert!(dir.path().join(UPLOADS_DIR).join("u1").is_dir());
+        // Once the use is old too, it goes.
+        age(&used_sidecar(&path("org/used/context.tar")), 8);
+        assert_eq!(remove_unused(dir.path(), UNUSED_OBJECT_AGE).expect("gc"), 1);
+        assert!(!path("org/used").exists());
+        assert!(dir.path().join(B).is_dir(), "the bucket stays");
     }
 
     #[tokio::test]

@@ -340,6 +340,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tick = std::time::Duration::from_secs_f64(args.reconcile_seconds.clamp(0.05, 3600.0));
     tokio::spawn(corral_api::reconciler::run(state.clone(), tick));
     let filler = tokio::spawn(corral_api::pool::WarmPool::fill_forever(state.clone()));
+    tokio::spawn(corral_api::object_storage::collect_unused_forever(
+        state.clone(),
+    ));
 
     tracing::info!(
         listen = %args.listen,
