@@ -24,8 +24,12 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
+
+/// Layers of one image downloaded at once.
+const PARALLEL_LAYERS: usize = 3;
 
 use super::reference::{Reference, validate_digest};
 use super::registry::{RegistryClient, RegistryOptions};
@@ -431,8 +435,9 @@ impl ImageStore {
         check_layers(&manifest, &parsed)?;
         let work = self.tmp_dir("pull")?;
         let result = async {
-            let mut staged = Vec::new();
+            // Layers to fetch: those not in the store yet, each once.
             let mut seen = HashSet::new();
+            let mut wanted = Vec::new();
             for (desc, diff_id) in manifest.layers.iter().zip(&parsed.diff_ids) {
                 if self.has_layer(diff_id) || !seen.insert(diff_id.clone()) {
                     progress(&PullProgress {
@@ -441,42 +446,74 @@ impl ImageStore {
                         total: desc.size,
                         cached: true,
                     });
-                    continue;
+                } else {
+                    wanted.push((desc.clone(), diff_id.clone()));
                 }
-                let blob = work.join(hex_of(&desc.digest)?);
-                let mut last = 0u64;
-                let mut report = |done: u64| {
-                    // Every 4 MiB and at the end.
-                    if done == desc.size || done - last >= 4 << 20 {
-                        last = done;
-                        progress(&PullProgress {
-                            layer: desc.digest.clone(),
-                            done,
-                            total: desc.size,
-                            cached: false,
-                        });
-                    }
-                };
-                self.client
-                    .download_blob(&r, desc, &blob, &mut report)
-                    .await?;
-                tracing::info!(image = %key, layer = %desc.digest, bytes = desc.size, "downloaded layer");
-                let (store_work, diff, blob_digest) =
-                    (work.clone(), diff_id.clone(), desc.digest.clone());
-                let blob2 = blob.clone();
-                let s = tokio::task::spawn_blocking(move || {
-                    stage_layer(&store_work, &blob2, &diff, &blob_digest)
-                })
-                .await
-                .map_err(|e| OciError::Invalid(format!("unpack task: {e}")))??;
-                let _ = fs::remove_file(&blob);
-                staged.push(s);
             }
-            self.commit(&key, &digest, &bytes, &manifest.config.digest, &config, &parsed, staged)
+            // A few at once, as Docker does: each is unpacked as soon as it has arrived,
+            // while the others download.
+            let (r, name, work) = (&r, key.as_str(), work.as_path());
+            let staged: Vec<Staged> = futures_util::stream::iter(wanted)
+                .map(move |(desc, diff_id)| async move {
+                    self.fetch_layer(r, name, work, &desc, &diff_id, progress)
+                        .await
+                })
+                .buffer_unordered(PARALLEL_LAYERS)
+                .try_collect()
+                .await?;
+            self.commit(
+                &key,
+                &digest,
+                &bytes,
+                &manifest.config.digest,
+                &config,
+                &parsed,
+                staged,
+            )
         }
         .await;
         let _ = fs::remove_dir_all(&work);
         result
+    }
+
+    /// Downloads one layer blob into `work`, checks it and unpacks it there.
+    async fn fetch_layer(
+        &self,
+        r: &Reference,
+        key: &str,
+        work: &Path,
+        desc: &Descriptor,
+        diff_id: &str,
+        progress: &(dyn Fn(&PullProgress) + Send + Sync),
+    ) -> Result<Staged, OciError> {
+        let blob = work.join(hex_of(&desc.digest)?);
+        let mut last = 0u64;
+        let mut report = |done: u64| {
+            // Every 4 MiB and at the end.
+            if done == desc.size || done - last >= 4 << 20 {
+                last = done;
+                progress(&PullProgress {
+                    layer: desc.digest.clone(),
+                    done,
+                    total: desc.size,
+                    cached: false,
+                });
+            }
+        };
+        self.client
+            .download_blob(r, desc, &blob, &mut report)
+            .await?;
+        tracing::info!(image = %key, layer = %desc.digest, bytes = desc.size, "downloaded layer");
+        let (store_work, diff, blob_digest) =
+            (work.to_path_buf(), diff_id.to_owned(), desc.digest.clone());
+        let blob2 = blob.clone();
+        let staged = tokio::task::spawn_blocking(move || {
+            stage_layer(&store_work, &blob2, &diff, &blob_digest)
+        })
+        .await
+        .map_err(|e| OciError::Invalid(format!("unpack task: {e}")))??;
+        let _ = fs::remove_file(&blob);
+        Ok(staged)
     }
 
     /// Moves staged layers into `layers/`, stores manifest and config, records the image.
