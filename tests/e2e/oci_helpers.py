@@ -339,3 +339,16 @@ def busybox_rootfs(rootfs: Path):
     owned = rootfs / "work/owned"
     owned.write_text("owned by 1234:5678\n")
     os.chown(owned, 1234, 5678)
+
+
+def root_image(base: Path, repo: str, rootfs=None):
+    """Starts a registry under `base` holding `repo:1`, a busybox image (or `rootfs(root)`'s)
+    that runs as root with PATH=/bin. Returns the registry (stop it) and the reference."""
+    reg = Registry(base / "registry")
+    lay = Layout(base / "layout")
+    lay.new_base("base")
+    lay.modify("base", "v1", rootfs or busybox_rootfs, base)
+    lay.config("v1", "--config.user", "0", "--config.env", "PATH=/bin")
+    ref = f"{reg.host}/{repo}:1"
+    lay.push("v1", ref)
+    return reg, ref

@@ -18,20 +18,13 @@ from daytona import CreateSandboxFromSnapshotParams, Image
 from daytona._sync.object_storage import ObjectStorage
 
 from conftest import Server
-from oci_helpers import Layout, Registry, busybox_rootfs, tools_or_skip
+from oci_helpers import busybox_rootfs, root_image, tools_or_skip
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tools_or_skip()
-    base = tmp_path_factory.mktemp("oci-ctx")
-    reg = Registry(base / "registry")
-    lay = Layout(base / "layout")
-    lay.new_base("base")
-    lay.modify("base", "v1", rootfs, base)
-    lay.config("v1", "--config.user", "0", "--config.env", "PATH=/bin")
-    image = f"{reg.host}/test/ctx:1"
-    lay.push("v1", image)
+    reg, image = root_image(tmp_path_factory.mktemp("oci-ctx"), "test/ctx", rootfs)
     server = Server()
     server.start()
     yield image, server

@@ -19,22 +19,16 @@ from daytona import (
 from daytona._sync.object_storage import ObjectStorage
 
 from conftest import Server
-from oci_helpers import Layout, Registry, busybox_rootfs, tools_or_skip
+from oci_helpers import root_image, tools_or_skip
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, trusted_cert):
     tools_or_skip()
-    base = tmp_path_factory.mktemp("oci-upload")
-    reg = Registry(base / "registry")
-    lay = Layout(base / "layout")
-    lay.new_base("base")
-    lay.modify("base", "v1", busybox_rootfs, base)
-    lay.config("v1", "--config.user", "0", "--config.env", "PATH=/bin")
-    lay.push("v1", f"{reg.host}/test/bb:1")
+    reg, image = root_image(tmp_path_factory.mktemp("oci-upload"), "test/bb")
     cert, key = trusted_cert
     server = Server(env={"CORRAL_TLS_CERT": str(cert), "CORRAL_TLS_KEY": str(key)})
     server.start()
-    yield reg, server
+    yield image, server
     try:
         assert server.finish() == ([], [], [], [])
     finally:
@@ -51,7 +45,7 @@ def sha256(path):
 
 
 def test_local_files_and_dirs_are_uploaded_and_copied(env, tmp_path):
-    reg, server = env
+    image, server = env
     d = server.client()
     app = tmp_path / "app"
     (app / "pkg" / "deep").mkdir(parents=True)
@@ -67,7 +61,7 @@ def test_local_files_and_dirs_are_uploaded_and_copied(env, tmp_path):
     conf.write_text("mode=test\n")
 
     before = stored_contexts(server)
-    image = (Image.base(f"{reg.host}/test/bb:1")
+    image = (Image.base(image)
              .add_local_dir(app, "/srv/app")
              .add_local_file(big, "/data/big.bin")
              .add_local_file(conf, "/etc/myapp/")
@@ -92,13 +86,13 @@ def test_local_files_and_dirs_are_uploaded_and_copied(env, tmp_path):
 
 
 def test_unchanged_context_is_not_uploaded_again_and_changed_context_rebuilds(env, tmp_path):
-    reg, server = env
+    base, server = env
     d = server.client()
     f = tmp_path / "version.txt"
     f.write_text("one\n")
 
     def image():
-        return Image.base(f"{reg.host}/test/bb:1").add_local_file(f, "/version.txt")
+        return Image.base(base).add_local_file(f, "/version.txt")
 
     name1 = "up-" + uuid.uuid4().hex[:8]
     d.snapshot.create(CreateSnapshotParams(name=name1, image=image()), timeout=180)
@@ -117,7 +111,7 @@ def test_unchanged_context_is_not_uploaded_again_and_changed_context_rebuilds(en
 
     # Same Dockerfile text, new content: a new upload and a new build, never the old one.
     f.write_text("two\n")
-    assert image().dockerfile() == Image.base(f"{reg.host}/test/bb:1").add_local_file(f, "/version.txt").dockerfile()
+    assert image().dockerfile() == Image.base(base).add_local_file(f, "/version.txt").dockerfile()
     sb = d.create(CreateSandboxFromImageParams(image=image()), timeout=180)
     try:
         assert sb.process.exec("cat /version.txt").result.strip() == "two"
@@ -128,7 +122,7 @@ def test_unchanged_context_is_not_uploaded_again_and_changed_context_rebuilds(en
 
 
 def test_from_dockerfile_copies_relative_to_its_directory(env, tmp_path):
-    reg, server = env
+    image, server = env
     d = server.client()
     proj = tmp_path / "proj"
     (proj / "src").mkdir(parents=True)
@@ -136,7 +130,7 @@ def test_from_dockerfile_copies_relative_to_its_directory(env, tmp_path):
     (proj / "src" / "b.txt").write_text("B\n")
     (proj / "notes.md").write_text("notes\n")
     (proj / "Dockerfile").write_text(
-        f"FROM {reg.host}/test/bb:1\n"
+        f"FROM {image}\n"
         "WORKDIR /work\n"
         "COPY src ./src\n"
         "COPY --chmod=600 notes.md /work/\n"

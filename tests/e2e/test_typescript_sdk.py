@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from conftest import REPO
-from oci_helpers import Layout, Registry, busybox_rootfs, tools_or_skip
+from oci_helpers import root_image, tools_or_skip
 
 TS = REPO / "tests/ts"
 
@@ -26,14 +26,8 @@ def node_or_skip():
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
     tools_or_skip()
-    base = tmp_path_factory.mktemp("oci-ts")
-    reg = Registry(base / "registry")
-    lay = Layout(base / "layout")
-    lay.new_base("base")
-    lay.modify("base", "v1", busybox_rootfs, base)
-    lay.config("v1", "--config.user", "0", "--config.env", "PATH=/bin")
-    lay.push("v1", f"{reg.host}/test/ts:1")
-    yield f"{reg.host}/test/ts:1"
+    reg, ref = root_image(tmp_path_factory.mktemp("oci-ts"), "test/ts")
+    yield ref
     reg.stop()
 
 

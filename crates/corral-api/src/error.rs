@@ -56,13 +56,7 @@ impl ApiError {
     }
     /// A server-side failure: the cause goes to the log, the client gets a generic message.
     pub fn internal(context: &str, cause: &dyn std::error::Error) -> Self {
-        let mut chain = cause.to_string();
-        let mut src = cause.source();
-        while let Some(s) = src {
-            chain.push_str(": ");
-            chain.push_str(&s.to_string());
-            src = s.source();
-        }
+        let chain = error_chain(cause);
         tracing::error!(error = %chain, "{context}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -134,4 +128,16 @@ mod tests {
         assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!e.message.contains("/secret/path"));
     }
+}
+
+/// An error and its sources, joined with `: `.
+pub fn error_chain(cause: &dyn std::error::Error) -> String {
+    let mut chain = cause.to_string();
+    let mut src = cause.source();
+    while let Some(s) = src {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        src = s.source();
+    }
+    chain
 }

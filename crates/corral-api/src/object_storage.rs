@@ -152,13 +152,7 @@ impl S3Error {
     }
     /// A server-side failure: the cause goes to the log, the client gets a generic message.
     pub fn internal(context: &str, cause: &dyn std::error::Error) -> Self {
-        let mut chain = cause.to_string();
-        let mut src = cause.source();
-        while let Some(s) = src {
-            chain.push_str(": ");
-            chain.push_str(&s.to_string());
-            src = s.source();
-        }
+        let chain = crate::error::error_chain(cause);
         tracing::error!(error = %chain, "object storage: {context}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -2580,21 +2574,30 @@ mod tests {
         assert_eq!(e.code, "NoSuchKey");
     }
 
-    #[tokio::test]
-    async fn list_finds_keys_under_a_prefix_in_order_and_pages() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let objects = Objects::new(dir.path());
-        for k in [
-            "org/b/context.tar",
-            "org/a/context.tar",
-            "org/a/x",
-            "other/a",
-        ] {
+    /// Stores `data` under each key.
+    async fn put_all(objects: &Objects, keys: &[&str]) {
+        for k in keys {
             objects
                 .put(B, &key(k), body(&[b"data"]), Payload::Unsigned, None)
                 .await
                 .expect("put");
         }
+    }
+
+    #[tokio::test]
+    async fn list_finds_keys_under_a_prefix_in_order_and_pages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let objects = Objects::new(dir.path());
+        put_all(
+            &objects,
+            &[
+                "org/b/context.tar",
+                "org/a/context.tar",
+                "org/a/x",
+                "other/a",
+            ],
+        )
+        .await;
         let names = |found: &[(String, ObjectMeta)]| -> Vec<String> {
             found.iter().map(|(k, _)| k.clone()).collect()
         };
@@ -2620,16 +2623,15 @@ mod tests {
     async fn unused_objects_go_and_used_or_fresh_ones_stay() {
         let dir = tempfile::tempdir().expect("tempdir");
         let objects = Objects::new(dir.path());
-        for k in [
-            "org/old/context.tar",
-            "org/used/context.tar",
-            "org/new/context.tar",
-        ] {
-            objects
-                .put(B, &key(k), body(&[b"data"]), Payload::Unsigned, None)
-                .await
-                .expect("put");
-        }
+        put_all(
+            &objects,
+            &[
+                "org/old/context.tar",
+                "org/used/context.tar",
+                "org/new/context.tar",
+            ],
+        )
+        .await;
         let path = |k: &str| dir.path().join(B).join(k);
         let age = |p: &Path, days: u64| {
             let t = SystemTime::now() - Duration::from_secs(days * 86_400);
