@@ -20,6 +20,14 @@ pub async fn require_key(State(state): State<AppState>, req: Request, next: Next
         .map(str::trim)
         .filter(|k| !k.is_empty());
     let Some(key) = key else {
+        // A pre-signed file URL carries its authorisation in the query.
+        if crate::signed_urls::is_signed(&req) {
+            let (method, uri) = (req.method().clone(), req.uri().clone());
+            return match crate::signed_urls::check(&state, &method, &uri).await {
+                Ok(()) => next.run(req).await,
+                Err(e) => e.into_response(),
+            };
+        }
         return ApiError::unauthorized().into_response();
     };
     match state.keys.check(key).await {

@@ -165,6 +165,8 @@ pub async fn fork(
         updated_at: now,
         last_activity_at: now,
         stopped_at: None,
+        // Its own key: URLs signed for the source do not open the fork.
+        signing_key: None,
         ..src.clone()
     };
     let _fork_guard = state.locks.lock(&fork.id).await;

@@ -17,6 +17,7 @@ pub mod pool;
 pub mod preview;
 pub mod reconciler;
 pub mod sandboxes;
+pub mod signed_urls;
 pub mod snapshots;
 pub mod state;
 pub mod toolbox;
@@ -73,6 +74,15 @@ async fn connection_scheme(mut req: Request, next: middleware::Next) -> axum::re
     next.run(req).await
 }
 
+/// SSH access (Daytona's SSH gateway) is not offered: say so, and what to use instead.
+async fn no_ssh() -> ApiError {
+    ApiError::bad_request(
+        "SSH access is not available on this server: open a terminal through the API instead \
+         (sandbox.process.create_pty_session, a WebSocket to the sandbox's shell)",
+    )
+    .with_code("SSH_NOT_SUPPORTED")
+}
+
 async fn not_found(req: Request) -> ApiError {
     ApiError::not_found(format!(
         "no route for {} {}",
@@ -100,6 +110,19 @@ pub fn router(state: AppState) -> Router {
         .route("/sandbox/{id_or_name}/resize", post(sandboxes::resize))
         .route("/sandbox/{id_or_name}/snapshot", post(forks::snapshot))
         .route("/sandbox/{id_or_name}/fork", post(forks::fork))
+        .route(
+            "/sandbox/{id_or_name}/signing-key",
+            get(signed_urls::signing_key),
+        )
+        .route(
+            "/sandbox/{id_or_name}/ssh-access",
+            post(no_ssh).delete(no_ssh),
+        )
+        .route("/sandbox/ssh-access/validate", get(no_ssh))
+        .route(
+            "/sandbox/{id_or_name}/signing-key/rotate",
+            post(signed_urls::rotate),
+        )
         .route(
             "/sandbox/{id_or_name}/build-logs-url",
             get(builds::sandbox_logs_url),

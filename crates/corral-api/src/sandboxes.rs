@@ -153,6 +153,7 @@ fn new_sandbox(state: &AppState, req: CreateSandbox) -> Result<Sandbox, ApiError
         last_activity_at: now,
         stopped_at: None,
         volumes,
+        signing_key: None,
     })
 }
 

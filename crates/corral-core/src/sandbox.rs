@@ -257,6 +257,9 @@ pub struct Sandbox {
     /// Volumes mounted into the sandbox, in mount order.
     #[serde(default)]
     pub volumes: Vec<VolumeMount>,
+    /// The key its pre-signed file URLs are signed with (made on first request).
+    #[serde(default)]
+    pub signing_key: Option<String>,
 }
 
 /// A volume mounted into a sandbox: the whole volume, or one directory of it.
