@@ -1,5 +1,5 @@
 """The official Daytona TypeScript SDK (`@daytonaio/sdk`, pinned in tests/ts/package.json)
-against a real `corral serve`: runs tests/ts/sdk.test.mjs with node's test runner and fails
+against a real `corral serve`: runs tests/ts/*.test.mjs with node's test runner and fails
 with its report when any of its tests fails."""
 
 import os
@@ -35,9 +35,9 @@ def test_typescript_sdk(server, image, tmp_path):
     node_or_skip()
     env = dict(os.environ, CORRAL_API_URL=f"{server.url}/api", CORRAL_API_KEY=server.key,
                CORRAL_TEST_IMAGE=image, CORRAL_CONTEXT_DIR=str(tmp_path))
-    p = subprocess.run(["node", "--test", "--test-reporter=tap", "sdk.test.mjs"], cwd=TS, env=env,
+    p = subprocess.run(["node", "--test", "--test-reporter=tap", "sdk.test.mjs", "toolbox.test.mjs"], cwd=TS, env=env,
                        capture_output=True, text=True, timeout=600)
     report = p.stdout + p.stderr
     assert p.returncode == 0, report
     # Every test ran (none skipped or filtered away).
-    assert "# fail 0" in report and "# pass 4" in report, report
+    assert "# fail 0" in report and "# pass 11" in report, report

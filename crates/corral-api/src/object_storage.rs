@@ -1038,6 +1038,9 @@ pub fn remove_unused(root: &Path, max_age: Duration) -> std::io::Result<usize> {
             .map(|t| t.elapsed().unwrap_or(Duration::ZERO))
             .ok()
     };
+    if !root.is_dir() {
+        return Ok(0);
+    }
     let mut removed = 0;
     let mut dirs = Vec::new();
     let walk = walkdir::WalkDir::new(root)

@@ -186,7 +186,7 @@ pub async fn proxy(
             .agents
             .request(Request::from_parts(parts, body))
             .await
-            .map_err(|e| bad_gateway(&e.to_string()))?;
+            .map_err(|e| bad_gateway(&crate::error::error_chain(&e)))?;
         if path == "process/execute" {
             metrics::histogram!("corral_sandbox_exec_seconds")
                 .record(started.elapsed().as_secs_f64());

@@ -8,6 +8,7 @@ mod info;
 mod ops;
 mod search;
 mod transfer;
+mod unread;
 mod users;
 
 use std::io;
@@ -35,11 +36,15 @@ pub fn routes() -> Router<AppState> {
         .route("/files/bulk-download", post(transfer::bulk_download))
         .route(
             "/files/bulk-upload",
-            post(transfer::bulk_upload).layer(DefaultBodyLimit::disable()),
+            post(transfer::bulk_upload)
+                .layer(DefaultBodyLimit::disable())
+                .layer(axum::middleware::from_fn(unread::drain_unread)),
         )
         .route(
             "/files/upload-v2",
-            post(transfer::upload_v2).layer(DefaultBodyLimit::disable()),
+            post(transfer::upload_v2)
+                .layer(DefaultBodyLimit::disable())
+                .layer(axum::middleware::from_fn(unread::drain_unread)),
         )
 }
 
