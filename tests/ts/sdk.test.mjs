@@ -13,6 +13,8 @@ import {
   DaytonaNotFoundError,
   Image,
 } from '@daytonaio/sdk';
+// The SDK's own Socket.IO client (a dependency of @daytonaio/sdk).
+import { io } from 'socket.io-client';
 
 const env = (name) => {
   const v = process.env[name];
@@ -20,6 +22,13 @@ const env = (name) => {
   return v;
 };
 const daytona = new Daytona({ apiKey: env('CORRAL_API_KEY'), apiUrl: env('CORRAL_API_URL') });
+const waitFor = async (what, check, ms = 10000) => {
+  const end = Date.now() + ms;
+  while (!check()) {
+    assert.ok(Date.now() < end, `timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+};
 const uniq = (prefix) => `${prefix}-${Math.random().toString(16).slice(2, 10)}`;
 
 test('a sandbox runs commands, code, files, sessions and a terminal', async () => {
@@ -137,4 +146,66 @@ test('errors come back as the SDK error classes', async () => {
   await assert.rejects(daytona.get('no-such-sandbox'), DaytonaNotFoundError);
   await assert.rejects(daytona.snapshot.get('no-such-snapshot'), DaytonaNotFoundError);
   await assert.rejects(daytona.create({ snapshot: 'no-such-snapshot' }), (e) => e.statusCode === 404 || e.statusCode === 400);
+});
+
+test('sandbox events arrive over Socket.IO', async () => {
+  const apiUrl = new URL(env('CORRAL_API_URL'));
+  const path = `${apiUrl.pathname.replace(/\/$/, '')}/socket.io/`;
+  const connect = (token) => io(apiUrl.origin, {
+    path, transports: ['websocket'], auth: { token }, reconnection: false,
+  });
+
+  // A wrong key is refused in the CONNECT answer.
+  const bad = connect('not-the-key');
+  const refusal = await new Promise((resolve) => {
+    bad.on('connect', () => resolve(null));
+    bad.on('connect_error', resolve);
+  });
+  bad.close();
+  assert.ok(refusal, 'connected with a wrong key');
+  assert.match(refusal.message, /Unauthorized/);
+
+  // Long-polling is not served, with Engine.IO's error body.
+  const polling = await fetch(`${apiUrl.origin}${path}?EIO=4&transport=polling`);
+  assert.equal(polling.status, 400);
+  assert.deepEqual(await polling.json(), { code: 3, message: 'Bad request' });
+
+  // The right key hears about a sandbox the SDK creates, stops and deletes.
+  const events = [];
+  const sock = connect(env('CORRAL_API_KEY'));
+  for (const name of ['sandbox.created', 'sandbox.state.updated']) {
+    sock.on(name, (data) => events.push([name, data]));
+  }
+  await new Promise((resolve, reject) => {
+    sock.on('connect', resolve);
+    sock.on('connect_error', reject);
+  });
+  try {
+    const sb = await daytona.create({ labels: { suite: 'ts-events' } });
+    const mine = (name) => events.filter(([n, d]) => n === name && d.sandbox?.id === sb.id);
+    await waitFor('sandbox.created', () => mine('sandbox.created').length > 0);
+    const created = mine('sandbox.created')[0][1].sandbox;
+    assert.equal(created.labels.suite, 'ts-events');
+    assert.ok(created.toolboxProxyUrl.endsWith('/toolbox'), created.toolboxProxyUrl);
+
+    // The SDK's own subscription: a second handle on the sandbox learns of the stop from the
+    // event alone (it is never refreshed).
+    assert.ok(daytona.eventDispatcher, 'the SDK streams events (no deprecated polling)');
+    await waitFor('the SDK\'s socket', () => daytona.eventDispatcher.isConnected);
+    const other = await daytona.get(sb.id);
+    assert.equal(other.state, 'started');
+    await sb.stop();
+    await waitFor('the stopped state on the other handle', () => other.state === 'stopped');
+    // The test's own socket is another connection: it may hear it a moment later.
+    const states = () => mine('sandbox.state.updated').map(([, d]) => d.newState);
+    await waitFor('stopped on the test\'s socket', () => states().includes('stopped'));
+    const stopped = mine('sandbox.state.updated').find(([, d]) => d.newState === 'stopped')[1];
+    assert.equal(stopped.sandbox.state, 'stopped');
+
+    await sb.delete(60, true);
+    await waitFor('destroyed', () => states().includes('destroyed'));
+    await waitFor('the destroyed state on the other handle', () => other.state === 'destroyed');
+  } finally {
+    sock.close();
+  }
 });

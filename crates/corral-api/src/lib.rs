@@ -6,6 +6,7 @@ pub mod auth;
 pub mod builds;
 pub mod dockerfile;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod forks;
 pub mod lifecycle;
@@ -215,6 +216,9 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics::render))
+        // Outside `protected`: the Socket.IO client sends its key in the CONNECT packet. A
+        // static path wins over the `/api` nest's catch-all whatever the order.
+        .route("/api/socket.io/", get(events::socket))
         .route("/object-storage", any(object_storage::s3))
         .route("/object-storage/{bucket}", any(object_storage::s3))
         .route("/object-storage/{bucket}/", any(object_storage::s3))

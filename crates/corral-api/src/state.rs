@@ -55,6 +55,8 @@ pub struct AppState {
     pub snapshots: Arc<dyn corral_core::SnapshotStore>,
     /// The images sandboxes run.
     pub images: Arc<dyn corral_core::Images>,
+    /// Sandbox events (fed by `events::PublishingStore`), streamed to SDKs over Socket.IO.
+    pub events: crate::events::Events,
 }
 
 impl std::fmt::Debug for AppState {

@@ -303,8 +303,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(k) = &args.api_key {
         keys.allow(&hash_key(k));
     }
+    let events = corral_api::events::Events::default();
+    let sandboxes = Arc::new(corral_api::events::PublishingStore::new(
+        store.clone(),
+        events.clone(),
+    ));
     let state = AppState {
-        store: store.clone(),
+        store: sandboxes,
         keys: Arc::new(keys),
         runtime: runtime.clone(),
         config: Arc::new(ApiConfig {
@@ -330,6 +335,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             image_store,
             &data_dir,
         )),
+        events,
     };
     corral_api::reconciler::on_start(&state)
         .await
