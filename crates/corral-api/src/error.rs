@@ -101,6 +101,18 @@ impl From<RuntimeError> for ApiError {
     }
 }
 
+/// An error and its sources, joined with `: `.
+pub fn error_chain(cause: &dyn std::error::Error) -> String {
+    let mut chain = cause.to_string();
+    let mut src = cause.source();
+    while let Some(s) = src {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        src = s.source();
+    }
+    chain
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,16 +140,4 @@ mod tests {
         assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!e.message.contains("/secret/path"));
     }
-}
-
-/// An error and its sources, joined with `: `.
-pub fn error_chain(cause: &dyn std::error::Error) -> String {
-    let mut chain = cause.to_string();
-    let mut src = cause.source();
-    while let Some(s) = src {
-        chain.push_str(": ");
-        chain.push_str(&s.to_string());
-        src = s.source();
-    }
-    chain
 }

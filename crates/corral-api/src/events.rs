@@ -678,6 +678,7 @@ mod tests {
             last_activity_at: now,
             stopped_at: None,
             volumes: Vec::new(),
+            signing_key: None,
         }
     }
 
