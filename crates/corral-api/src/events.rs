@@ -161,6 +161,13 @@ impl PublishingStore {
 
     fn publish_change(&self, id: &str, new_state: Option<SandboxState>) {
         if let Some((old_state, new_state)) = self.record(id, new_state) {
+            // Both SDKs take only the state from an event and raise on an error state with
+            // the error reason they hold, which an event does not refresh ("error reason:
+            // None"). Left unannounced, an error state reaches them by their next poll (at
+            // most a second later), with the reason.
+            if matches!(new_state, SandboxState::Error | SandboxState::BuildFailed) {
+                return;
+            }
             self.events.publish(SandboxEvent::StateUpdated {
                 id: id.to_owned(),
                 old_state,
@@ -803,6 +810,32 @@ mod tests {
         assert_eq!(inner.reads.load(std::sync::atomic::Ordering::SeqCst), 0);
         let stored = inner.rows.lock().expect("lock").get("a").cloned();
         assert_eq!(stored.map(|s| s.auto_stop_interval), Some(5));
+    }
+
+    #[tokio::test]
+    async fn error_states_are_left_to_polling() {
+        let inner = Arc::new(MemStore::default());
+        let events = Events::new(16);
+        let mut rx = events.subscribe();
+        let store = PublishingStore::new(inner.clone(), events);
+        let mut s = sandbox("a", SandboxState::BuildingSnapshot);
+        store.insert(&s).await.expect("insert");
+        drain(&mut rx);
+        s.state = SandboxState::BuildFailed;
+        s.error_reason = Some("step 2 failed".into());
+        store.update(&s).await.expect("update");
+        assert_eq!(drain(&mut rx), vec![]);
+        // What comes after is announced, from the error state.
+        s.state = SandboxState::Destroying;
+        store.update(&s).await.expect("update");
+        assert_eq!(
+            drain(&mut rx),
+            vec![SandboxEvent::StateUpdated {
+                id: "a".into(),
+                old_state: Some(SandboxState::BuildFailed),
+                new_state: SandboxState::Destroying,
+            }]
+        );
     }
 
     #[tokio::test]
