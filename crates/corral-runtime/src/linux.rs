@@ -1116,12 +1116,16 @@ impl Runtime for LinuxRuntime {
                     crate::commit::gc(&data)
                         .map_err(|e| RuntimeError::host("removing unused snapshot layers", e))?;
                 }
-                if binding.as_ref().is_some_and(|b| !b.is_host()) {
-                    // Image layers only this sandbox still used (its snapshot was deleted
-                    // while it was being destroyed). Images still recorded keep theirs.
-                    if let Err(e) = oci.gc(&crate::oci::images::layers_in_use(&data)) {
-                        tracing::warn!(sandbox = %owned, error = %e, "image garbage collection failed");
-                    }
+                // Image layers only this sandbox still used: its image's record went (its
+                // snapshot was deleted) while it was being destroyed. While the record stays,
+                // the image keeps its layers and there is nothing to collect.
+                let unrecorded = |b: &BoundImage| {
+                    !b.is_host() && !matches!(oci.resolve(&b.reference), Ok(Some(_)))
+                };
+                if binding.as_ref().is_some_and(unrecorded)
+                    && let Err(e) = oci.gc(&crate::oci::images::layers_in_use(&data))
+                {
+                    tracing::warn!(sandbox = %owned, error = %e, "image garbage collection failed");
                 }
                 Ok(())
             })
