@@ -320,23 +320,24 @@ pub fn gc(data_dir: &Path) -> io::Result<usize> {
     Ok(removed)
 }
 
-/// Bytes of the regular files under `dir` (not following links).
+/// Bytes of the regular files under `dir`, walked by fd without following links.
 fn dir_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(e.path()),
-                Ok(t) if t.is_file() => total += e.metadata().map_or(0, |m| m.len()),
-                _ => {}
-            }
-        }
+    fn walk(t: &crate::beneath::Tree) -> u64 {
+        let Ok(names) = t.names() else { return 0 };
+        names
+            .iter()
+            .map(|n| match t.lstat(Path::new(n)) {
+                Ok(Some(st)) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                    t.open_dir(Path::new(n)).map_or(0, |d| walk(&d))
+                }
+                Ok(Some(st)) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                    u64::try_from(st.st_size).unwrap_or(0)
+                }
+                _ => 0,
+            })
+            .sum()
     }
-    total
+    crate::beneath::Tree::open(dir).map_or(0, |t| walk(&t))
 }
 
 #[cfg(test)]

@@ -7,12 +7,13 @@
 //! that would escape the destination (absolute, `..`, through symlinks), and device nodes
 //! other than whiteouts.
 
-use std::ffi::CString;
 use std::fs;
-use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Component, Path, PathBuf};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use nix::sys::stat::{FileStat, SFlag};
+
+use crate::beneath::Tree;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
@@ -37,17 +38,13 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LayerError
     move |source| LayerError::Io { op, path, source }
 }
 
-fn cpath(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other)
-}
-
-fn is_opaque(dir: &Path) -> bool {
-    let Ok(c) = cpath(dir) else { return false };
+/// Whether the directory open at `dir` is an opaque overlayfs directory.
+fn is_opaque(dir: &Tree) -> bool {
     let mut buf = [0u8; 4];
-    // SAFETY: valid C string and buffer of the given length.
+    // SAFETY: a valid fd, a NUL-terminated name and a buffer of the given length.
     let n = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
+        libc::fgetxattr(
+            dir.raw_fd(),
             OPAQUE_XATTR.as_ptr().cast(),
             buf.as_mut_ptr().cast(),
             buf.len(),
@@ -56,45 +53,21 @@ fn is_opaque(dir: &Path) -> bool {
     n == 1 && buf[0] == b'y'
 }
 
-fn set_opaque(dir: &Path) -> io::Result<()> {
-    let c = cpath(dir)?;
-    // SAFETY: valid C strings and a one-byte value.
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            OPAQUE_XATTR.as_ptr().cast(),
-            b"y".as_ptr().cast(),
-            1,
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn make_whiteout(path: &Path) -> io::Result<()> {
-    let c = cpath(path)?;
-    // SAFETY: valid C string; a 0/0 character device is overlayfs's whiteout.
-    let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// Packs each `(name, upper dir)` under `name/` into one zstd-compressed tar at `out`.
+///
+/// The upper dirs are the sandbox's, possibly while it runs (a snapshot of a running sandbox
+/// on plain disks): each directory is walked by fd and each file opened relative to its
+/// directory's fd without following links ([`Tree`]), so a directory swapped for a link
+/// mid-walk fails the pack instead of packing host files. Links are stored as links.
 pub fn pack(layers: &[(&str, &Path)], out: &Path) -> Result<u64, LayerError> {
     let file = fs::File::create(out).map_err(io_err("create", out))?;
     let enc = zstd::Encoder::new(file, ZSTD_LEVEL).map_err(io_err("zstd", out))?;
     let mut tar = tar::Builder::new(enc);
-    tar.follow_symlinks(false);
     for (name, dir) in layers {
-        if dir.is_dir() {
-            pack_dir(&mut tar, dir, Path::new(name))?;
+        match Tree::open(dir) {
+            Ok(tree) => pack_dir(&mut tar, &tree, Path::new(name))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("open", dir)(e)),
         }
     }
     let enc = tar.into_inner().map_err(io_err("finish tar", out))?;
@@ -113,35 +86,65 @@ pub fn pack_uppers(layer: &Path, names: &[String], out: &Path) -> Result<u64, La
     pack(&refs, out)
 }
 
+/// A tar header for an entry with `st`'s owner, mode and mtime.
+fn header(st: &FileStat, kind: tar::EntryType, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(st.st_mode & 0o7777);
+    h.set_uid(u64::from(st.st_uid));
+    h.set_gid(u64::from(st.st_gid));
+    h.set_mtime(u64::try_from(st.st_mtime).unwrap_or(0));
+    h
+}
+
 fn pack_dir<W: io::Write>(
     tar: &mut tar::Builder<W>,
-    dir: &Path,
+    dir: &Tree,
     name: &Path,
 ) -> Result<(), LayerError> {
-    tar.append_path_with_name(dir, name)
-        .map_err(io_err("pack", dir))?;
+    let path = dir.path().to_owned();
+    let st = dir.stat().map_err(io_err("stat", &path))?;
+    let mut h = header(&st, tar::EntryType::Directory, 0);
+    tar.append_data(&mut h, name, io::empty())
+        .map_err(io_err("pack", &path))?;
     if is_opaque(dir) {
-        append_marker(tar, &name.join(OPAQUE_MARKER), dir)?;
+        append_marker(tar, &name.join(OPAQUE_MARKER), &path)?;
     }
-    let mut entries: Vec<_> = fs::read_dir(dir)
-        .map_err(io_err("readdir", dir))?
-        .flatten()
-        .collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let path = e.path();
-        let child = name.join(e.file_name());
-        let meta = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            pack_dir(tar, &path, &child)?;
-        } else if ft.is_char_device() && meta.rdev() == 0 {
+    for entry in dir.names().map_err(io_err("readdir", &path))? {
+        let child = name.join(&entry);
+        let child_path = path.join(&entry);
+        let Some(st) = dir
+            .lstat(Path::new(&entry))
+            .map_err(io_err("stat", &child_path))?
+        else {
+            continue; // removed meanwhile
+        };
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        if kind == SFlag::S_IFDIR {
+            let sub = dir
+                .open_dir(Path::new(&entry))
+                .map_err(io_err("open", &child_path))?;
+            pack_dir(tar, &sub, &child)?;
+        } else if kind == SFlag::S_IFCHR && st.st_rdev == 0 {
             let mut wh = std::ffi::OsString::from(WHITEOUT_PREFIX);
-            wh.push(e.file_name());
-            append_marker(tar, &name.join(wh), &path)?;
-        } else if ft.is_file() || ft.is_symlink() {
-            tar.append_path_with_name(&path, &child)
-                .map_err(io_err("pack", &path))?;
+            wh.push(&entry);
+            append_marker(tar, &name.join(wh), &child_path)?;
+        } else if kind == SFlag::S_IFREG {
+            let (file, st) = dir.open_file(&entry).map_err(io_err("open", &child_path))?;
+            let size = u64::try_from(st.st_size).unwrap_or(0);
+            let mut h = header(&st, tar::EntryType::Regular, size);
+            // Exactly the size stat gave: a file growing meanwhile is cut there, one
+            // shrinking is an error (the archive would be corrupt).
+            tar.append_data(&mut h, &child, file.take(size))
+                .map_err(io_err("pack", &child_path))?;
+        } else if kind == SFlag::S_IFLNK {
+            let target = dir
+                .read_link(&entry)
+                .map_err(io_err("readlink", &child_path))?;
+            let mut h = header(&st, tar::EntryType::Symlink, 0);
+            tar.append_link(&mut h, &child, &target)
+                .map_err(io_err("pack", &child_path))?;
         }
         // Sockets, fifos and device nodes are not carried over (nothing in a sandbox can make
         // device nodes; sockets and fifos are runtime objects).
@@ -163,88 +166,72 @@ fn append_marker<W: io::Write>(
         .map_err(io_err("pack marker", src))
 }
 
-/// Whether a relative archive path stays inside the destination.
-fn safe_relative(p: &Path) -> bool {
-    !p.as_os_str().is_empty()
-        && p.components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-}
-
 /// Unpacks an archive made by [`pack`] (or an OCI layer) into `dest`, translating OCI
-/// whiteouts into overlayfs ones.
+/// whiteouts into overlayfs ones. The archive holds a sandbox's files, so it is unpacked as
+/// an untrusted image layer is ([`crate::oci::unpack`]): nothing is written through a link,
+/// `..` and absolute names are refused, device nodes other than whiteouts are skipped.
 pub fn unpack(archive: &Path, dest: &Path) -> Result<(), LayerError> {
     fs::create_dir_all(dest).map_err(io_err("mkdir", dest))?;
     let file = fs::File::open(archive).map_err(io_err("open", archive))?;
-    let dec = zstd::Decoder::new(file).map_err(io_err("zstd", archive))?;
-    let mut tar = tar::Archive::new(dec);
-    tar.set_preserve_permissions(true);
-    tar.set_preserve_ownerships(true);
-    tar.set_preserve_mtime(true);
-    tar.set_overwrite(true);
-    for entry in tar.entries().map_err(io_err("read", archive))? {
-        let mut entry = entry.map_err(io_err("read entry", archive))?;
-        let rel = entry
-            .path()
-            .map_err(io_err("entry path", archive))?
-            .into_owned();
-        if !safe_relative(&rel) {
-            return Err(LayerError::Unsafe(rel));
-        }
-        let file_name = rel
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let parent = dest.join(rel.parent().unwrap_or(Path::new("")));
-        if file_name == OPAQUE_MARKER {
-            fs::create_dir_all(&parent).map_err(io_err("mkdir", &parent))?;
-            set_opaque(&parent).map_err(io_err("set opaque", &parent))?;
-            continue;
-        }
-        if let Some(hidden) = file_name.strip_prefix(WHITEOUT_PREFIX) {
-            if hidden.is_empty() || hidden == "." || hidden == ".." || hidden.contains('/') {
-                return Err(LayerError::Unsafe(rel));
-            }
-            fs::create_dir_all(&parent).map_err(io_err("mkdir", &parent))?;
-            let target = parent.join(hidden);
-            let _ = fs::remove_file(&target);
-            make_whiteout(&target).map_err(io_err("whiteout", &target))?;
-            continue;
-        }
-        match entry.header().entry_type() {
-            tar::EntryType::Regular
-            | tar::EntryType::Directory
-            | tar::EntryType::Symlink
-            | tar::EntryType::Link
-            | tar::EntryType::Continuous
-            | tar::EntryType::GNULongName
-            | tar::EntryType::XHeader => {}
-            _ => return Err(LayerError::Unsafe(rel)),
-        }
-        // `unpack_in` refuses paths that would leave `dest`, including through symlinks.
-        let inside = entry
-            .unpack_in(dest)
-            .map_err(io_err("unpack", &dest.join(&rel)))?;
-        if !inside {
-            return Err(LayerError::Unsafe(rel));
-        }
-    }
+    crate::oci::unpack::unpack_layer(file, dest).map_err(|e| match e {
+        crate::oci::OciError::Unsafe { path, .. } => LayerError::Unsafe(path),
+        e => LayerError::Io {
+            op: "unpack",
+            path: archive.to_owned(),
+            source: io::Error::other(e),
+        },
+    })?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, symlink};
+
+    fn cpath(p: &Path) -> CString {
+        CString::new(p.as_os_str().as_bytes()).expect("path")
+    }
+
+    fn make_whiteout(path: &Path) {
+        // SAFETY: valid C string; a 0/0 character device is overlayfs's whiteout.
+        let r = unsafe { libc::mknod(cpath(path).as_ptr(), libc::S_IFCHR, 0) };
+        assert_eq!(r, 0, "{}", io::Error::last_os_error());
+    }
+
+    fn set_opaque(dir: &Path) {
+        // SAFETY: valid C strings and a one-byte value.
+        let r = unsafe {
+            libc::lsetxattr(
+                cpath(dir).as_ptr(),
+                OPAQUE_XATTR.as_ptr().cast(),
+                b"y".as_ptr().cast(),
+                1,
+                0,
+            )
+        };
+        assert_eq!(r, 0, "{}", io::Error::last_os_error());
+    }
+
+    fn opaque(dir: &Path) -> bool {
+        is_opaque(&Tree::open(dir).expect("open"))
+    }
 
     #[test]
     fn round_trip_keeps_files_links_whiteouts_and_opaque_dirs() {
+        // Whiteouts and trusted.* xattrs need root (the e2e suite runs this path too).
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
         let src = tempfile::tempdir().expect("tempdir");
         let root = src.path().join("root");
         fs::create_dir_all(root.join("home/daytona/sub")).expect("mkdir");
         fs::write(root.join("home/daytona/a.txt"), b"hello").expect("write");
         symlink("a.txt", root.join("home/daytona/link")).expect("symlink");
-        make_whiteout(&root.join("home/daytona/deleted")).expect("whiteout");
-        set_opaque(&root.join("home/daytona/sub")).expect("opaque");
+        make_whiteout(&root.join("home/daytona/deleted"));
+        set_opaque(&root.join("home/daytona/sub"));
         let out = src.path().join("layer.tar.zst");
         pack(&[("root", &root)], &out).expect("pack");
 
@@ -258,14 +245,90 @@ mod tests {
         );
         let wh = fs::symlink_metadata(r.join("deleted")).expect("whiteout");
         assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
-        assert!(is_opaque(&r.join("sub")));
+        assert!(opaque(&r.join("sub")));
     }
 
     #[test]
-    fn traversal_is_refused() {
-        for bad in ["../evil", "/etc/evil", "a/../../evil"] {
-            assert!(!safe_relative(Path::new(bad)), "{bad}");
+    fn pack_stores_linked_dirs_as_links_and_never_reads_through_them() {
+        let src = tempfile::tempdir().expect("tempdir");
+        let root = src.path().join("root");
+        let host = src.path().join("host");
+        fs::create_dir_all(root.join("home")).expect("mkdir");
+        fs::create_dir_all(&host).expect("mkdir");
+        fs::write(host.join("secret"), b"host secret").expect("write");
+        symlink(&host, root.join("home/escape")).expect("symlink");
+        symlink("../../host/secret", root.join("home/rel")).expect("symlink");
+        fs::write(root.join("home/mine"), b"sandbox file").expect("write");
+        let out = src.path().join("layer.tar.zst");
+        pack(&[("root", &root)], &out).expect("pack");
+
+        let dec = zstd::Decoder::new(fs::File::open(&out).expect("open")).expect("zstd");
+        let mut names = Vec::new();
+        for e in tar::Archive::new(dec).entries().expect("entries") {
+            let mut e = e.expect("entry");
+            let mut body = Vec::new();
+            e.read_to_end(&mut body).expect("read");
+            assert_ne!(body, b"host secret", "a host file was packed");
+            names.push((
+                e.path().expect("path").display().to_string(),
+                e.header().entry_type(),
+            ));
         }
-        assert!(safe_relative(Path::new("root/home/x")));
+        assert!(names.contains(&("root/home/escape".into(), tar::EntryType::Symlink)));
+        assert!(names.contains(&("root/home/rel".into(), tar::EntryType::Symlink)));
+        assert!(names.contains(&("root/home/mine".into(), tar::EntryType::Regular)));
+        assert!(
+            !names.iter().any(|(n, _)| n.contains("secret")),
+            "{names:?}"
+        );
+    }
+
+    /// An archive whose entries try to write outside the destination through a link the
+    /// archive itself plants, and through `..`.
+    #[test]
+    fn unpack_never_writes_through_a_planted_link() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = dir.path().join("host");
+        fs::create_dir_all(&host).expect("mkdir");
+        fs::write(host.join("passwd"), b"host").expect("write");
+        for (second, data) in [
+            ("root/x/passwd", &b"evil"[..]),
+            ("root/x/.wh.passwd", &b""[..]),
+            ("root/x/.wh..wh..opq", &b""[..]),
+            ("root/../../host/passwd", &b"evil"[..]),
+        ] {
+            let out = dir.path().join("evil.tar.zst");
+            {
+                let enc = zstd::Encoder::new(fs::File::create(&out).expect("create"), 1)
+                    .expect("zstd")
+                    .auto_finish();
+                let mut tar = tar::Builder::new(enc);
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                h.set_mode(0o777);
+                tar.append_link(&mut h, "root/x", &host).expect("link");
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(data.len() as u64);
+                h.set_mode(0o644);
+                // `append_data` refuses `..` itself; write the name into the header raw.
+                let name = second.as_bytes();
+                h.as_old_mut().name[..name.len()].copy_from_slice(name);
+                h.set_cksum();
+                tar.append(&h, data).expect("entry");
+                tar.finish().expect("finish");
+            }
+            let dest = dir.path().join("dest");
+            let _ = fs::remove_dir_all(&dest);
+            let r = unpack(&out, &dest);
+            assert!(r.is_err(), "{second}: unpack succeeded");
+            assert_eq!(
+                fs::read(host.join("passwd")).expect("read"),
+                b"host",
+                "{second}"
+            );
+            assert!(!opaque(&host), "{second}");
+        }
     }
 }

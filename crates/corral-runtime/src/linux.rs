@@ -18,6 +18,7 @@ use corral_core::{CommitConfig, ImageInfo, Resources, Runtime, RuntimeError, San
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
+use crate::beneath::Tree;
 use crate::cgroup::{Cgroups, Limits};
 use crate::disk::Disk;
 use crate::host_image::{self, HostImage};
@@ -302,6 +303,17 @@ impl LinuxRuntime {
             .disk
             .create(&spec.id, u64::from(spec.resources.disk_gib) << 30)?;
         let names = self.layer_names(oci.is_some());
+        // The layer dir is corral's, but what an archive restore put in it came from the
+        // sandbox: no link is followed there either.
+        let layer_tree = Tree::open(&layer).map_err(host("opening the sandbox's layer"))?;
+        for l in &names {
+            layer_tree
+                .mkdir_all(&Path::new("upper").join(l), 0o755, None)
+                .map_err(host("creating upper dir"))?;
+            layer_tree
+                .mkdir_all(&Path::new("work").join(l), 0o700, None)
+                .map_err(host("creating work dir"))?;
+        }
         let account = match oci {
             Some(img) => oci_account(spec, img, &layer.join("upper/root"))?,
             None => self
@@ -315,10 +327,6 @@ impl LinuxRuntime {
                 })?
                 .clone(),
         };
-        for l in &names {
-            mkdirs(&layer.join("upper").join(l), 0o755).map_err(host("creating upper dir"))?;
-            mkdirs(&layer.join("work").join(l), 0o700).map_err(host("creating work dir"))?;
-        }
         if clear_volatile_markers(&layer, &names).map_err(host("clearing overlay markers"))? {
             tracing::warn!(
                 sandbox = %spec.id,
@@ -327,11 +335,10 @@ impl LinuxRuntime {
             );
         }
         if let Some(img) = oci {
-            prepare_oci_upper(&layer.join("upper/root"), img, &account)
-                .map_err(host("preparing the image root"))?;
-            self.write_etc(&layer.join("upper/root/etc"), spec)?;
+            prepare_oci_upper(&layer.join("upper/root"), img, &account)?;
+            self.write_etc(&layer.join("upper/root"), "etc", spec)?;
         } else if self.image.dirs.iter().any(|d| d.name == "etc") {
-            self.write_etc(&layer.join("upper/etc"), spec)?;
+            self.write_etc(&layer.join("upper/etc"), "", spec)?;
         }
 
         let mut env: BTreeMap<String, String> = BTreeMap::new();
@@ -372,19 +379,25 @@ impl LinuxRuntime {
     }
 
     /// Writes the sandbox's `/etc/hostname`, `/etc/hosts` and (with a network)
-    /// `/etc/resolv.conf` into `etc`, the upper dir of its `/etc`.
-    fn write_etc(&self, etc: &Path, spec: &SandboxSpec) -> Result<(), RuntimeError> {
-        let host = |c: &'static str| move |e: io::Error| RuntimeError::host(c, e);
-        fs::write(etc.join("hostname"), format!("{}\n", spec.id))
-            .map_err(host("writing /etc/hostname"))?;
-        fs::write(
-            etc.join("hosts"),
+    /// `/etc/resolv.conf` into `etc`, the directory of its writable layer that is its `/etc`.
+    /// The layer is the sandbox's: each file is replaced (a link planted there is replaced
+    /// itself, never written through) and a link on the way to `etc` fails the start.
+    fn write_etc(&self, upper: &Path, etc: &str, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        let etc = Tree::open(upper)
+            .and_then(|t| t.open_dir(Path::new(etc)))
+            .map_err(|e| layer_error("opening the sandbox's /etc", e))?;
+        let write = |name: &str, body: String| {
+            etc.replace_file(Path::new(name), body.as_bytes(), 0o644)
+                .map_err(|e| layer_error("writing the sandbox's /etc", e))
+        };
+        write("hostname", format!("{}\n", spec.id))?;
+        write(
+            "hosts",
             format!(
                 "127.0.0.1\tlocalhost {id}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
                 id = spec.id
             ),
-        )
-        .map_err(host("writing /etc/hosts"))?;
+        )?;
         if let Some(net) = &self.net
             && !net.dns().is_empty()
         {
@@ -392,10 +405,8 @@ impl LinuxRuntime {
             for ns in net.dns() {
                 conf.push_str(&format!("nameserver {ns}\n"));
             }
-            // The host's file may be a symlink into /run (systemd-resolved).
-            remove_file_if_exists(&etc.join("resolv.conf"))
-                .map_err(host("replacing /etc/resolv.conf"))?;
-            fs::write(etc.join("resolv.conf"), conf).map_err(host("writing /etc/resolv.conf"))?;
+            // Replaces the host's file too when it is a link into /run (systemd-resolved).
+            write("resolv.conf", conf)?;
         }
         Ok(())
     }
@@ -1411,19 +1422,49 @@ fn persist_layer(layer: &Path, names: &[String]) -> Result<(), RuntimeError> {
         .map_err(|e| RuntimeError::host("clearing overlay markers", e))
 }
 
+/// The longest `/etc/passwd` corral reads from an image or a sandbox's layer.
+const MAX_PASSWD: u64 = 4 << 20;
+
+/// A host-side failure on a sandbox-controlled tree: a link planted in the way is the
+/// sandbox's doing (a clear refusal), anything else the host's.
+fn layer_error(context: &'static str, e: io::Error) -> RuntimeError {
+    if crate::beneath::is_link_error(&e) {
+        RuntimeError::Invalid(format!(
+            "{context}: {e}; corral never follows links in a sandbox's files"
+        ))
+    } else {
+        RuntimeError::host(context, e)
+    }
+}
+
+/// The trees of an image root, top first: the sandbox's upper dir, then its image's layers
+/// (commits above OCI layers). Each is opened by fd; nothing below is resolved by the host.
+fn image_trees(upper: &Path, img: &BoundImage) -> Result<Vec<Tree>, RuntimeError> {
+    std::iter::once(upper.to_owned())
+        .chain(img.lower_dirs().into_iter().rev())
+        .map(|d| Tree::open(&d).map_err(|e| RuntimeError::host("opening an image layer", e)))
+        .collect()
+}
+
 /// Finds `name`'s account in the image: the sandbox's own `/etc/passwd` (upper) first, else
 /// the top-most layer that has one. `name` may be `user`, `uid`, `user:group` or `uid:gid`; a
-/// numeric uid not in the file is used as is (home `/`).
+/// numeric uid not in the file is used as is (home `/`). A passwd that is a link, or behind
+/// one, is skipped, never followed.
 fn oci_account(
     spec: &SandboxSpec,
     img: &BoundImage,
     upper: &Path,
 ) -> Result<Account, RuntimeError> {
-    let passwd = std::iter::once(upper.to_owned())
-        .chain(img.lower_dirs().into_iter().rev())
-        .map(|d| d.join("etc/passwd"))
-        .find(|p| p.is_file())
-        .and_then(|p| fs::read_to_string(p).ok())
+    let passwd = image_trees(upper, img)?
+        .iter()
+        .find_map(|t| match t.read(Path::new("etc/passwd"), MAX_PASSWD) {
+            Ok(Some(body)) => Some(String::from_utf8_lossy(&body).into_owned()),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(sandbox = %spec.id, error = %e, "skipping an unreadable /etc/passwd");
+                None
+            }
+        })
         .unwrap_or_default();
     let accounts = crate::users::parse_passwd(&passwd);
     let (user, group) = match spec.user.split_once(':') {
@@ -1455,15 +1496,25 @@ fn oci_account(
 }
 
 /// Whether `rel` exists in the merged view of an image root (upper, then layers top first).
-fn exists_in_image(upper: &Path, img: &BoundImage, rel: &str) -> bool {
-    std::iter::once(upper.to_owned())
-        .chain(img.lower_dirs().into_iter().rev())
-        .any(|d| fs::symlink_metadata(d.join(rel)).is_ok())
+/// A link (or a file) on the way counts as existing: the caller then creates nothing there.
+fn exists_in_image(trees: &[Tree], rel: &str) -> bool {
+    trees
+        .iter()
+        .any(|t| !matches!(t.lstat(Path::new(rel)), Ok(None)))
 }
 
 /// Creates in an OCI sandbox's upper dir what the sandbox needs but images may lack: mount
-/// points (`/proc`, `/sys`, `/dev`, the agent's file), `/tmp`, `/etc`, and the user's home.
-fn prepare_oci_upper(upper: &Path, img: &BoundImage, account: &Account) -> io::Result<()> {
+/// points (`/proc`, `/sys`, `/dev`, the agent's file), `/tmp`, `/etc`, and the user's home
+/// and working dir. Only missing names are made, each through [`Tree`]: a link planted in
+/// the upper dir or an image layer is never followed.
+fn prepare_oci_upper(
+    upper: &Path,
+    img: &BoundImage,
+    account: &Account,
+) -> Result<(), RuntimeError> {
+    let trees = image_trees(upper, img)?;
+    let top = &trees[0];
+    let fail = |e| layer_error("preparing the image root", e);
     for (rel, mode) in [
         ("proc", 0o555),
         ("sys", 0o555),
@@ -1471,39 +1522,30 @@ fn prepare_oci_upper(upper: &Path, img: &BoundImage, account: &Account) -> io::R
         ("etc", 0o755),
         ("tmp", 0o1777),
     ] {
-        if !exists_in_image(upper, img, rel) {
-            let p = upper.join(rel);
-            mkdirs(&p, 0o755)?;
-            fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        if !exists_in_image(&trees, rel) {
+            top.mkdir_all(Path::new(rel), mode, None).map_err(fail)?;
         }
     }
-    if !upper.join("etc").is_dir() {
-        mkdirs(&upper.join("etc"), 0o755)?;
-    }
-    let agent = upper.join(AGENT_PATH_IN_SANDBOX.trim_start_matches('/'));
-    if !agent.exists() {
-        if let Some(parent) = agent.parent() {
-            mkdirs(parent, 0o755)?;
+    // `/etc` in the upper dir itself (the image's may be only in a lower layer): files are
+    // written there next.
+    top.mkdir_all(Path::new("etc"), 0o755, None).map_err(fail)?;
+    let agent = AGENT_PATH_IN_SANDBOX.trim_start_matches('/');
+    if !exists_in_image(&trees, agent) {
+        if let Some(parent) = Path::new(agent).parent() {
+            top.mkdir_all(parent, 0o755, None).map_err(fail)?;
         }
-        fs::write(&agent, b"")?;
+        top.create_empty(Path::new(agent), 0o644).map_err(fail)?;
     }
-    let home = account.home.trim_start_matches('/');
-    if !home.is_empty() && !exists_in_image(upper, img, home) {
-        let p = upper.join(home);
-        mkdirs(&p, 0o755)?;
-        std::os::unix::fs::chown(&p, Some(account.uid), Some(account.gid))?;
-    }
-    if let Some(w) = img
-        .config
-        .working_dir
-        .as_deref()
-        .map(|w| w.trim_start_matches('/'))
-        && !w.is_empty()
-        && !exists_in_image(upper, img, w)
-    {
-        let p = upper.join(w);
-        mkdirs(&p, 0o755)?;
-        std::os::unix::fs::chown(&p, Some(account.uid), Some(account.gid))?;
+    let owned = [
+        Some(account.home.as_str()),
+        img.config.working_dir.as_deref(),
+    ];
+    for dir in owned.into_iter().flatten() {
+        let rel = dir.trim_start_matches('/');
+        if !rel.is_empty() && !exists_in_image(&trees, rel) {
+            top.mkdir_all(Path::new(rel), 0o755, Some((account.uid, account.gid)))
+                .map_err(fail)?;
+        }
     }
     Ok(())
 }
