@@ -214,13 +214,25 @@ def test_snapshots_of_a_sandbox_swapping_dirs_for_links_never_copy_host_files(ho
     try:
         client = server.client()
         sb = client.create(CreateSandboxFromSnapshotParams(os_user="root"), timeout=60)
-        exec_ok(sb, "mkdir -p /root/w/d && for i in 1 2 3 4 5 6 7 8; do echo own-$i > /root/w/d/marker$i; done")
+        # Twenty directories, each swapped for a link to the host directory and back in a
+        # tight loop (python: no process per step), while ten snapshots copy them.
+        exec_ok(sb, "for j in $(seq 20); do mkdir -p /root/w/d$j && for i in 1 2 3; do "
+                    "echo own-$i > /root/w/d$j/marker$i; done; done")
+        swap = (
+            "import os\n"
+            "os.chdir('/root/w')\n"
+            "while True:\n"
+            "    for j in range(1, 21):\n"
+            "        os.rename(f'd{j}', f'r{j}'); os.symlink(HOST, f'd{j}')\n"
+            "    for j in range(1, 21):\n"
+            "        os.unlink(f'd{j}'); os.rename(f'r{j}', f'd{j}')\n"
+        ).replace("HOST", repr(str(d)))
+        sb.fs.upload_file(swap.encode(), "/root/swap.py")
         sb.process.create_session("swap")
         sb.process.execute_session_command("swap", SessionExecuteRequest(
-            command=f"cd /root/w && while true; do mv d real; ln -s '{d}' d; rm d; mv real d; done",
-            run_async=True))
+            command="python3 /root/swap.py", run_async=True))
         names = []
-        for i in range(6):
+        for i in range(10):
             name = f"swap-{uuid.uuid4().hex[:8]}"
             sb._experimental_create_snapshot(name)
             names.append(name)

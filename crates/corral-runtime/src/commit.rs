@@ -211,7 +211,13 @@ fn copy_uppers(src: &Path, names: &[String], dest: &Path) -> Result<(), RuntimeE
     let archive = PathBuf::from(archive);
     let r = crate::layer::pack_uppers(src, names, &archive)
         .and_then(|_| crate::layer::unpack(&archive, dest))
-        .map_err(|e| RuntimeError::host("copying the sandbox's files", e));
+        .map_err(|e| match e {
+            // The sandbox's own doing (it swapped a directory for a link during the copy).
+            crate::layer::LayerError::Changing(_) => {
+                RuntimeError::Invalid(format!("copying the sandbox's files: {e}; try again"))
+            }
+            e => RuntimeError::host("copying the sandbox's files", e),
+        });
     remove_file_if_exists(&archive).map_err(host("removing a temporary archive"))?;
     r
 }

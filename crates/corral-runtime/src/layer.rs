@@ -31,6 +31,8 @@ pub enum LayerError {
     },
     #[error("unsafe entry {0:?} in layer archive")]
     Unsafe(PathBuf),
+    #[error("{0} kept changing between a directory and a link while it was copied")]
+    Changing(PathBuf),
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LayerError + use<> {
@@ -114,41 +116,90 @@ fn pack_dir<W: io::Write>(
     for entry in dir.names().map_err(io_err("readdir", &path))? {
         let child = name.join(&entry);
         let child_path = path.join(&entry);
-        let Some(st) = dir
-            .lstat(Path::new(&entry))
-            .map_err(io_err("stat", &child_path))?
-        else {
-            continue; // removed meanwhile
-        };
-        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
-        if kind == SFlag::S_IFDIR {
-            let sub = dir
-                .open_dir(Path::new(&entry))
-                .map_err(io_err("open", &child_path))?;
-            pack_dir(tar, &sub, &child)?;
-        } else if kind == SFlag::S_IFCHR && st.st_rdev == 0 {
-            let mut wh = std::ffi::OsString::from(WHITEOUT_PREFIX);
-            wh.push(&entry);
-            append_marker(tar, &name.join(wh), &child_path)?;
-        } else if kind == SFlag::S_IFREG {
-            let (file, st) = dir.open_file(&entry).map_err(io_err("open", &child_path))?;
-            let size = u64::try_from(st.st_size).unwrap_or(0);
-            let mut h = header(&st, tar::EntryType::Regular, size);
-            // Exactly the size stat gave: a file growing meanwhile is cut there, one
-            // shrinking is an error (the archive would be corrupt).
-            tar.append_data(&mut h, &child, file.take(size))
-                .map_err(io_err("pack", &child_path))?;
-        } else if kind == SFlag::S_IFLNK {
-            let target = dir
-                .read_link(&entry)
-                .map_err(io_err("readlink", &child_path))?;
-            let mut h = header(&st, tar::EntryType::Symlink, 0);
-            tar.append_link(&mut h, &child, &target)
-                .map_err(io_err("pack", &child_path))?;
+        // A running sandbox may replace the entry between the `lstat` and the open (a
+        // directory by a link, say): the open then fails without following anything, and
+        // the entry is looked at again. One deleted meanwhile is left out, as a snapshot
+        // taken a moment later would.
+        let mut tries = 0;
+        loop {
+            match pack_entry(tar, dir, &entry, &child) {
+                Ok(()) | Err(Attempt::Gone) => break,
+                Err(Attempt::Raced) if tries < RACE_RETRIES => tries += 1,
+                Err(Attempt::Raced) => return Err(LayerError::Changing(child_path)),
+                Err(Attempt::Failed(e)) => return Err(io_err("pack", &child_path)(e)),
+                Err(Attempt::Nested(e)) => return Err(e),
+            }
         }
-        // Sockets, fifos and device nodes are not carried over (nothing in a sandbox can make
-        // device nodes; sockets and fifos are runtime objects).
     }
+    Ok(())
+}
+
+/// How often an entry that keeps changing type is looked at again.
+const RACE_RETRIES: u32 = 8;
+
+/// Why an entry was not packed.
+enum Attempt {
+    /// Deleted meanwhile: left out.
+    Gone,
+    /// Replaced meanwhile by something of another type (nothing written yet): look again.
+    Raced,
+    Failed(io::Error),
+    /// A failure below a directory already (partly) written.
+    Nested(LayerError),
+}
+
+impl From<io::Error> for Attempt {
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::NotFound {
+            Attempt::Gone
+        } else if crate::beneath::is_link_error(&e) || e.raw_os_error() == Some(libc::EINVAL) {
+            // ELOOP/ENOTDIR: a link or file where a directory or file was; EINVAL from
+            // readlink: no longer a link.
+            Attempt::Raced
+        } else if e.kind() == io::ErrorKind::InvalidInput {
+            // `open_file` found something other than a regular file.
+            Attempt::Raced
+        } else {
+            Attempt::Failed(e)
+        }
+    }
+}
+
+/// Packs one entry of `dir` as what `lstat` says it is now.
+fn pack_entry<W: io::Write>(
+    tar: &mut tar::Builder<W>,
+    dir: &Tree,
+    entry: &std::ffi::OsStr,
+    child: &Path,
+) -> Result<(), Attempt> {
+    let Some(st) = dir.lstat(Path::new(entry))? else {
+        return Err(Attempt::Gone);
+    };
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    if kind == SFlag::S_IFDIR {
+        let sub = dir.open_dir(Path::new(entry))?;
+        pack_dir(tar, &sub, child).map_err(Attempt::Nested)?;
+    } else if kind == SFlag::S_IFCHR && st.st_rdev == 0 {
+        let mut wh = std::ffi::OsString::from(WHITEOUT_PREFIX);
+        wh.push(entry);
+        let parent = child.parent().unwrap_or(Path::new(""));
+        append_marker(tar, &parent.join(wh), child).map_err(Attempt::Nested)?;
+    } else if kind == SFlag::S_IFREG {
+        let (file, st) = dir.open_file(entry)?;
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        let mut h = header(&st, tar::EntryType::Regular, size);
+        // Exactly the size fstat gave: a file growing meanwhile is cut there; one
+        // shrinking is an error (the archive would be corrupt).
+        tar.append_data(&mut h, child, file.take(size))
+            .map_err(|e| Attempt::Nested(io_err("pack", child)(e)))?;
+    } else if kind == SFlag::S_IFLNK {
+        let target = dir.read_link(entry)?;
+        let mut h = header(&st, tar::EntryType::Symlink, 0);
+        tar.append_link(&mut h, child, &target)
+            .map_err(|e| Attempt::Nested(io_err("pack", child)(e)))?;
+    }
+    // Sockets, fifos and device nodes are not carried over (nothing in a sandbox can make
+    // device nodes; sockets and fifos are runtime objects).
     Ok(())
 }
 
