@@ -8,6 +8,7 @@ use std::time::Instant;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
+use corral_core::transitions::Operation;
 use corral_core::{
     CommitConfig, DesiredState, Sandbox, SandboxState, Snapshot, SnapshotState,
     sandbox_snapshot_reference,
@@ -37,21 +38,6 @@ pub struct ForkSandbox {
     name: Option<String>,
 }
 
-/// Refuses sandboxes whose files are not on disk or are changing hands.
-fn check_source(s: &Sandbox, what: &str) -> Result<(), ApiError> {
-    match s.state {
-        SandboxState::Started | SandboxState::Stopped => Ok(()),
-        SandboxState::Archived => Err(ApiError::conflict(format!(
-            "sandbox {} is archived; start it before you {what} it",
-            s.id
-        ))),
-        other => Err(ApiError::conflict(format!(
-            "sandbox {} is {other}; only a started or stopped sandbox can be {what}ed",
-            s.id
-        ))),
-    }
-}
-
 /// `POST /api/sandbox/{idOrName}/snapshot` `{name}`: commits the sandbox's files as snapshot
 /// `name` (an `active` snapshot when this answers) and answers the sandbox, back in the
 /// state it was in.
@@ -74,7 +60,8 @@ pub async fn snapshot(
         ));
     }
     let (mut s, _guard) = locked(&state, &id_or_name).await?;
-    check_source(&s, "snapshot")?;
+    let run = crate::lifecycle::plan(&s, s.state, Operation::Snapshot)?
+        .ok_or_else(|| ApiError::conflict("nothing to snapshot"))?;
     let began = Instant::now();
     let now = crate::snapshots::now_ms();
     let id = uuid::Uuid::new_v4().to_string();
@@ -98,8 +85,7 @@ pub async fn snapshot(
     // Claimed first: a create from it meanwhile waits for the commit.
     let _claim = crate::builds::Claim::take(&snap.id);
     crate::snapshots::insert(&state, &snap).await?;
-    let before = s.state;
-    save(&state, &mut s, SandboxState::Snapshotting).await?;
+    save(&state, &mut s, run.during).await?;
     let committed = state
         .runtime
         .snapshot(
@@ -111,7 +97,16 @@ pub async fn snapshot(
             },
         )
         .await;
-    save(&state, &mut s, before).await?;
+    save(
+        &state,
+        &mut s,
+        if committed.is_ok() {
+            run.success
+        } else {
+            run.failure
+        },
+    )
+    .await?;
     match committed {
         Ok(info) => {
             snap.state = SnapshotState::Active;
@@ -144,7 +139,8 @@ pub async fn fork(
 ) -> Result<Json<SandboxDto>, ApiError> {
     let began = Instant::now();
     let (mut src, src_guard) = locked(&state, &id_or_name).await?;
-    check_source(&src, "fork")?;
+    let run = crate::lifecycle::plan(&src, src.state, Operation::Fork)?
+        .ok_or_else(|| ApiError::conflict("nothing to fork"))?;
     let id = uuid::Uuid::new_v4().to_string();
     let name = match req.name.filter(|n| !n.is_empty()) {
         Some(n) => {
@@ -171,10 +167,14 @@ pub async fn fork(
     };
     let _fork_guard = state.locks.lock(&fork.id).await;
     state.store.insert(&fork).await?;
-    let before = src.state;
-    save(&state, &mut src, SandboxState::Forking).await?;
+    save(&state, &mut src, run.during).await?;
     let copied = state.runtime.fork(&src.id, &fork.id, &fork.resources).await;
-    save(&state, &mut src, before).await?;
+    let after = if copied.is_ok() {
+        run.success
+    } else {
+        run.failure
+    };
+    save(&state, &mut src, after).await?;
     drop(src_guard);
     if let Err(e) = copied {
         state.runtime.destroy(&fork.id).await?;

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use corral_core::transitions::{self, Operation, Refusal, Transition};
 use corral_core::{DesiredState, Sandbox, SandboxSpec, SandboxState};
 use time::OffsetDateTime;
 use tokio::sync::OwnedMutexGuard;
@@ -71,9 +72,11 @@ pub async fn delete_in_background(
     mut s: Sandbox,
     guard: OwnedMutexGuard<()>,
 ) -> Result<Sandbox, ApiError> {
-    if s.state != SandboxState::Destroying {
+    if let Some(run) = plan(&s, s.state, Operation::Delete)?
+        && s.state != run.during
+    {
         s.desired_state = DesiredState::Destroyed;
-        save(state, &mut s, SandboxState::Destroying).await?;
+        save(state, &mut s, run.during).await?;
     }
     let answer = s.clone();
     let bg = state.clone();
@@ -142,29 +145,85 @@ pub(crate) async fn save(
     Ok(())
 }
 
-/// Starts a stopped, archived or errored sandbox (a no-op when it is started).
-pub async fn start(state: &AppState, s: &mut Sandbox) -> Result<(), ApiError> {
-    if s.state == SandboxState::Started && state.runtime.is_running(&s.id) {
-        return Ok(());
-    }
-    let began = Instant::now();
-    let transitional = if s.state == SandboxState::Archived {
-        SandboxState::Restoring
+/// The API error for an operation the state table refuses.
+pub(crate) fn refusal(r: Refusal, s: &Sandbox, op: Operation) -> ApiError {
+    let message = r.message(&s.id, s.state, op);
+    let e = if r.is_conflict() {
+        ApiError::conflict(message)
     } else {
-        SandboxState::Starting
+        ApiError::bad_request(message)
     };
+    match r.code() {
+        Some(code) => e.with_code(code),
+        None => e,
+    }
+}
+
+/// The states an operation passes through, from the table ([`transitions::plan`]) for
+/// `from`: `None` when there is nothing to do; the API error when it is refused.
+pub(crate) fn plan(
+    s: &Sandbox,
+    from: SandboxState,
+    op: Operation,
+) -> Result<Option<Run>, ApiError> {
+    match transitions::plan(from, op) {
+        Transition::Done => Ok(None),
+        Transition::Run {
+            during,
+            success,
+            failure,
+        } => Ok(Some(Run {
+            during,
+            success,
+            failure,
+        })),
+        Transition::Refused(r) => Err(refusal(r, s, op)),
+    }
+}
+
+/// A planned run of an operation: the states to record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Run {
+    pub during: SandboxState,
+    pub success: SandboxState,
+    pub failure: SandboxState,
+}
+
+/// Records `run.during` unless the sandbox is in it already.
+pub(crate) async fn begin(state: &AppState, s: &mut Sandbox, run: &Run) -> Result<(), ApiError> {
+    if s.state != run.during {
+        save(state, s, run.during).await?;
+    }
+    Ok(())
+}
+
+/// Records `run.failure` unless the sandbox is in it already.
+async fn fail(state: &AppState, s: &mut Sandbox, run: &Run) -> Result<(), ApiError> {
+    if s.state != run.failure {
+        save(state, s, run.failure).await?;
+    }
+    Ok(())
+}
+
+/// Starts a stopped, archived or errored sandbox (a no-op when it is started and running).
+pub async fn start(state: &AppState, s: &mut Sandbox) -> Result<(), ApiError> {
+    let from = transitions::effective(s.state, state.runtime.is_running(&s.id));
+    let Some(run) = plan(s, from, Operation::Start)? else {
+        return Ok(());
+    };
+    let began = Instant::now();
     s.desired_state = DesiredState::Started;
-    save(state, s, transitional).await?;
+    save(state, s, run.during).await?;
     if let Err(e) = state.runtime.start(&spec_of(s)).await {
         let err = ApiError::from(e);
         s.error_reason = Some(format!("the sandbox failed to start: {}", err.message));
-        save(state, s, SandboxState::Error).await?;
+        save(state, s, run.failure).await?;
         return Err(err);
     }
     s.error_reason = None;
     s.stopped_at = None;
     s.last_activity_at = OffsetDateTime::now_utc();
-    save(state, s, SandboxState::Started).await?;
+    save(state, s, run.success).await?;
     metrics::histogram!("corral_sandbox_start_seconds").record(began.elapsed().as_secs_f64());
     tracing::info!(sandbox = %s.id, "sandbox started");
     Ok(())
@@ -173,15 +232,18 @@ pub async fn start(state: &AppState, s: &mut Sandbox) -> Result<(), ApiError> {
 /// Stops a sandbox, keeping its files; deletes it instead when its auto-delete interval is 0.
 /// Returns whether the sandbox still exists.
 pub async fn stop(state: &AppState, s: &mut Sandbox) -> Result<bool, ApiError> {
-    if matches!(s.state, SandboxState::Stopped | SandboxState::Archived) {
+    let Some(run) = plan(s, s.state, Operation::Stop)? else {
         return Ok(true);
-    }
+    };
     let began = Instant::now();
     s.desired_state = DesiredState::Stopped;
-    save(state, s, SandboxState::Stopping).await?;
-    state.runtime.stop(&s.id).await?;
+    save(state, s, run.during).await?;
+    if let Err(e) = state.runtime.stop(&s.id).await {
+        fail(state, s, &run).await?;
+        return Err(e.into());
+    }
     s.stopped_at = Some(OffsetDateTime::now_utc());
-    save(state, s, SandboxState::Stopped).await?;
+    save(state, s, run.success).await?;
     metrics::histogram!("corral_sandbox_stop_seconds").record(began.elapsed().as_secs_f64());
     tracing::info!(sandbox = %s.id, "sandbox stopped");
     if s.auto_delete_interval == 0 {
@@ -193,25 +255,17 @@ pub async fn stop(state: &AppState, s: &mut Sandbox) -> Result<bool, ApiError> {
 
 /// Packs a stopped sandbox's files into an archive.
 pub async fn archive(state: &AppState, s: &mut Sandbox) -> Result<(), ApiError> {
-    match s.state {
-        SandboxState::Archived => return Ok(()),
-        SandboxState::Stopped => {}
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "sandbox {} is {other}; stop it before archiving",
-                s.id
-            ))
-            .with_code("SANDBOX_NOT_STOPPED"));
-        }
-    }
+    let Some(run) = plan(s, s.state, Operation::Archive)? else {
+        return Ok(());
+    };
     let began = Instant::now();
     s.desired_state = DesiredState::Archived;
-    save(state, s, SandboxState::Archiving).await?;
+    save(state, s, run.during).await?;
     if let Err(e) = state.runtime.archive(&s.id).await {
-        save(state, s, SandboxState::Stopped).await?;
+        fail(state, s, &run).await?;
         return Err(e.into());
     }
-    save(state, s, SandboxState::Archived).await?;
+    save(state, s, run.success).await?;
     metrics::histogram!("corral_sandbox_archive_seconds").record(began.elapsed().as_secs_f64());
     tracing::info!(sandbox = %s.id, "sandbox archived");
     Ok(())
@@ -219,14 +273,18 @@ pub async fn archive(state: &AppState, s: &mut Sandbox) -> Result<(), ApiError> 
 
 /// Kills everything in the sandbox, removes every trace of it and its record.
 pub async fn delete(state: &AppState, s: &mut Sandbox) -> Result<(), ApiError> {
+    let Some(run) = plan(s, s.state, Operation::Delete)? else {
+        return Ok(());
+    };
     let began = Instant::now();
-    if s.state != SandboxState::Destroying {
+    if s.state != run.during {
         s.desired_state = DesiredState::Destroyed;
-        save(state, s, SandboxState::Destroying).await?;
+        save(state, s, run.during).await?;
     }
+    // A failure leaves it `destroying` (`run.failure`): the reconciler tries again.
     state.runtime.destroy(&s.id).await?;
     state.store.remove(&s.id).await?;
-    s.state = SandboxState::Destroyed;
+    s.state = run.success;
     state.locks.forget(&s.id);
     metrics::histogram!("corral_sandbox_delete_seconds").record(began.elapsed().as_secs_f64());
     tracing::info!(sandbox = %s.id, "sandbox deleted");

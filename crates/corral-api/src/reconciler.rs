@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use corral_core::transitions::{self, AfterCrash, Operation};
 use corral_core::{ListQuery, Sandbox, SandboxState};
 use time::OffsetDateTime;
 
@@ -43,53 +44,55 @@ fn minutes(state: &AppState, n: i64) -> time::Duration {
 pub async fn on_start(state: &AppState) -> Result<(), ApiError> {
     let recorded = all(state).await?;
     for mut s in recorded.iter().cloned() {
-        match s.state {
-            SandboxState::Destroying => lifecycle::delete(state, &mut s).await?,
+        // Processes may be running only in these states: adopt them, so exec works at once.
+        let may_run = matches!(
+            s.state,
             SandboxState::Started
-            | SandboxState::Creating
-            | SandboxState::Starting
-            | SandboxState::Restoring
-            | SandboxState::Resizing
-            | SandboxState::Snapshotting
-            | SandboxState::Forking
-            | SandboxState::Stopping => {
-                let running = state.runtime.adopt(&s.id).await?;
-                let next = match (running, s.state) {
-                    (true, SandboxState::Stopping) => {
-                        lifecycle::stop(state, &mut s).await?;
-                        continue;
-                    }
-                    (true, _) => SandboxState::Started,
-                    // A snapshot or fork reads files only: a sandbox not running was stopped.
-                    (
-                        false,
-                        SandboxState::Stopping | SandboxState::Snapshotting | SandboxState::Forking,
-                    ) => SandboxState::Stopped,
-                    (false, _) => {
-                        s.error_reason =
-                            Some("the sandbox was not running when the server started".into());
-                        SandboxState::Error
-                    }
-                };
-                if next != s.state {
-                    tracing::warn!(sandbox = %s.id, from = %s.state, to = %next, "reconciled on start");
-                    s.state = next;
-                    s.updated_at = OffsetDateTime::now_utc();
-                    state.store.update(&s).await?;
+                | SandboxState::Creating
+                | SandboxState::Starting
+                | SandboxState::Restoring
+                | SandboxState::Resizing
+                | SandboxState::Snapshotting
+                | SandboxState::Forking
+                | SandboxState::Stopping
+        );
+        let running = may_run && state.runtime.adopt(&s.id).await?;
+        match transitions::after_crash(s.state, running) {
+            AfterCrash::Keep => {}
+            AfterCrash::Set(next) if next == s.state => {}
+            AfterCrash::Set(next) => {
+                if next == SandboxState::Error {
+                    s.error_reason =
+                        Some("the sandbox was not running when the server started".into());
                 }
+                tracing::warn!(sandbox = %s.id, from = %s.state, to = %next, "reconciled on start");
+                s.state = next;
+                s.updated_at = OffsetDateTime::now_utc();
+                state.store.update(&s).await?;
             }
-            SandboxState::Archiving => {
+            AfterCrash::Rerun {
+                op: Operation::Delete,
+                ..
+            } => lifecycle::delete(state, &mut s).await?,
+            AfterCrash::Rerun {
+                op: Operation::Archive,
+                from,
+            } => {
                 // Finish the interrupted archive (it is idempotent).
-                s.state = SandboxState::Stopped;
+                s.state = from;
                 lifecycle::archive(state, &mut s).await?;
             }
-            SandboxState::PendingBuild | SandboxState::BuildingSnapshot => {
+            AfterCrash::Rerun { op, .. } => {
+                debug_assert_eq!(op, Operation::Stop);
+                lifecycle::stop(state, &mut s).await?;
+            }
+            AfterCrash::ResumeBuild => {
                 // The build resumes (or is reused when its snapshot got built meanwhile).
                 tracing::warn!(sandbox = %s.id, "resuming a sandbox build cut off by a server stop");
                 let bg = state.clone();
                 tokio::spawn(crate::builds::finish(bg, s.id.clone()));
             }
-            SandboxState::PullingSnapshot => {
+            AfterCrash::Remove => {
                 // Left by an earlier version, whose creates pulled inside the request: that
                 // request died with the server before the sandbox ever ran, and its client
                 // got no sandbox. (Creates now answer `pending_build` and pull in the
@@ -97,7 +100,6 @@ pub async fn on_start(state: &AppState) -> Result<(), ApiError> {
                 tracing::warn!(sandbox = %s.id, "removing a sandbox whose create was cut off during its image pull");
                 lifecycle::delete(state, &mut s).await?;
             }
-            _ => {}
         }
     }
     crate::builds::resume(state).await?;

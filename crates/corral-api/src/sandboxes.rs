@@ -6,6 +6,7 @@ use std::time::Instant;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
+use corral_core::transitions::Operation;
 use corral_core::{
     CODE_LANGUAGE_LABEL, CodeLanguage, DesiredState, ListQuery, Resources, Sandbox, SandboxState,
 };
@@ -449,12 +450,6 @@ pub async fn start(
     Path(id_or_name): Path<String>,
 ) -> Result<Json<SandboxDto>, ApiError> {
     let (mut s, _guard) = locked(&state, &id_or_name).await?;
-    if matches!(s.state, SandboxState::Destroying | SandboxState::Destroyed) {
-        return Err(ApiError::conflict(format!(
-            "sandbox {} is being deleted",
-            s.id
-        )));
-    }
     lifecycle::start(&state, &mut s).await?;
     Ok(Json(dto(&state, &headers, &s, true)))
 }
@@ -490,20 +485,24 @@ pub async fn recover(
     query: QueryPairs,
 ) -> Result<Json<SandboxDto>, ApiError> {
     let (mut s, _guard) = locked(&state, &id_or_name).await?;
-    if s.state != SandboxState::Error {
-        return Err(ApiError::bad_request(format!(
-            "sandbox {} is {}, not in error",
-            s.id, s.state
-        )));
-    }
-    state.runtime.stop(&s.id).await?;
-    if query.get("skipStart") == Some("true") {
-        s.state = SandboxState::Stopped;
+    let skip_start = query.get("skipStart") == Some("true");
+    let op = if skip_start {
+        Operation::RecoverStopped
+    } else {
+        Operation::Recover
+    };
+    let Some(run) = lifecycle::plan(&s, s.state, op)? else {
+        return Ok(Json(dto(&state, &headers, &s, true)));
+    };
+    if skip_start {
+        lifecycle::begin(&state, &mut s, &run).await?;
+        state.runtime.stop(&s.id).await?;
         s.error_reason = None;
         s.stopped_at = Some(OffsetDateTime::now_utc());
-        s.updated_at = OffsetDateTime::now_utc();
-        state.store.update(&s).await?;
+        lifecycle::save(&state, &mut s, run.success).await?;
     } else {
+        // Ends whatever is left, then starts it as `start` does from `error`.
+        state.runtime.stop(&s.id).await?;
         lifecycle::start(&state, &mut s).await?;
     }
     Ok(Json(dto(&state, &headers, &s, true)))

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod ports;
 pub mod sandbox;
+pub mod transitions;
 
 pub use ports::{
     ApiKeyStore, CommitConfig, ImageInfo, Images, ListQuery, Page, Runtime, RuntimeError,
