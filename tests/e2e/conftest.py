@@ -4,6 +4,7 @@ Daytona SDK. Set CORRAL_BIN to choose the binary (default: target/release/corral
 import http.client
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -21,8 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-_net_counter = 0
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -38,13 +37,13 @@ class Server:
         self.data_dir = Path(tempfile.mkdtemp(prefix="corral-e2e-", dir="/tmp"))
         self.port = free_port()
         self.key = "e2e_" + secrets.token_hex(16)
-        self.cgroup_parent = "corral-e2e-" + secrets.token_hex(4)
-        # Each server gets its own sandbox network and interface prefix (several servers
-        # may run at once), so leak checks can name exactly what this one created.
-        global _net_counter
-        _net_counter += 1
-        self.net_prefix = "t" + secrets.token_hex(3)
-        self.net_cidr = f"10.{130 + _net_counter % 120}.0.0/16"
+        # Each server gets its own cgroup parent, sandbox network and interface prefix
+        # (several servers may run at once, from several pytest processes too: a server
+        # refuses to start on another's), so leak checks can name exactly what this one
+        # created. `start` picks others if a running server holds these.
+        self._pick_host_resources()
+        # Values a test sets itself are never replaced.
+        self._chosen = not ({"CORRAL_NET_PREFIX", "CORRAL_NET_CIDR"} & set(env or {}))
         # The warm pool is off unless a test asks for it: leak checks compare the host
         # before and after, and a pool refilling in the background would blur them.
         self.extra_env = {"CORRAL_POOL_SIZE": "0", "CORRAL_NET_PREFIX": self.net_prefix,
@@ -53,13 +52,38 @@ class Server:
         self.log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "wb")
         self.proc = None
 
-    def start(self):
+    def _pick_host_resources(self):
+        self.cgroup_parent = "corral-e2e-" + secrets.token_hex(4)
+        self.net_prefix = "t" + secrets.token_hex(3)
+        self.net_cidr = f"10.{random.randrange(130, 250)}.0.0/16"
+
+    def command(self):
+        """The `corral serve` command line and environment of this server."""
         env = dict(os.environ, CORRAL_API_KEY=self.key, CORRAL_LOG="info", **self.extra_env)
-        self.proc = subprocess.Popen(
-            [self.bin, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir),
-             "--cgroup-parent", self.cgroup_parent],
-            env=env, stdout=self.log, stderr=self.log,
-        )
+        argv = [self.bin, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir),
+                "--cgroup-parent", self.cgroup_parent]
+        return argv, env
+
+    def start(self):
+        for _ in range(8):
+            logged = os.path.getsize(self.log.name)
+            try:
+                return self._start()
+            except RuntimeError:
+                with open(self.log.name, "rb") as f:
+                    f.seek(logged)
+                    refused = b"in use by another corral server" in f.read()
+                # A random network another server (e.g. another test run) holds: pick again,
+                # unless this server ran before (a restart keeps its values).
+                if not (refused and self._chosen and not getattr(self, "_started", False)):
+                    raise
+            self._pick_host_resources()
+            self.extra_env.update(CORRAL_NET_PREFIX=self.net_prefix, CORRAL_NET_CIDR=self.net_cidr)
+        raise RuntimeError(f"no free host resources for corral serve; log: {self.log.name}")
+
+    def _start(self):
+        argv, env = self.command()
+        self.proc = subprocess.Popen(argv, env=env, stdout=self.log, stderr=self.log)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -67,6 +91,7 @@ class Server:
             try:
                 status, _ = self.request("GET", "/ready", auth=False)
                 if status == 200:
+                    self._started = True
                     return
             except OSError:
                 pass

@@ -36,6 +36,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 
+use crate::host_locks::{self, HostLocks, Resource};
 use peers::{Peer, Peers};
 use procfs::mib;
 use stats::{Stats, round3};
@@ -563,11 +564,34 @@ async fn network_leftovers() -> usize {
     }
 }
 
+/// Locks what the bench server will use while the bench cleans it up, so the cleanup never
+/// removes what another server (or bench) runs with; the server takes them over.
+fn lock_bench_resources(data_dir: &Path, listen: &str) -> anyhow::Result<HostLocks> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let data_dir = data_dir.canonicalize()?;
+    let wanted = [
+        Resource::DataDir(data_dir.clone()),
+        Resource::cgroup_parent(Path::new("/sys/fs/cgroup"), CGROUP_PARENT)?,
+        Resource::NetPrefix(NET_PREFIX.into()),
+        Resource::NetCidr(NET_CIDR.parse()?),
+    ];
+    let me = host_locks::Owner {
+        pid: std::process::id(),
+        data_dir: data_dir.to_string_lossy().into_owned(),
+        listen: format!("{listen} (corral bench)"),
+    };
+    host_locks::acquire(
+        Path::new(host_locks::LOCK_DIR),
+        &wanted,
+        &me,
+        &host_locks::Probe::host(),
+    )
+    .map_err(|e| anyhow::anyhow!("the bench cannot run its server: {e}"))
+}
+
 async fn corral_part(cfg: &Config, res: &mut Results) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
-    cleanup_server_traces(&cfg.data_dir);
-    // Leftovers of an earlier run that died hard.
-    let _ = procfs::kill_and_remove_child_cgroups(CGROUP_PARENT);
     let key = format!("bench-{}", hex::encode(rand::random::<[u8; 12]>()));
     let port = if cfg.port == 0 {
         free_port()?
@@ -575,6 +599,11 @@ async fn corral_part(cfg: &Config, res: &mut Results) -> anyhow::Result<()> {
         cfg.port
     };
     let listen = format!("127.0.0.1:{port}");
+    let locks = lock_bench_resources(&cfg.data_dir, &listen)?;
+    cleanup_server_traces(&cfg.data_dir);
+    // Leftovers of an earlier run that died hard.
+    let _ = procfs::kill_and_remove_child_cgroups(CGROUP_PARENT);
+    drop(locks);
     let t0 = Instant::now();
     let mut server = tokio::process::Command::new(exe)
         .args([
@@ -643,11 +672,18 @@ async fn corral_part(cfg: &Config, res: &mut Results) -> anyhow::Result<()> {
         let _ = server.kill().await;
     }
     // The server destroys its warm pool when it stops, and sandboxes outlive it: any
-    // sandbox cgroup left now was not deleted.
-    (res.leftover_processes, res.leftover_cgroups) =
-        procfs::kill_and_remove_child_cgroups(CGROUP_PARENT);
-    res.leftover_net = network_leftovers().await;
-    cleanup_server_traces(&cfg.data_dir);
+    // sandbox cgroup left now was not deleted. Cleaned up only while no other server has
+    // taken the values since.
+    match lock_bench_resources(&cfg.data_dir, &listen) {
+        Ok(locks) => {
+            (res.leftover_processes, res.leftover_cgroups) =
+                procfs::kill_and_remove_child_cgroups(CGROUP_PARENT);
+            res.leftover_net = network_leftovers().await;
+            cleanup_server_traces(&cfg.data_dir);
+            drop(locks);
+        }
+        Err(e) => eprintln!("not cleaning up after the bench server: {e:#}"),
+    }
     measured
 }
 

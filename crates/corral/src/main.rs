@@ -2,6 +2,7 @@
 
 mod agent_binary;
 mod bench;
+mod host_locks;
 mod image_cmd;
 
 use std::net::SocketAddr;
@@ -87,7 +88,8 @@ struct ServeArgs {
     #[arg(long, env = "CORRAL_NET_CIDR", default_value = "10.117.0.0/16")]
     net_cidr: ipnet::Ipv4Net,
     /// Prefix of sandboxes' host-side interfaces; corral's nftables table is
-    /// `corral_<prefix>`. Give each server on one host its own prefix and CIDR.
+    /// `corral_<prefix>`. Give each server on one host its own prefix and CIDR (a server
+    /// refuses to start on another's, or on one that overlaps it).
     #[arg(long, env = "CORRAL_NET_PREFIX", default_value = "crv")]
     net_prefix: String,
     /// DNS resolvers for sandboxes (comma-separated IPv4); default: the host's non-loopback
@@ -206,20 +208,47 @@ async fn ensure_api_key(store: &SqliteStore, env_key: Option<&str>) -> anyhow::R
     Ok(())
 }
 
+/// The data dir's canonical path (created if missing; its mode is set once it is ours).
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(path)
         .with_context(|| format!("creating data dir {}", path.display()))?;
-    let abs = path
-        .canonicalize()
-        .with_context(|| format!("resolving {}", path.display()))?;
-    std::fs::set_permissions(&abs, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    Ok(abs)
+    path.canonicalize()
+        .with_context(|| format!("resolving {}", path.display()))
+}
+
+/// Locks the host resources this server uses (see `host_locks`), before anything else
+/// touches them: a server that shares one with another refuses to start.
+fn lock_host_resources(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<host_locks::HostLocks> {
+    use host_locks::Resource;
+    let mut wanted = vec![
+        Resource::DataDir(data_dir.to_owned()),
+        Resource::cgroup_parent(&args.cgroup_root, &args.cgroup_parent)?,
+    ];
+    if args.network == NetworkMode::Nat {
+        wanted.push(Resource::NetPrefix(args.net_prefix.clone()));
+        wanted.push(Resource::NetCidr(args.net_cidr.trunc()));
+    }
+    let me = host_locks::Owner {
+        pid: std::process::id(),
+        data_dir: data_dir.to_string_lossy().into_owned(),
+        listen: args.listen.to_string(),
+    };
+    let dir = Path::new(host_locks::LOCK_DIR);
+    host_locks::acquire(dir, &wanted, &me, &host_locks::Probe::host())
+        .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     init_logging(args.log_format);
     let data_dir = absolute(&args.data_dir)?;
+    // Held until `serve` returns; the kernel releases them however the process ends.
+    let host_locks = lock_host_resources(&args, &data_dir)?;
+    tracing::debug!(files = ?host_locks.files().collect::<Vec<_>>(), "host resources locked");
+    std::fs::set_permissions(
+        &data_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(
             corral_api::listener::tls_config(cert, key).context("loading the TLS certificate")?,
@@ -371,6 +400,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     served?;
     store.close().await;
     tracing::info!("corral stopped; sandboxes keep running");
+    drop(host_locks);
     Ok(())
 }
 
