@@ -181,17 +181,8 @@ async fn run_build(
             "FROM scratch is not supported: a build needs a base image to run its steps in",
         ));
     }
-    let base = match state.images.resolve(&first.base).await? {
-        Some(info) => info,
-        None => {
-            log.line(&format!("Pulling base image {}", first.base));
-            let sink = log.clone();
-            state
-                .images
-                .pull(&first.base, &move |l: &str| sink.line(l))
-                .await?
-        }
-    };
+    // A stored base image is used without any registry contact.
+    let base = crate::snapshots::fetch(state, &first.base, log).await?;
     let env: Vec<(String, String)> = base
         .env
         .iter()
@@ -1192,12 +1183,14 @@ pub async fn snapshot_to_prepare(
         .await
         .map(Some);
     }
-    // A bare `FROM <image>`: a stored image starts at once; one to pull is pulled in the
-    // background, its progress in the snapshot's log.
+    // A bare `FROM <image>`: a stored image starts at once (a new snapshot of it is made
+    // active on the way, from the store, without any registry contact); one to pull is
+    // pulled in the background, its progress in the snapshot's log, as is one whose
+    // snapshot a pull or build is at work on.
     let (image, entrypoint) = crate::snapshots::image_of_dockerfile(dockerfile)?;
     let snap = crate::snapshots::image_snapshot(state, &image, entrypoint).await?;
-    let stored =
-        snap.state == SnapshotState::Active && state.images.resolve(&image).await?.is_some();
+    let stored = !matches!(snap.state, SnapshotState::Pulling | SnapshotState::Building)
+        && state.images.resolve(&image).await?.is_some();
     Ok((!stored).then_some(snap))
 }
 

@@ -196,7 +196,48 @@ pub(crate) async fn insert(state: &AppState, s: &Snapshot) -> Result<(), ApiErro
     }
 }
 
-/// Pulls a snapshot's image, moving it `pulling` → `active` (with its size) or `error`.
+/// Image `image` for a snapshot or build: the stored one when the image store has it (by
+/// tag or digest; no registry is contacted at all, so images imported on a host without
+/// registry access work, and a tag is not checked for a newer image), else pulled, with
+/// its progress in `log`. The error of a failed pull says the image is not stored.
+pub(crate) async fn fetch(
+    state: &AppState,
+    image: &str,
+    log: &crate::builds::Log,
+) -> Result<ImageInfo, ApiError> {
+    if let Some(info) = state.images.resolve(image).await? {
+        log.line(&format!("Image {image} is in the image store: not pulled"));
+        tracing::info!(image = %image, "image already stored: no pull");
+        return Ok(info);
+    }
+    log.line(&format!("Pulling image {image}"));
+    let sink = log.clone();
+    let info = state
+        .images
+        .pull(image, &move |l: &str| sink.line(l))
+        .await
+        .map_err(|e| {
+            let mut err = ApiError::from(e);
+            if err.status.is_client_error()
+                && !image.starts_with(corral_core::SANDBOX_SNAPSHOT_PREFIX)
+            {
+                err.message = format!(
+                    "{} ({image} is not in the image store; on a host without registry \
+                     access, add it with `corral image import`)",
+                    err.message
+                );
+            }
+            err
+        })?;
+    log.line(&format!(
+        "Pulled {image} ({:.1} MiB)",
+        info.size as f64 / f64::from(1u32 << 20)
+    ));
+    Ok(info)
+}
+
+/// Makes a snapshot's image ready (from the store, else pulled: see [`fetch`]), moving the
+/// snapshot `pulling` → `active` (with its size) or `error`.
 pub async fn pull(state: &AppState, s: &mut Snapshot) -> Result<ImageInfo, ApiError> {
     let image = s.image_name.clone().unwrap_or_default();
     s.state = SnapshotState::Pulling;
@@ -204,18 +245,8 @@ pub async fn pull(state: &AppState, s: &mut Snapshot) -> Result<ImageInfo, ApiEr
     state.snapshots.update_snapshot(s).await?;
     // Progress goes to the snapshot's log (what the SDK streams while a sandbox waits).
     let log = crate::builds::Log::create(state, &s.id);
-    log.line(&format!("Pulling image {image}"));
-    let sink = log.clone();
-    match state
-        .images
-        .pull(&image, &move |l: &str| sink.line(l))
-        .await
-    {
+    match fetch(state, &image, &log).await {
         Ok(info) => {
-            log.line(&format!(
-                "Pulled {image} ({:.1} MiB)",
-                info.size as f64 / f64::from(1u32 << 20)
-            ));
             s.state = SnapshotState::Active;
             s.size = Some(info.size);
             s.error_reason = None;
@@ -224,8 +255,7 @@ pub async fn pull(state: &AppState, s: &mut Snapshot) -> Result<ImageInfo, ApiEr
             tracing::info!(snapshot = %s.name, image = %image, size = info.size, "snapshot active");
             Ok(info)
         }
-        Err(e) => {
-            let err = ApiError::from(e);
+        Err(err) => {
             s.state = SnapshotState::Error;
             s.error_reason = Some(format!("pulling {image} failed: {}", err.message));
             log.line(&format!("ERROR: {}", err.message));
@@ -621,6 +651,12 @@ pub async fn source_for(
                 )));
             }
             crate::builds::ensure_ready(state, &snap.id).await?;
+            // As made ready (`active`, its size): the record below is written back.
+            snap = state
+                .snapshots
+                .get_snapshot(&snap.id)
+                .await?
+                .ok_or_else(|| not_found(&snap.name))?;
             state.images.resolve(&image).await?.ok_or_else(|| {
                 ApiError::bad_request(format!("image {image} of snapshot {} is gone", snap.name))
             })?

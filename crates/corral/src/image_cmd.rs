@@ -1,5 +1,8 @@
 //! `corral image …`: pull, import, list, inspect and remove OCI images in the store under
 //! `<data>/images/` (see `corral_runtime::oci`).
+//!
+//! Images recorded here are the operator's: pinned, they stay when the last snapshot using
+//! them is deleted (the server forgets only images it pulled itself), until `image rm`.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -7,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use anyhow::Context;
-use corral_runtime::oci::store::PullProgress;
+use corral_runtime::oci::store::{PullProgress, Recorder};
 use corral_runtime::oci::{ImageStore, RegistryOptions};
 
 /// Arguments of `corral image`.
@@ -39,9 +42,12 @@ pub struct ImageArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum ImageCmd {
-    /// Pull an image from a registry (`alpine:3`, `localhost:5000/x@sha256:…`).
+    /// Pull an image from a registry (`alpine:3`, `localhost:5000/x@sha256:…`), even when
+    /// the store has it: the way to take a newer image under a tag the store holds (the
+    /// server uses stored images as they are, without asking the registry).
     Pull { reference: String },
-    /// Import a `docker save` or OCI layout archive (for hosts without registry access).
+    /// Import a `docker save` or OCI layout archive (for hosts without registry access):
+    /// the server then uses it by name or digest without any network access.
     Import {
         archive: PathBuf,
         /// Record the image under this reference instead of the archive's names.
@@ -122,7 +128,7 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
                 }
             };
             let img = store
-                .pull(&reference, &progress)
+                .pull(&reference, Recorder::Operator, &progress)
                 .await
                 .with_context(|| format!("pulling {reference}"))?;
             let downloaded: u64 = seen.lock().map(|s| s.values().sum()).unwrap_or(0);

@@ -239,7 +239,7 @@ impl Images for OciImages {
         tracing::info!(image = %reference, "pulling image");
         let img = self
             .store
-            .pull(reference, &progress)
+            .pull(reference, super::store::Recorder::Server, &progress)
             .await
             .map_err(runtime_error)?;
         Ok(info(&img))
@@ -255,29 +255,26 @@ impl Images for OciImages {
         let references = references.to_vec();
         let keep = keep.to_vec();
         tokio::task::spawn_blocking(move || -> Result<(), OciError> {
-            let kept: Vec<String> = keep
-                .iter()
-                .filter_map(|k| super::Reference::parse(k).ok().map(|r| r.to_string()))
-                .collect();
             for r in &references {
-                if let Some(id) = crate::commit::id_of(r) {
-                    if !keep.contains(r) {
-                        crate::commit::remove(&data_dir, id).map_err(|e| OciError::Io {
-                            op: "removing snapshot",
-                            path: data_dir.clone(),
-                            source: e,
-                        })?;
-                    }
-                    continue;
+                if let Some(id) = crate::commit::id_of(r)
+                    && !keep.contains(r)
+                {
+                    crate::commit::remove(&data_dir, id).map_err(|e| OciError::Io {
+                        op: "removing snapshot",
+                        path: data_dir.clone(),
+                        source: e,
+                    })?;
                 }
-                let key = super::Reference::parse(r).map(|x| x.to_string());
-                if key.as_ref().is_ok_and(|k| kept.contains(k)) {
-                    continue;
-                }
-                match store.remove(r) {
-                    Ok(_) | Err(OciError::NotFound(_)) => {}
-                    Err(e) => return Err(e),
-                }
+            }
+            // Images the operator imported or pulled stay (pinned): on a host without
+            // registry access they could not be fetched again.
+            let images: Vec<String> = references
+                .iter()
+                .filter(|r| crate::commit::id_of(r).is_none())
+                .cloned()
+                .collect();
+            for r in store.release(&images, &keep)? {
+                tracing::info!(image = %r, "image no longer used by any snapshot: forgotten");
             }
             let report = store.gc(&layers_in_use(&data_dir))?;
             tracing::info!(

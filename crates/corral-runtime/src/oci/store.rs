@@ -3,7 +3,8 @@
 //! ```text
 //! images/
 //!   index.json                     reference (`docker.io/library/alpine:3`) → manifest digest,
-//!                                  config digest, layer diff ids, size
+//!                                  index digest (when it came from one), config digest,
+//!                                  layer diff ids, size, whether the operator pinned it
 //!   blobs/sha256/<hex>             manifests and configs, as fetched (digest-verified)
 //!   layers/sha256/<diff-id hex>/   one unpacked layer: `root/` (an overlayfs lower dir,
 //!                                  whiteouts translated) and `layer.json` (size, source blob)
@@ -16,6 +17,13 @@
 //! them, and a layer already present is never downloaded again. A layer is unpacked into
 //! `tmp/` and renamed into `layers/` only once every layer of the image has been downloaded,
 //! verified and unpacked, so neither a crash nor a bad blob leaves a partial layer or image.
+//!
+//! [`ImageStore::resolve`] finds an image without any network access: a tag reference by
+//! its normalised name, a digest reference (`name@sha256:…`, a tag beside it is ignored as
+//! Docker ignores it) by any record of the same repository whose manifest, or the index it
+//! was chosen from, has that digest. Images recorded by the operator (`corral image import`,
+//! `corral image pull`) are *pinned*: [`ImageStore::release`], which the server calls when
+//! the last snapshot using an image goes, leaves them; only [`ImageStore::remove`] drops them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -92,9 +100,31 @@ struct IndexFile {
 #[serde(rename_all = "camelCase")]
 struct Record {
     manifest: String,
+    /// Digest of the index (manifest list) the manifest was chosen from, if any: a
+    /// reference pinned to it finds the image too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    index: Option<String>,
     config: String,
     layers: Vec<String>,
     size: u64,
+    /// Recorded by the operator (`corral image import` or `pull`): kept until `image rm`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pinned: bool,
+}
+
+impl Record {
+    fn has_digest(&self, digest: &str) -> bool {
+        self.manifest == digest || self.index.as_deref() == Some(digest)
+    }
+}
+
+/// Who records an image: it decides whether the server may forget it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorder {
+    /// The operator, on the command line: the image is pinned (see [`ImageStore::release`]).
+    Operator,
+    /// The server, for a snapshot: forgotten when no snapshot uses it any more.
+    Server,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -275,25 +305,28 @@ impl ImageStore {
         })
     }
 
-    /// The stored image for a reference (`alpine:3` finds `docker.io/library/alpine:3`), or
-    /// for a manifest digest; `None` when it is not in the store.
+    /// The stored image for a reference, without any network access: `alpine:3` finds
+    /// `docker.io/library/alpine:3`; `name@sha256:…` finds a record of that repository with
+    /// that manifest (or index) digest, whatever its tag; a bare `sha256:…` any record with
+    /// it. `None` when it is not in the store (or its layers are incomplete).
     pub fn resolve(&self, reference: &str) -> Result<Option<StoredImage>, OciError> {
         let idx = self.read_index()?;
-        if reference.starts_with("sha256:") {
-            return idx
-                .images
-                .iter()
-                .find(|(_, r)| r.manifest == reference)
-                .map(|(k, r)| self.image_from(k, r))
-                .transpose();
-        }
-        let key = Reference::parse(reference)?.to_string();
-        match idx.images.get(&key) {
-            Some(r) if r.layers.iter().all(|d| self.has_layer(d)) => {
-                self.image_from(&key, r).map(Some)
+        let by_digest = (!reference.starts_with("sha256:"))
+            .then(|| Reference::parse(reference))
+            .transpose()?
+            .filter(|r| r.digest.is_some())
+            .map(|r| r.to_string());
+        for key in keys_for(&idx, reference)? {
+            let rec = &idx.images[&key];
+            if rec.layers.iter().all(|d| self.has_layer(d)) {
+                // A digest reference stays the name: it resolves to exactly this image
+                // even if the tag it was recorded under moves on.
+                return self
+                    .image_from(by_digest.as_deref().unwrap_or(&key), rec)
+                    .map(Some);
             }
-            _ => Ok(None),
         }
+        Ok(None)
     }
 
     /// Every stored image, sorted by reference.
@@ -323,6 +356,38 @@ impl ImageStore {
         let img = self.image_from(&key, &rec);
         self.write_index(&idx)?;
         img
+    }
+
+    /// Forgets the records `references` name (as [`ImageStore::resolve`] finds them) that
+    /// the server recorded, unless one of `keep` (references still in use) names the same
+    /// record. Pinned records (the operator's) stay. Layers stay until [`ImageStore::gc`].
+    /// Returns the references forgotten.
+    pub fn release(&self, references: &[String], keep: &[String]) -> Result<Vec<String>, OciError> {
+        let _lock = self.lock()?;
+        let mut idx = self.read_index()?;
+        let kept: HashSet<String> = keep
+            .iter()
+            .filter_map(|k| keys_for(&idx, k).ok())
+            .flatten()
+            .collect();
+        let mut gone = Vec::new();
+        for r in references {
+            // Not an image reference (a sandbox snapshot's): nothing recorded under it.
+            let Ok(keys) = keys_for(&idx, r) else {
+                continue;
+            };
+            for k in keys {
+                if kept.contains(&k) || idx.images.get(&k).is_none_or(|rec| rec.pinned) {
+                    continue;
+                }
+                idx.images.remove(&k);
+                gone.push(k);
+            }
+        }
+        if !gone.is_empty() {
+            self.write_index(&idx)?;
+        }
+        Ok(gone)
     }
 
     /// Removes layers and blobs no image references, keeping the layers whose diff ids are
@@ -402,17 +467,22 @@ impl ImageStore {
     }
 
     /// Pulls an image from its registry (resolving an index to this host's platform) and
-    /// records it under the reference. Layers already in the store are not downloaded.
+    /// records it under the reference, whether or not the store has it already: this always
+    /// asks the registry (an image in the store is used without a pull by
+    /// [`ImageStore::resolve`]'s callers). Layers already in the store are not downloaded.
     pub async fn pull(
         &self,
         reference: &str,
+        recorder: Recorder,
         progress: &(dyn Fn(&PullProgress) + Send + Sync),
     ) -> Result<StoredImage, OciError> {
         let r = Reference::parse(reference)?;
         let key = r.to_string();
         let (mut bytes, mut ctype, mut digest) = self.client.manifest(&r, r.manifest_ref()).await?;
+        let mut index_digest = None;
         let mut hops = 0;
         while is_index(&bytes, &ctype) {
+            index_digest.get_or_insert_with(|| digest.clone());
             hops += 1;
             if hops > 2 {
                 return Err(OciError::Invalid("nested indexes".into()));
@@ -463,12 +533,16 @@ impl ImageStore {
                 .await?;
             self.commit(
                 &key,
-                &digest,
-                &bytes,
+                Manifests {
+                    digest: &digest,
+                    bytes: &bytes,
+                    index: index_digest.as_deref(),
+                },
                 &manifest.config.digest,
                 &config,
                 &parsed,
                 staged,
+                recorder,
             )
         }
         .await;
@@ -516,18 +590,20 @@ impl ImageStore {
         Ok(staged)
     }
 
-    /// Moves staged layers into `layers/`, stores manifest and config, records the image.
+    /// Moves staged layers into `layers/`, stores manifest and config, records the image
+    /// (pinned when the operator records it, or when it was pinned already).
     #[allow(clippy::too_many_arguments)]
     fn commit(
         &self,
         key: &str,
-        manifest_digest: &str,
-        manifest: &[u8],
+        manifest: Manifests<'_>,
         config_digest: &str,
         config: &[u8],
         parsed: &ImageConfig,
         staged: Vec<Staged>,
+        recorder: Recorder,
     ) -> Result<StoredImage, OciError> {
+        let manifest_digest = manifest.digest;
         let _lock = self.lock()?;
         for s in staged {
             let dest = self.root.join("layers/sha256").join(hex_of(&s.diff_id)?);
@@ -559,14 +635,16 @@ impl ImageStore {
             .map(|l| l.size)
             .unwrap_or(0);
         }
-        write_atomic(&self.blob_path(manifest_digest)?, manifest)?;
+        write_atomic(&self.blob_path(manifest_digest)?, manifest.bytes)?;
         write_atomic(&self.blob_path(config_digest)?, config)?;
         let mut idx = self.read_index()?;
         let rec = Record {
             manifest: manifest_digest.to_owned(),
+            index: manifest.index.map(str::to_owned),
             config: config_digest.to_owned(),
             layers: parsed.diff_ids.clone(),
             size,
+            pinned: recorder == Recorder::Operator || idx.images.get(key).is_some_and(|r| r.pinned),
         };
         idx.images.insert(key.to_owned(), rec.clone());
         self.write_index(&idx)?;
@@ -644,7 +722,13 @@ impl ImageStore {
                 };
                 let mbytes = serde_json::to_vec(&manifest)
                     .map_err(|e| OciError::Invalid(format!("manifest: {e}")))?;
-                images.push((e.repo_tags.unwrap_or_default(), mbytes, config, layers));
+                images.push(ArchivedImage {
+                    names: e.repo_tags.unwrap_or_default(),
+                    manifest: mbytes,
+                    index: None,
+                    config,
+                    layers,
+                });
             }
         } else if tree.join("index.json").is_file() {
             let ib = fs::read(tree.join("index.json")).map_err(io_err("read", archive))?;
@@ -673,7 +757,9 @@ impl ImageStore {
             for top in &index.manifests {
                 let mut desc = top.clone();
                 let mut bytes = read_verified(&desc)?;
+                let mut from_index = None;
                 if is_index(&bytes, &desc.media_type) {
+                    from_index = Some(desc.digest.clone());
                     let inner: Index = serde_json::from_slice(&bytes)
                         .map_err(|e| OciError::Invalid(format!("index {}: {e}", desc.digest)))?;
                     let want = host_platform();
@@ -713,7 +799,13 @@ impl ImageStore {
                 .take(1)
                 .cloned()
                 .collect();
-                images.push((names, bytes, config, layers));
+                images.push(ArchivedImage {
+                    names,
+                    manifest: bytes,
+                    index: from_index,
+                    config,
+                    layers,
+                });
             }
         } else {
             return Err(OciError::Invalid(
@@ -727,7 +819,14 @@ impl ImageStore {
             )));
         }
         let mut out = Vec::new();
-        for (names, manifest_bytes, config, layers) in images {
+        for ArchivedImage {
+            names,
+            manifest: manifest_bytes,
+            index,
+            config,
+            layers,
+        } in images
+        {
             let names: Vec<String> = match name {
                 Some(n) => vec![n.to_owned()],
                 None if names.is_empty() => {
@@ -764,12 +863,16 @@ impl ImageStore {
                 };
                 img = Some(self.commit(
                     key,
-                    &digest,
-                    &manifest_bytes,
+                    Manifests {
+                        digest: &digest,
+                        bytes: &manifest_bytes,
+                        index: index.as_deref(),
+                    },
                     &manifest.config.digest,
                     &config,
                     &parsed,
                     st,
+                    Recorder::Operator,
                 )?);
             }
             out.extend(img);
@@ -778,8 +881,64 @@ impl ImageStore {
     }
 }
 
-/// Names, manifest bytes, config bytes and layer blob paths of an image in an archive.
-type ArchivedImage = (Vec<String>, Vec<u8>, Vec<u8>, Vec<PathBuf>);
+/// An image in an archive.
+struct ArchivedImage {
+    /// The names the archive records for it.
+    names: Vec<String>,
+    /// Its (platform) manifest.
+    manifest: Vec<u8>,
+    /// Digest of the index the manifest was chosen from, if any.
+    index: Option<String>,
+    /// Its config.
+    config: Vec<u8>,
+    /// Its layer blobs, bottom first.
+    layers: Vec<PathBuf>,
+}
+
+/// An image's manifest as recorded: its digest and bytes, and the index it came from.
+#[derive(Clone, Copy)]
+struct Manifests<'a> {
+    digest: &'a str,
+    bytes: &'a [u8],
+    index: Option<&'a str>,
+}
+
+/// The index keys a reference names, best first: a tag reference its normalised name (when
+/// recorded); a digest reference its exact name, then every record of the same repository
+/// whose manifest or index has the digest (a tag beside the digest does not matter, as in
+/// Docker); a bare `sha256:…` every record with that digest.
+fn keys_for(idx: &IndexFile, reference: &str) -> Result<Vec<String>, OciError> {
+    if reference.starts_with("sha256:") {
+        validate_digest(reference)?;
+        return Ok(idx
+            .images
+            .iter()
+            .filter(|(_, r)| r.has_digest(reference))
+            .map(|(k, _)| k.clone())
+            .collect());
+    }
+    let r = Reference::parse(reference)?;
+    let key = r.to_string();
+    let mut keys: Vec<String> = idx
+        .images
+        .contains_key(&key)
+        .then(|| key.clone())
+        .into_iter()
+        .collect();
+    if let Some(digest) = &r.digest {
+        let same_repo = |k: &str| {
+            Reference::parse(k)
+                .is_ok_and(|s| s.registry == r.registry && s.repository == r.repository)
+        };
+        keys.extend(
+            idx.images
+                .iter()
+                .filter(|(k, rec)| **k != key && rec.has_digest(digest) && same_repo(k))
+                .map(|(k, _)| k.clone()),
+        );
+    }
+    Ok(keys)
+}
 
 fn check_layers(m: &Manifest, c: &ImageConfig) -> Result<(), OciError> {
     if m.layers.len() != c.diff_ids.len() {
@@ -954,6 +1113,7 @@ fn resolve_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::Platform;
 
     fn layer_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -1061,6 +1221,181 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    fn open_store(d: &Path) -> ImageStore {
+        ImageStore::open(
+            d,
+            &RegistryOptions {
+                auth_file: Some("/nonexistent".into()),
+                ..Default::default()
+            },
+        )
+        .expect("open")
+    }
+
+    /// Writes an OCI layout archive whose `index.json` names an index (one manifest for
+    /// this host's platform, one for another) and returns it with the index's digest and
+    /// the platform manifest's.
+    fn oci_layout_with_index(dir: &Path, layer: &[u8]) -> (PathBuf, String, String) {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, data).expect("append");
+        };
+        let desc = |mt: &str, data: &[u8], platform: Option<Platform>| Descriptor {
+            media_type: mt.into(),
+            digest: sha256_digest(data),
+            size: data.len() as u64,
+            platform,
+            annotations: Default::default(),
+        };
+        let config = config_for(&[sha256_digest(layer)]);
+        let manifest = serde_json::to_vec(&Manifest {
+            schema_version: 2,
+            media_type: Some(MT_OCI_MANIFEST.into()),
+            config: desc(MT_OCI_CONFIG, &config, None),
+            layers: vec![desc(MT_OCI_LAYER_TAR, layer, None)],
+        })
+        .expect("json");
+        let other = Platform {
+            architecture: "s390x".into(),
+            os: "linux".into(),
+            variant: None,
+        };
+        let index = serde_json::to_vec(&Index {
+            schema_version: 2,
+            media_type: Some(MT_OCI_INDEX.into()),
+            manifests: vec![
+                desc(MT_OCI_MANIFEST, b"{}", Some(other)),
+                desc(MT_OCI_MANIFEST, &manifest, Some(host_platform())),
+            ],
+        })
+        .expect("json");
+        let top = serde_json::json!({"schemaVersion": 2, "manifests": [desc(MT_OCI_INDEX, &index, None)]});
+        add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+        add("index.json", &serde_json::to_vec(&top).expect("json"));
+        for blob in [&config[..], &manifest, &index, layer] {
+            add(&format!("blobs/sha256/{}", &sha256_digest(blob)[7..]), blob);
+        }
+        let out = dir.join("oci.tar");
+        fs::write(&out, b.into_inner().expect("tar")).expect("write");
+        (out, sha256_digest(&index), sha256_digest(&manifest))
+    }
+
+    #[test]
+    fn digest_references_find_a_stored_image_by_its_manifest() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = open_store(d.path());
+        let archive = docker_save(d.path(), &[layer_tar(&[("a", b"one")])], false);
+        let digest = store.import(&archive, None).expect("import")[0]
+            .manifest_digest
+            .clone();
+        let found = |r: &str| store.resolve(r).expect("resolve").map(|i| i.reference);
+        let pinned = format!("docker.io/test/img@{digest}");
+        // By digest, with or without the registry, whatever tag stands beside it; the
+        // name stays the digest reference (it finds exactly this image).
+        assert_eq!(found(&format!("test/img@{digest}")), Some(pinned.clone()));
+        assert_eq!(found(&pinned), Some(pinned.clone()));
+        assert_eq!(
+            found(&format!("test/img:other@{digest}")),
+            Some(format!("docker.io/test/img:other@{digest}"))
+        );
+        assert_eq!(found(&digest), Some("docker.io/test/img:1".to_owned()));
+        // Another repository, or another digest, is not this image.
+        assert_eq!(found(&format!("test/else@{digest}")), None);
+        assert_eq!(found(&format!("reg.invalid/test/img@{digest}")), None);
+        assert_eq!(found(&format!("test/img@sha256:{}", "0".repeat(64))), None);
+        assert_eq!(found("test/img:2"), None);
+        assert!(store.resolve("test/img@sha256:short").is_err());
+    }
+
+    #[test]
+    fn an_index_digest_finds_the_platform_image_imported_from_it() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = open_store(d.path());
+        let (archive, index, manifest) =
+            oci_layout_with_index(d.path(), &layer_tar(&[("f", b"data")]));
+        let img = store
+            .import(&archive, Some("reg.invalid:5000/app:1"))
+            .expect("import");
+        assert_eq!(img[0].manifest_digest, manifest);
+        for digest in [&index, &manifest] {
+            let r = format!("reg.invalid:5000/app@{digest}");
+            let img = store.resolve(&r).expect("resolve").expect("stored");
+            assert_eq!(img.reference, r);
+            assert_eq!(fs::read(img.layers[0].join("f")).expect("f"), b"data");
+        }
+    }
+
+    #[test]
+    fn release_forgets_only_images_the_server_recorded_and_nothing_kept() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = open_store(d.path());
+        let archive = docker_save(d.path(), &[layer_tar(&[("a", b"one")])], false);
+        let imported = store.import(&archive, None).expect("import").remove(0);
+        let manifest =
+            fs::read(store.blob_path(&imported.manifest_digest).expect("path")).expect("manifest");
+        let config =
+            fs::read(store.blob_path(&imported.config_digest).expect("path")).expect("config");
+        // What a pull by the server records (the layers are stored already).
+        let record = |key: &str, recorder| {
+            store
+                .commit(
+                    key,
+                    Manifests {
+                        digest: &imported.manifest_digest,
+                        bytes: &manifest,
+                        index: None,
+                    },
+                    &imported.config_digest,
+                    &config,
+                    &imported.config,
+                    Vec::new(),
+                    recorder,
+                )
+                .expect("commit")
+        };
+        let names = || -> Vec<String> {
+            store
+                .list()
+                .expect("list")
+                .into_iter()
+                .map(|i| i.reference)
+                .collect()
+        };
+        record("docker.io/test/srv:1", Recorder::Server);
+        record("docker.io/test/srv:2", Recorder::Server);
+        let all = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // The imported image is pinned: releasing it does nothing.
+        let gone = store
+            .release(&all(&["test/img:1", "test/srv:1"]), &[])
+            .expect("release");
+        assert_eq!(gone, all(&["docker.io/test/srv:1"]));
+        assert_eq!(
+            names(),
+            all(&["docker.io/test/img:1", "docker.io/test/srv:2"])
+        );
+        // A snapshot still naming the image by digest keeps it.
+        let by_digest = format!("test/srv@{}", imported.manifest_digest);
+        let gone = store
+            .release(&all(&["test/srv:2"]), std::slice::from_ref(&by_digest))
+            .expect("release");
+        assert!(gone.is_empty());
+        // Released through its digest reference once nothing else needs it.
+        let gone = store.release(&[by_digest], &[]).expect("release");
+        assert_eq!(gone, all(&["docker.io/test/srv:2"]));
+        // A server pull of a pinned reference (its layers were lost) keeps it pinned;
+        // references that do not parse name nothing (and are no error).
+        record("docker.io/test/img:1", Recorder::Server);
+        let gone = store
+            .release(&all(&["test/img:1", "Not/A Reference"]), &[])
+            .expect("release");
+        assert!(gone.is_empty());
+        assert_eq!(names(), all(&["docker.io/test/img:1"]));
     }
 
     #[test]
