@@ -222,9 +222,10 @@ def test_kill_9_of_the_server_keeps_sandboxes_and_restart_adopts_them():
         assert not (s.data_dir / "sandboxes" / gone.id).exists()
         assert not [c for c in s.cgroups() if gone.id in c]
         assert len(s.sandbox_inits()) == 1
-        # The adopted sandbox can be deleted cleanly.
+        # The adopted sandbox can be deleted cleanly (delete answers `destroying` at once; the
+        # teardown follows in the background).
         d.delete(again)
-        assert host_processes_with("sleep 555.5") == []
+        assert wait_for(lambda: host_processes_with("sleep 555.5") == [], 10)
         print(f"restart to ready {restart_s*1000:.0f} ms")
     finally:
         assert s.finish() == ([], [], [], [])
