@@ -1,8 +1,15 @@
 """Attempts to break out of a sandbox, each of which must fail. Run as the sandbox's root
 user where that makes the attempt stronger."""
 
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+
 import pytest
-from daytona import CreateSandboxFromSnapshotParams
+from conftest import Server
+from daytona import CreateSandboxFromSnapshotParams, DaytonaError, FileDownloadRequest
 
 # Python snippets run inside the sandbox; each prints the errno name or "ok".
 SYSCALL = r"""
@@ -153,3 +160,104 @@ def test_escape_attempt_fails(any_user_sb, name):
 def test_sees_only_its_own_processes(any_user_sb):
     r = any_user_sb.process.exec("ls /proc | grep -c '^[0-9]'")
     assert int(r.result) <= 4, r.result
+
+
+def agent_log_of(server, sb):
+    """The host file the server keeps the sandbox agent's stdout/stderr in, once the agent's
+    start-up line has reached it."""
+    logs = [d / sb.id / "agent.log" for d in [server.data_dir / "disk", server.data_dir / "sandboxes"]]
+    found = lambda: [p for p in logs if p.exists() and b"starting for sandbox" in p.read_bytes()]
+    assert wait_for(found, 10), f"no agent.log for {sb.id} under {server.data_dir}"
+    return found()[0]
+
+
+def agent_pid_of(server, sb):
+    """The host pid of the sandbox's agent (its PID 1)."""
+    pids = [p for p in server.sandbox_inits() if sb.id in Path(f"/proc/{p}/cgroup").read_text()]
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
+def wait_for(cond, seconds):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def test_file_routes_do_not_follow_magic_links_to_the_host(server, root_sb):
+    """The agent is root and PID 1: `/proc/1/fd/1` (and `/proc/self/fd/1`, as the agent opens
+    it) was the host file `<layer>/agent.log`. The toolbox file routes must not reach it (or
+    anything else through a /proc magic link), nor may the agent's stdout be a host file."""
+    pid = agent_pid_of(server, root_sb)
+    for fd in [1, 2]:
+        assert stat.S_ISFIFO(os.stat(f"/proc/{pid}/fd/{fd}").st_mode), os.readlink(f"/proc/{pid}/fd/{fd}")
+    log = agent_log_of(server, root_sb)
+    before = os.stat(log)
+    content = log.read_bytes()
+    marker = "corral-magic-link-marker"
+    for link in ["/proc/1/fd/1", "/proc/self/fd/2", "/proc/1/root/proc/1/fd/1"]:
+        with pytest.raises(DaytonaError):
+            root_sb.fs.set_file_permissions(link, mode="777")
+        with pytest.raises(DaytonaError):
+            root_sb.fs.set_file_permissions(link, owner="daytona", group="daytona")
+        results = root_sb.fs.replace_in_files([link], "starting for sandbox", marker)
+        assert [r.success for r in results] == [False], results
+        with pytest.raises(DaytonaError):
+            root_sb.fs.upload_file(marker.encode(), link)
+        with pytest.raises(DaytonaError):
+            root_sb.fs.get_file_info(link)
+        [r] = root_sb.fs.download_files([FileDownloadRequest(source=link)])
+        assert r.error is not None and r.error_details.status_code == 400, (link, r)
+    # Root inside the sandbox cannot reach it either (the agent is not dumpable).
+    r = root_sb.process.exec("chmod 777 /proc/1/fd/1; echo x >> /proc/1/fd/1; echo rc=$?")
+    assert "rc=0" not in r.result, r.result
+    after = os.stat(log)
+    assert (after.st_mode, after.st_uid, after.st_gid) == (before.st_mode, before.st_uid, before.st_gid)
+    now = log.read_bytes()
+    assert now.startswith(content) and marker.encode() not in now
+    # Positive control: an ordinary symlink inside the sandbox is followed, as by Daytona's daemon.
+    root_sb.process.exec("mkdir -p /tmp/real && echo 'starting for sandbox' > /tmp/real/f && ln -sfn /tmp/real /tmp/dirlink && ln -sf /tmp/real/f /tmp/filelink")
+    root_sb.fs.set_file_permissions("/tmp/filelink", mode="640")
+    assert root_sb.process.exec("stat -c %a /tmp/real/f").result.strip() == "640"
+    assert [r.success for r in root_sb.fs.replace_in_files(["/tmp/filelink"], "starting for sandbox", marker)] == [True]
+    assert root_sb.fs.download_file("/tmp/dirlink/f").decode().strip() == marker
+    root_sb.fs.upload_file(b"through a link", "/tmp/dirlink/up")
+    assert root_sb.process.exec("cat /tmp/real/up").result == "through a link"
+
+
+def test_agent_log_pipe_survives_a_server_restart():
+    """The server holds the read end of the agent's log pipe. While it is down the agent's
+    log writes fail with EPIPE, which must not kill the agent nor the task that logged (here
+    its SIGHUP handler); the restarted server adopts the sandbox and copies its log again."""
+    s = Server()
+    s.start()
+    try:
+        sb = s.client().create(CreateSandboxFromSnapshotParams(os_user="root"))
+        pid = agent_pid_of(s, sb)
+        log = agent_log_of(s, sb)
+        sb.process.exec("kill -TERM 1")
+        assert wait_for(lambda: b"received SIGTERM" in log.read_bytes(), 10), log.read_bytes()
+        s.crash()
+        # Make the agent log with nobody reading: wait until it has written (its write count
+        # grows), then it must still be alive.
+        def writes():
+            io = Path(f"/proc/{pid}/io").read_text().splitlines()
+            return int(next(l for l in io if l.startswith("syscw:")).split()[1])
+        before = writes()
+        os.kill(pid, signal.SIGHUP)
+        assert wait_for(lambda: writes() > before, 10), "the agent did not try to log"
+        time.sleep(0.2)
+        assert Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+        s.start()
+        sb = s.client().get(sb.id)
+        assert sb.state == "started"
+        assert agent_pid_of(s, sb) == pid
+        assert sb.process.exec("echo alive").result == "alive\n"
+        # The same handler logs again, into the file again.
+        sb.process.exec("kill -HUP 1")
+        assert wait_for(lambda: b"received SIGHUP" in log.read_bytes(), 10), log.read_bytes()
+    finally:
+        assert s.finish() == ([], [], [], [])

@@ -5,6 +5,7 @@
 //! its own cgroup, with corral's agent as PID 1 serving the toolbox API on a unix socket
 //! that lives outside the sandbox. See `docs/ARCHITECTURE.md` for the full walkthrough.
 
+mod agent_log;
 pub mod beneath;
 pub mod btrfs;
 pub mod caps;

@@ -6,7 +6,7 @@ use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -465,14 +465,10 @@ impl LinuxRuntime {
         let body = serde_json::to_vec(config)
             .map_err(|e| RuntimeError::host("encoding agent config", e))?;
         let config_fd = config_memfd(&body).map_err(host("writing agent config"))?;
-        // Next to the sandbox's writable layer, so it goes when the sandbox goes.
-        let log: OwnedFd = fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(layer.join("agent.log"))
-            .map_err(host("opening agent log"))?
-            .into();
+        // A pipe the server copies into a file next to the sandbox's writable layer (so it
+        // goes when the sandbox goes); never a host file the agent could name.
+        let log =
+            crate::agent_log::start(layer.join("agent.log")).map_err(host("opening agent log"))?;
         let sock = self.agent_socket(&spec.id);
         match fs::remove_file(&sock) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -1238,6 +1234,10 @@ impl Runtime for LinuxRuntime {
         tracing::info!(sandbox = id, pid, "adopted a running sandbox");
         if let Some(net) = &self.net {
             net.adopt(id, pid);
+        }
+        let log = self.disk.layer_dir(id).join("agent.log");
+        if let Err(e) = crate::agent_log::reattach(pid, log) {
+            tracing::warn!(sandbox = id, error = %e, "cannot copy the adopted agent's log");
         }
         self.watch(id, pid, pidfd)?;
         Ok(true)

@@ -155,7 +155,8 @@ pub struct Plan {
     pub listener: OwnedFd,
     /// Becomes fd 4 in the agent: its configuration.
     pub config: OwnedFd,
-    /// Becomes stdout and stderr of the agent.
+    /// Becomes stdout and stderr of the agent: the write end of its log pipe, which the
+    /// server drains (`agent_log.rs`); never a file, which `/proc/1/fd/1` would name.
     pub log: OwnedFd,
     /// A prepared network namespace the child enters (a `Step::Setns` names its fd) instead
     /// of creating an empty one.
@@ -534,7 +535,7 @@ unsafe fn child_main(a: &ChildArgs<'_>) -> ! {
                 fail(a.err, i as u32);
             }
         }
-        // stdio: /dev/null in, the log file out; the listener and config on 3 and 4.
+        // stdio: /dev/null in, the log pipe out; the listener and config on 3 and 4.
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
         if null < 0
             || libc::dup2(null, 0) < 0

@@ -2,10 +2,13 @@
 //! glob search, replace, and streamed uploads and downloads.
 //!
 //! The agent runs as root; everything it creates is handed to the sandbox user
-//! (`config.uid`/`config.gid`). Relative paths are resolved against the work dir.
+//! (`config.uid`/`config.gid`). Relative paths are resolved against the work dir. Every path
+//! is opened through [`safe`], which refuses `/proc` magic links (`/proc/1/fd/1` and the
+//! like), and the operation is done through the descriptor it returns.
 
 mod info;
 mod ops;
+pub(crate) mod safe;
 mod search;
 mod transfer;
 mod unread;

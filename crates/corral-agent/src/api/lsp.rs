@@ -458,9 +458,16 @@ async fn stop(
 impl Server {
     /// Opens `path` in the server (or re-syncs it from disk when already open); returns its uri.
     async fn open(&self, path: &Path) -> Result<String, ApiError> {
-        let text = tokio::fs::read_to_string(path)
-            .await
-            .map_err(|e| files::io_error("cannot read", path, &e))?;
+        // As every file route reads: a regular file, no magic link followed.
+        let owned = path.to_path_buf();
+        let text = files::blocking(move || {
+            let (mut file, _) = files::safe::open_regular(&owned, "cannot read")?;
+            let mut text = String::new();
+            io::Read::read_to_string(&mut file, &mut text)
+                .map_err(|e| files::io_error("cannot read", &owned, &e))?;
+            Ok(text)
+        })
+        .await?;
         let uri = file_uri(path);
         let version = {
             let mut documents = self

@@ -28,23 +28,27 @@
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::fs::{self, OpenOptions, Permissions};
+use std::fs::{File, Permissions};
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::Query;
 use futures_util::TryStreamExt as _;
-use nix::sys::stat::{UtimensatFlags, futimens, utimensat};
+use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat};
+use nix::sys::stat::{Mode, UtimensatFlags, fchmod, futimens, mkdirat, utimensat};
 use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::ApiError;
+use super::files::safe::{self, Last, NewDirs};
 use super::files::{blocking, io_error, parse_mode};
 
 /// Query of `POST /corral/untar`.
@@ -88,7 +92,7 @@ pub async fn untar(Query(query): Query<UntarQuery>, body: Body) -> Result<Json<V
     // Made here: the bridge needs the runtime's handle.
     let mut reader = SyncIoBridge::new(StreamReader::new(stream));
     let files = blocking(move || {
-        let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+        let read = |p: &str| safe::read_text(Path::new(p)).unwrap_or_default();
         let done = owner_ids(
             owner.as_deref(),
             group.as_deref(),
@@ -164,85 +168,50 @@ fn timespec(mtime: u64) -> TimeSpec {
     TimeSpec::new(i64::try_from(mtime).unwrap_or(i64::MAX), 0)
 }
 
-fn set_mtime(path: &Path, mtime: u64) -> Result<(), ApiError> {
-    let t = timespec(mtime);
-    utimensat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        &t,
-        &t,
-        UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(|e| io_error("set the mtime of", path, &io::Error::from(e)))
-}
-
-fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), ApiError> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| io_error("chown", path, &e))
-}
-
-fn chmod(path: &Path, mode: u32) -> Result<(), ApiError> {
-    fs::set_permissions(path, Permissions::from_mode(mode)).map_err(|e| io_error("chmod", path, &e))
-}
-
-/// Creates directory `path` (0755, owned by the target's owner).
-fn make_dir(path: &Path, t: &Target) -> Result<(), ApiError> {
-    fs::create_dir(path).map_err(|e| io_error("create directory", path, &e))?;
-    chmod(path, 0o755)?;
-    chown(path, t.uid, t.gid)
-}
-
-/// Whether `path` is a directory or a symlink to one; `false` when it is missing; an error
-/// when something else is there.
-fn is_dir(path: &Path) -> Result<bool, ApiError> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => Ok(true),
-        Ok(m) if m.file_type().is_symlink() && path.is_dir() => Ok(true),
-        Ok(_) => Err(ApiError::bad_request(format!(
-            "{} exists and is not a directory",
-            path.display()
-        ))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io_error("stat", path, &e)),
-    }
-}
-
-/// Creates `t.dest` and its missing parents; whether `dest` itself was created.
-fn make_dest(t: &Target) -> Result<bool, ApiError> {
-    let mut missing = Vec::new();
-    let mut cur = Some(t.dest.as_path());
-    while let Some(p) = cur {
-        if is_dir(p)? {
-            break;
-        }
-        missing.push(p);
-        cur = p.parent();
-    }
-    for p in missing.iter().rev() {
-        make_dir(p, t)?;
-    }
-    Ok(!missing.is_empty())
-}
-
-/// Removes a file, symlink or other non-directory at `path`, so an entry can take its place.
-fn clear(path: &Path, name: &[u8]) -> Result<(), ApiError> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => Err(refused(
+/// Removes a file, symlink or other non-directory `file` of `dir` (shown as `shown`), so an
+/// entry can take its place.
+fn clear(dir: BorrowedFd<'_>, file: &OsStr, shown: &Path, name: &[u8]) -> Result<(), ApiError> {
+    match safe::lstat_at(dir, file) {
+        Ok(m) if safe::is_dir(&m) => Err(refused(
             name,
-            &format!("{} is a directory and cannot be replaced", path.display()),
+            &format!("{} is a directory and cannot be replaced", shown.display()),
         )),
-        Ok(_) => fs::remove_file(path).map_err(|e| io_error("replace", path, &e)),
+        Ok(_) => unlinkat(dir, file, UnlinkatFlags::NoRemoveDir)
+            .map_err(|e| io_error("replace", shown, &e.into())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_error("stat", path, &e)),
+        Err(e) => Err(io_error("stat", shown, &e)),
+    }
+}
+
+/// An error about entry `name`, keeping the status of `e`.
+fn about(name: &[u8], e: ApiError) -> ApiError {
+    ApiError {
+        message: format!(
+            "refusing tar entry {:?}: {}",
+            String::from_utf8_lossy(name),
+            e.message
+        ),
+        ..e
     }
 }
 
 /// Unpacks the archive `reader` carries under `t.dest`; the number of non-directory entries
 /// written. Reads no further than the archive's end.
+///
+/// Paths are resolved as every file route resolves them ([`safe`]): symlinks in the
+/// destination and below it are followed (e.g. `lib -> usr/lib`), `/proc` magic links are
+/// refused, and each entry is written relative to the descriptor of its directory, never
+/// through a symlink at its own name.
 pub(crate) fn unpack(reader: impl Read, t: &Target) -> Result<usize, ApiError> {
     let bad_tar = |e: io::Error| ApiError::bad_request(format!("the tar stream is invalid: {e}"));
-    let created_dest = make_dest(t)?;
-    // Directories known to exist (relative), so big trees are not stat'ed per entry.
-    let mut dirs: HashSet<PathBuf> = HashSet::new();
+    let new_dirs = NewDirs {
+        mode: 0o755,
+        uid: t.uid,
+        gid: t.gid,
+    };
+    let (dest, created_dest) = safe::ensure_dir(&t.dest, new_dirs)?;
+    // The directory the previous entry went into (relative), reused while entries stay in it.
+    let mut cached: Option<(PathBuf, OwnedFd)> = None;
     // Non-directory entries written, which hard links may name.
     let mut written: HashSet<PathBuf> = HashSet::new();
     // Directory mtimes, set last: adding entries changes them.
@@ -263,66 +232,84 @@ pub(crate) fn unpack(reader: impl Read, t: &Target) -> Result<usize, ApiError> {
             None => entry.header().mode().map_err(bad_tar)? & 0o7777,
         };
         let mtime = entry.header().mtime().unwrap_or(0);
-        if rel.as_os_str().is_empty() {
+        let (Some(parent_rel), Some(file)) = (rel.parent(), rel.file_name()) else {
             if !kind.is_dir() {
                 return Err(refused(&name, "only a directory can name the destination"));
             }
             if created_dest {
-                chown(&path, t.uid, t.gid)?;
-                chmod(&path, mode)?;
-                mtimes.push((path, mtime));
+                safe::set_owner_and_mode(&dest, Some(t.uid), Some(t.gid), Some(mode))
+                    .map_err(|e| io_error("chmod", &path, &e))?;
+                mtimes.push((rel, mtime));
             }
             continue;
+        };
+        let file = file.to_owned();
+        // The parents inside the destination, created as needed.
+        if cached.as_ref().is_none_or(|(p, _)| p != parent_rel) {
+            let (fd, _) = safe::ensure_dir_at(dest.as_fd(), parent_rel, new_dirs)
+                .map_err(|e| about(&name, e))?;
+            cached = Some((parent_rel.to_owned(), fd));
         }
-        // The parents inside the destination.
-        let mut so_far = PathBuf::new();
-        if let Some(parent) = rel.parent() {
-            for part in parent.components() {
-                so_far.push(part);
-                if dirs.contains(&so_far) {
-                    continue;
-                }
-                let p = t.dest.join(&so_far);
-                if !is_dir(&p).map_err(|e| refused(&name, &e.message))? {
-                    make_dir(&p, t)?;
-                }
-                dirs.insert(so_far.clone());
-            }
-        }
+        let Some((_, dir)) = cached.as_ref() else {
+            continue;
+        };
+        let dir = dir.as_fd();
         match kind {
             tar::EntryType::Directory => {
-                match fs::symlink_metadata(&path) {
-                    Ok(m) if m.is_dir() => {}
+                let (make, replace) = match safe::lstat_at(dir, &file) {
+                    Ok(m) if safe::is_dir(&m) => (false, false),
                     // A link to a directory stays (e.g. `lib -> usr/lib`): entries go through it.
-                    Ok(m) if m.file_type().is_symlink() && path.is_dir() => {
-                        dirs.insert(rel);
+                    Ok(m)
+                        if safe::is_symlink(&m)
+                            && safe::open_at(
+                                dir,
+                                Path::new(&file),
+                                OFlag::O_PATH | OFlag::O_DIRECTORY,
+                                Last::Follow,
+                            )
+                            .is_ok() =>
+                    {
                         continue;
                     }
-                    Ok(_) => {
-                        fs::remove_file(&path).map_err(|e| io_error("replace", &path, &e))?;
-                        fs::create_dir(&path)
-                            .map_err(|e| io_error("create directory", &path, &e))?;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        fs::create_dir(&path)
-                            .map_err(|e| io_error("create directory", &path, &e))?;
-                    }
+                    Ok(_) => (true, true),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => (true, false),
                     Err(e) => return Err(io_error("stat", &path, &e)),
+                };
+                if replace {
+                    unlinkat(dir, file.as_os_str(), UnlinkatFlags::NoRemoveDir)
+                        .map_err(|e| io_error("replace", &path, &e.into()))?;
                 }
-                chown(&path, t.uid, t.gid)?;
-                chmod(&path, mode)?;
-                mtimes.push((path, mtime));
-                dirs.insert(rel);
+                if make {
+                    mkdirat(dir, file.as_os_str(), Mode::from_bits_truncate(0o700))
+                        .map_err(|e| io_error("create directory", &path, &e.into()))?;
+                }
+                let d = openat(
+                    dir,
+                    file.as_os_str(),
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| io_error("open directory", &path, &e.into()))?;
+                fchown(&d, Some(Uid::from_raw(t.uid)), Some(Gid::from_raw(t.gid)))
+                    .map_err(|e| io_error("chown", &path, &e.into()))?;
+                fchmod(&d, Mode::from_bits_truncate(mode))
+                    .map_err(|e| io_error("chmod", &path, &e.into()))?;
+                mtimes.push((rel.clone(), mtime));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                clear(&path, &name)?;
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&path)
-                    .map_err(|e| io_error("create", &path, &e))?;
+                clear(dir, &file, &path, &name)?;
+                let fd = openat(
+                    dir,
+                    file.as_os_str(),
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(|e| io_error("create", &path, &e.into()))?;
+                let mut f = File::from(fd);
                 let size = entry.size();
                 let mut buf = vec![0u8; 64 << 10];
                 let mut total = 0u64;
@@ -352,19 +339,34 @@ pub(crate) fn unpack(reader: impl Read, t: &Target) -> Result<usize, ApiError> {
                 let ts = timespec(mtime);
                 futimens(&f, &ts, &ts)
                     .map_err(|e| io_error("set the mtime of", &path, &io::Error::from(e)))?;
-                written.insert(rel);
+                written.insert(rel.clone());
                 files += 1;
             }
             tar::EntryType::Symlink => {
                 let Some(target) = entry.link_name_bytes().filter(|l| !l.is_empty()) else {
                     return Err(refused(&name, "a symlink without a target"));
                 };
-                clear(&path, &name)?;
-                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
-                    .map_err(|e| io_error("create symlink", &path, &e))?;
-                chown(&path, t.uid, t.gid)?;
-                set_mtime(&path, mtime)?;
-                written.insert(rel);
+                clear(dir, &file, &path, &name)?;
+                symlinkat(OsStr::from_bytes(&target), dir, file.as_os_str())
+                    .map_err(|e| io_error("create symlink", &path, &e.into()))?;
+                fchownat(
+                    dir,
+                    file.as_os_str(),
+                    Some(Uid::from_raw(t.uid)),
+                    Some(Gid::from_raw(t.gid)),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| io_error("chown", &path, &e.into()))?;
+                let ts = timespec(mtime);
+                utimensat(
+                    dir,
+                    file.as_os_str(),
+                    &ts,
+                    &ts,
+                    UtimensatFlags::NoFollowSymlink,
+                )
+                .map_err(|e| io_error("set the mtime of", &path, &e.into()))?;
+                written.insert(rel.clone());
                 files += 1;
             }
             tar::EntryType::Link => {
@@ -390,12 +392,39 @@ pub(crate) fn unpack(reader: impl Read, t: &Target) -> Result<usize, ApiError> {
                     ));
                 }
                 if target_rel != rel {
-                    clear(&path, &name)?;
+                    clear(dir, &file, &path, &name)?;
                     let from = t.dest.join(&target_rel);
-                    fs::hard_link(&from, &path)
-                        .map_err(|e| io_error("create hard link", &path, &e))?;
+                    let (Some(from_dir), Some(from_file)) =
+                        (target_rel.parent(), target_rel.file_name())
+                    else {
+                        return Err(refused(&name, "a hard link must name a file"));
+                    };
+                    let from_dir = safe::open_at(
+                        dest.as_fd(),
+                        &Path::new(".").join(from_dir),
+                        OFlag::O_PATH | OFlag::O_DIRECTORY,
+                        Last::Follow,
+                    )
+                    .map_err(|e| {
+                        safe::open_error(
+                            "create hard link",
+                            dest.as_fd(),
+                            from_dir,
+                            &from,
+                            Last::Follow,
+                            &e,
+                        )
+                    })?;
+                    linkat(
+                        &from_dir,
+                        from_file,
+                        dir,
+                        file.as_os_str(),
+                        AtFlags::empty(),
+                    )
+                    .map_err(|e| io_error("create hard link", &path, &e.into()))?;
                 }
-                written.insert(rel);
+                written.insert(rel.clone());
                 files += 1;
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
@@ -414,15 +443,42 @@ pub(crate) fn unpack(reader: impl Read, t: &Target) -> Result<usize, ApiError> {
                 ));
             }
         }
+        // Whatever this entry replaced may have been the cached directory or above it.
+        if cached.as_ref().is_some_and(|(p, _)| p.starts_with(&rel)) {
+            cached = None;
+        }
     }
-    for (path, mtime) in mtimes.iter().rev() {
-        set_mtime(path, *mtime)?;
+    for (rel, mtime) in mtimes.iter().rev() {
+        let path = t.dest.join(rel);
+        let ts = timespec(*mtime);
+        let set = match (rel.parent(), rel.file_name()) {
+            (Some(up), Some(file)) => safe::open_at(
+                dest.as_fd(),
+                &Path::new(".").join(up),
+                OFlag::O_PATH | OFlag::O_DIRECTORY,
+                Last::Follow,
+            )
+            .and_then(|d| {
+                utimensat(&d, file, &ts, &ts, UtimensatFlags::NoFollowSymlink)
+                    .map_err(io::Error::from)
+            }),
+            _ => utimensat(
+                AT_FDCWD,
+                &safe::proc_path(&dest),
+                &ts,
+                &ts,
+                UtimensatFlags::FollowSymlink,
+            )
+            .map_err(io::Error::from),
+        };
+        set.map_err(|e| io_error("set the mtime of", &path, &e))?;
     }
     Ok(files)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
     use std::os::unix::fs::MetadataExt;
 
     use super::*;

@@ -29,6 +29,20 @@ impl Agent {
     /// Starts an agent with extra variables in its own environment and, when given, `path` as
     /// the sandbox's PATH (default: ours).
     pub fn start_with(agent_env: &[(&str, &str)], path: Option<&str>) -> Agent {
+        Agent::spawn(agent_env, path, None)
+    }
+
+    /// Starts an agent whose stdout and stderr are `log` (default: the file `agent.log` in
+    /// its directory, which is also its working directory).
+    pub fn start_logging_to(log: std::os::fd::OwnedFd) -> Agent {
+        Agent::spawn(&[], None, Some(log))
+    }
+
+    fn spawn(
+        agent_env: &[(&str, &str)],
+        path: Option<&str>,
+        log: Option<std::os::fd::OwnedFd>,
+    ) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let home = dir.path().join("home");
         let work_dir = dir.path().join("work");
@@ -53,16 +67,26 @@ impl Agent {
         let config_path = dir.path().join("config.json");
         fs::write(&config_path, config.to_string()).expect("write config");
         let socket = dir.path().join("agent.sock");
-        let log = fs::File::create(dir.path().join("agent.log")).expect("log file");
+        let (stdout, stderr) = match log {
+            Some(fd) => (
+                Stdio::from(fd.try_clone().expect("dup log")),
+                Stdio::from(fd),
+            ),
+            None => (
+                Stdio::null(),
+                Stdio::from(fs::File::create(dir.path().join("agent.log")).expect("log file")),
+            ),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_corral-agent"))
             .arg("--socket")
             .arg(&socket)
             .arg("--config")
             .arg(&config_path)
             .envs(agent_env.iter().copied())
+            .current_dir(dir.path())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("start the agent");
         let agent = Agent {
@@ -102,19 +126,76 @@ impl Agent {
 
     /// Writes a request and returns the open connection without reading the answer.
     pub fn send(&self, method: &str, path: &str, body: Option<&str>) -> UnixStream {
+        self.send_raw(
+            method,
+            path,
+            "application/json",
+            body.unwrap_or("").as_bytes(),
+        )
+    }
+
+    /// Writes a request with any content type and body.
+    pub fn send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> UnixStream {
         let mut stream = UnixStream::connect(&self.socket).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .expect("read timeout");
-        let body = body.unwrap_or("");
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+             Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
         stream.write_all(head.as_bytes()).expect("write head");
-        stream.write_all(body.as_bytes()).expect("write body");
+        stream.write_all(body).expect("write body");
         stream
+    }
+
+    /// Sends a request with any content type and body and reads the whole response.
+    pub fn request_raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Response {
+        let mut stream = self.send_raw(method, path, content_type, body);
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).expect("read response");
+        Response::parse(&raw)
+    }
+
+    /// Sends a `multipart/form-data` request whose parts are (field name, file name, data).
+    pub fn multipart(&self, path: &str, parts: &[(&str, Option<&str>, &[u8])]) -> Response {
+        let boundary = "corral-test-boundary-7d1f";
+        let mut body = Vec::new();
+        for (name, file, data) in parts {
+            body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+            let disposition = match file {
+                Some(f) => format!("form-data; name=\"{name}\"; filename=\"{f}\""),
+                None => format!("form-data; name=\"{name}\""),
+            };
+            body.extend_from_slice(
+                format!("Content-Disposition: {disposition}\r\n\r\n").as_bytes(),
+            );
+            body.extend_from_slice(data);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let mut stream = self.send_raw(
+            "POST",
+            path,
+            &format!("multipart/form-data; boundary={boundary}"),
+            &body,
+        );
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).expect("read response");
+        Response::parse(&raw)
     }
 
     pub fn post(&self, path: &str, body: Value) -> Response {

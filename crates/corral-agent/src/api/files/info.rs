@@ -1,15 +1,16 @@
 //! `GET /files` (list) and `GET /files/info`.
 
-use std::fs::Metadata;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use axum::Json;
 use axum::extract::{Query, State};
+use nix::fcntl::{AT_FDCWD, OFlag};
+use nix::sys::stat::FileStat;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::safe::{self, Last};
 use super::users::Db;
 use super::{blocking, invalid_path, io_error, required, resolve};
 use crate::api::{ApiError, AppState};
@@ -73,24 +74,24 @@ impl Names {
     }
 }
 
-/// Go's `FileMode.String()`.
-pub(crate) fn mode_string(meta: &Metadata) -> String {
-    let ft = meta.file_type();
-    let bits = meta.permissions().mode();
+/// Go's `FileMode.String()` of a file with status `st`.
+pub(crate) fn mode_string(st: &FileStat) -> String {
+    let kind = st.st_mode & libc::S_IFMT;
+    let bits = st.st_mode;
     let mut s = String::new();
-    if ft.is_dir() {
+    if kind == libc::S_IFDIR {
         s.push('d');
     }
-    if ft.is_symlink() {
+    if kind == libc::S_IFLNK {
         s.push('L');
     }
-    if ft.is_block_device() || ft.is_char_device() {
+    if kind == libc::S_IFBLK || kind == libc::S_IFCHR {
         s.push('D');
     }
-    if ft.is_fifo() {
+    if kind == libc::S_IFIFO {
         s.push('p');
     }
-    if ft.is_socket() {
+    if kind == libc::S_IFSOCK {
         s.push('S');
     }
     if bits & 0o4000 != 0 {
@@ -99,7 +100,7 @@ pub(crate) fn mode_string(meta: &Metadata) -> String {
     if bits & 0o2000 != 0 {
         s.push('g');
     }
-    if ft.is_char_device() {
+    if kind == libc::S_IFCHR {
         s.push('c');
     }
     if bits & 0o1000 != 0 {
@@ -140,12 +141,12 @@ fn go_time(t: OffsetDateTime) -> String {
     s
 }
 
-/// The `FileInfo` of `path`, whose metadata is `meta`.
-pub(crate) fn file_info(path: &Path, meta: &Metadata, names: &mut Names) -> FileInfo {
-    let modified = OffsetDateTime::from_unix_timestamp(meta.mtime())
+/// The `FileInfo` of `path`, whose status is `st`.
+pub(crate) fn file_info(path: &Path, st: &FileStat, names: &mut Names) -> FileInfo {
+    let modified = OffsetDateTime::from_unix_timestamp(st.st_mtime)
         .ok()
         .and_then(|t| {
-            t.replace_nanosecond(u32::try_from(meta.mtime_nsec()).unwrap_or(0))
+            t.replace_nanosecond(u32::try_from(st.st_mtime_nsec).unwrap_or(0))
                 .ok()
         })
         .unwrap_or(OffsetDateTime::UNIX_EPOCH);
@@ -155,14 +156,14 @@ pub(crate) fn file_info(path: &Path, meta: &Metadata, names: &mut Names) -> File
         .unwrap_or_else(|| path.to_string_lossy().into_owned());
     FileInfo {
         name,
-        is_dir: meta.is_dir(),
-        size: i64::try_from(meta.len()).unwrap_or(i64::MAX),
-        mode: mode_string(meta),
+        is_dir: safe::is_dir(st),
+        size: st.st_size,
+        mode: mode_string(st),
         mod_time: go_time(modified),
         modified_at: modified.format(&Rfc3339).unwrap_or_default(),
-        permissions: format!("{:04o}", meta.permissions().mode() & 0o7777),
-        owner: names.user(meta.uid()),
-        group: names.group(meta.gid()),
+        permissions: format!("{:04o}", st.st_mode & 0o7777),
+        owner: names.user(st.st_uid),
+        group: names.group(st.st_gid),
         path: path.to_string_lossy().into_owned(),
     }
 }
@@ -174,8 +175,8 @@ pub async fn info(
 ) -> Result<Json<FileInfo>, ApiError> {
     let path = resolve(&state.config.work_dir, required(&query.path, "path")?)?;
     blocking(move || {
-        let meta = std::fs::metadata(&path).map_err(|e| io_error("stat", &path, &e))?;
-        Ok(Json(file_info(&path, &meta, &mut Names::default())))
+        let (_, st) = safe::object(&path, "stat")?;
+        Ok(Json(file_info(&path, &st, &mut Names::default())))
     })
     .await
 }
@@ -199,37 +200,24 @@ pub async fn list(
         },
     };
     blocking(move || {
-        let meta = std::fs::metadata(&path).map_err(|e| io_error("list", &path, &e))?;
-        if !meta.is_dir() {
-            return Err(invalid_path(format!(
-                "list {}: not a directory",
-                path.display()
-            )));
-        }
+        let root = safe::open_at(
+            AT_FDCWD,
+            &path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            Last::Follow,
+        )
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOTDIR) => {
+                invalid_path(format!("list {}: not a directory", path.display()))
+            }
+            _ => safe::open_error("list", AT_FDCWD, &path, &path, Last::Follow, &e),
+        })?;
         let mut names = Names::default();
         let mut out = Vec::new();
-        let walker = walkdir::WalkDir::new(&path)
-            .min_depth(1)
-            .max_depth(depth)
-            .follow_links(false)
-            .sort_by_file_name();
-        for entry in walker {
-            let entry = match entry {
-                Ok(e) => e,
-                // The top directory itself unreadable is the caller's problem; deeper
-                // unreadable entries are skipped.
-                Err(e) if e.depth() == 0 => {
-                    let io = e
-                        .into_io_error()
-                        .unwrap_or_else(|| std::io::Error::other("walk failed"));
-                    return Err(io_error("list", &path, &io));
-                }
-                Err(_) => continue,
-            };
-            if let Ok(meta) = entry.metadata() {
-                out.push(file_info(entry.path(), &meta, &mut names));
-            }
-        }
+        safe::walk(root, &path, depth, |e| {
+            out.push(file_info(e.path, e.stat, &mut names));
+        })
+        .map_err(|e| io_error("list", &path, &e))?;
         Ok(Json(out))
     })
     .await
@@ -237,6 +225,9 @@ pub async fn list(
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use nix::sys::stat::stat;
     use time::macros::datetime;
 
     use super::*;
@@ -259,17 +250,13 @@ mod tests {
         let f = dir.path().join("f");
         std::fs::write(&f, b"x").expect("write");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).expect("chmod");
-        let meta = std::fs::metadata(&f).expect("stat");
+        let meta = stat(&f).expect("stat");
         assert_eq!(mode_string(&meta), "-rw-r-----");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod");
-        let meta = std::fs::metadata(dir.path()).expect("stat");
+        let meta = stat(dir.path()).expect("stat");
         assert_eq!(mode_string(&meta), "drwxr-xr-x");
-        let info = file_info(
-            &f,
-            &std::fs::metadata(&f).expect("stat"),
-            &mut Names::default(),
-        );
+        let info = file_info(&f, &stat(&f).expect("stat"), &mut Names::default());
         assert_eq!(info.name, "f");
         assert_eq!(info.permissions, "0640");
         assert_eq!(info.size, 1);

@@ -1,50 +1,16 @@
 //! Folder creation, delete, move and permissions.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::AsFd;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use nix::unistd::{Gid, Uid};
+use nix::unistd::{UnlinkatFlags, unlinkat};
 use serde::Deserialize;
 
+use super::safe::{self, NewDirs};
 use super::users::Db;
 use super::{blocking, invalid_path, io_error, parse_mode, required, resolve};
 use crate::api::{ApiError, AppState};
-
-/// Creates `dir` and its missing parents with `mode`, each new one owned by `uid:gid`.
-pub(crate) fn create_dirs_owned(dir: &Path, mode: u32, uid: u32, gid: u32) -> Result<(), ApiError> {
-    let mut missing: Vec<PathBuf> = Vec::new();
-    let mut cur = Some(dir);
-    while let Some(p) = cur {
-        match std::fs::symlink_metadata(p) {
-            Ok(meta) if meta.is_dir() => break,
-            Ok(meta) if meta.file_type().is_symlink() && p.is_dir() => break,
-            Ok(_) => {
-                return Err(invalid_path(format!(
-                    "create {}: {} exists and is not a directory",
-                    dir.display(),
-                    p.display()
-                )));
-            }
-            Err(_) => missing.push(p.to_path_buf()),
-        }
-        cur = p.parent();
-    }
-    for p in missing.iter().rev() {
-        match std::fs::create_dir(p) {
-            Ok(()) => {
-                std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-                    .map_err(|e| io_error("chmod", p, &e))?;
-                std::os::unix::fs::lchown(p, Some(uid), Some(gid))
-                    .map_err(|e| io_error("chown", p, &e))?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
-            Err(e) => return Err(io_error("create directory", p, &e)),
-        }
-    }
-    Ok(())
-}
 
 /// Query of `POST /files/folder`.
 #[derive(Debug, Deserialize)]
@@ -65,7 +31,7 @@ pub async fn create_folder(
     };
     let (uid, gid) = (state.config.uid, state.config.gid);
     blocking(move || {
-        create_dirs_owned(&path, mode, uid, gid)?;
+        safe::ensure_dir(&path, NewDirs { mode, uid, gid })?;
         Ok(StatusCode::CREATED)
     })
     .await
@@ -94,21 +60,25 @@ pub async fn delete(
         }
     };
     blocking(move || {
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| io_error("delete", &path, &e))?;
-        if meta.is_dir() {
-            if path.parent().is_none() {
-                return Err(invalid_path("refusing to delete /"));
-            }
+        if path.parent().is_none() {
+            return Err(invalid_path("refusing to delete /"));
+        }
+        let at = safe::parent(&path, "delete")?;
+        let meta =
+            safe::lstat_at(at.dir.as_fd(), &at.name).map_err(|e| io_error("delete", &path, &e))?;
+        if safe::is_dir(&meta) {
             if !recursive {
                 return Err(ApiError::bad_request(format!(
                     "delete {}: is a directory; set recursive=true to delete it",
                     path.display()
                 )));
             }
-            std::fs::remove_dir_all(&path).map_err(|e| io_error("delete", &path, &e))?;
+            safe::remove_tree(at.dir.as_fd(), &at.name)
         } else {
-            std::fs::remove_file(&path).map_err(|e| io_error("delete", &path, &e))?;
+            unlinkat(&at.dir, at.name.as_os_str(), UnlinkatFlags::NoRemoveDir)
+                .map_err(std::io::Error::from)
         }
+        .map_err(|e| io_error("delete", &path, &e))?;
         Ok(StatusCode::NO_CONTENT)
     })
     .await
@@ -130,22 +100,30 @@ pub async fn move_path(
     let source = resolve(work_dir, required(&query.source, "source")?)?;
     let destination = resolve(work_dir, required(&query.destination, "destination")?)?;
     blocking(move || {
-        std::fs::symlink_metadata(&source).map_err(|e| io_error("move", &source, &e))?;
-        if std::fs::symlink_metadata(&destination).is_ok() {
+        let from = safe::parent(&source, "move")?;
+        let to = safe::parent(&destination, "move to")?;
+        safe::lstat_at(from.dir.as_fd(), &from.name).map_err(|e| io_error("move", &source, &e))?;
+        if safe::lstat_at(to.dir.as_fd(), &to.name).is_ok() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 format!("move: destination {} already exists", destination.display()),
             ));
         }
-        std::fs::rename(&source, &destination).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EXDEV) {
+        nix::fcntl::renameat(
+            &from.dir,
+            from.name.as_os_str(),
+            &to.dir,
+            to.name.as_os_str(),
+        )
+        .map_err(|e| {
+            if e == nix::errno::Errno::EXDEV {
                 ApiError::bad_request(format!(
                     "move {} to {}: source and destination are on different filesystems",
                     source.display(),
                     destination.display()
                 ))
             } else {
-                io_error("move to", &destination, &e)
+                io_error("move to", &destination, &e.into())
             }
         })?;
         Ok(StatusCode::OK)
@@ -191,15 +169,9 @@ pub async fn permissions(
     blocking(move || {
         let uid = owner.as_deref().map(lookup_uid).transpose()?;
         let gid = group.as_deref().map(lookup_gid).transpose()?;
-        std::fs::metadata(&path).map_err(|e| io_error("stat", &path, &e))?;
-        if uid.is_some() || gid.is_some() {
-            nix::unistd::chown(&path, uid.map(Uid::from_raw), gid.map(Gid::from_raw))
-                .map_err(|e| io_error("chown", &path, &std::io::Error::from(e)))?;
-        }
-        if let Some(mode) = mode {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| io_error("chmod", &path, &e))?;
-        }
+        let (fd, _) = safe::object(&path, "stat")?;
+        safe::set_owner_and_mode(&fd, uid, gid, mode)
+            .map_err(|e| io_error("change permissions of", &path, &e))?;
         Ok(StatusCode::OK)
     })
     .await
@@ -207,29 +179,7 @@ pub async fn permissions(
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::MetadataExt;
-
     use super::*;
-
-    #[test]
-    fn creates_missing_parents_owned() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let target = dir.path().join("a/b/c");
-        let (uid, gid) = (
-            nix::unistd::getuid().as_raw(),
-            nix::unistd::getgid().as_raw(),
-        );
-        create_dirs_owned(&target, 0o700, uid, gid).expect("created");
-        let meta = std::fs::metadata(&target).expect("stat");
-        assert!(meta.is_dir());
-        assert_eq!(meta.mode() & 0o777, 0o700);
-        // Again: already there is fine.
-        create_dirs_owned(&target, 0o700, uid, gid).expect("idempotent");
-        // A file in the way is a 400.
-        std::fs::write(dir.path().join("f"), b"").expect("write");
-        let err = create_dirs_owned(&dir.path().join("f/g"), 0o755, uid, gid).expect_err("file");
-        assert_eq!(err.status, StatusCode::BAD_REQUEST);
-    }
 
     #[test]
     fn numeric_ids_need_no_lookup() {

@@ -1,14 +1,19 @@
 //! `GET /files/find` (grep), `GET /files/search` (glob on names), `POST /files/replace`.
 
-use std::io::{BufRead, BufReader, Read};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, Write};
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 use axum::Json;
 use axum::extract::{Query, State};
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::{Mode, fstat};
 use regex::bytes::Regex;
 use serde::{Deserialize, Serialize};
 
-use super::{blocking, io_error, required, resolve};
+use super::safe;
+use super::{blocking, invalid_path, io_error, required, resolve};
 use crate::api::json::JsonBody;
 use crate::api::{ApiError, AppState};
 
@@ -61,11 +66,26 @@ fn content_pattern(pattern: &str) -> Result<Regex, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid pattern: {e}")))
 }
 
-/// The matching lines of one file; binary files have none.
-fn grep_file(path: &Path, re: &Regex, out: &mut Vec<Match>) {
-    let Ok(file) = std::fs::File::open(path) else {
-        return;
-    };
+/// Opens the entry `name` of `dir` for reading if it is (still) a regular file; nothing is
+/// followed, and a FIFO put there meanwhile cannot block the open.
+fn open_entry(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Option<File> {
+    let fd = openat(
+        dir,
+        name,
+        OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let st = fstat(&fd).ok()?;
+    safe::is_file(&st).then(|| File::from(fd))
+}
+
+/// The matching lines of one file (shown as `path`); binary files have none.
+fn grep_file(file: File, path: &Path, re: &Regex, out: &mut Vec<Match>) {
     let mut reader = BufReader::with_capacity(64 * 1024, file);
     let Ok(head) = reader.fill_buf() else {
         return;
@@ -111,19 +131,23 @@ pub async fn find(
     let pattern = required(&query.pattern, "pattern")?;
     let re = content_pattern(pattern)?;
     blocking(move || {
-        std::fs::metadata(&root).map_err(|e| io_error("find in", &root, &e))?;
+        let (fd, st) = safe::object(&root, "find in")?;
         let mut out = Vec::new();
-        for entry in walkdir::WalkDir::new(&root)
-            .follow_links(false)
-            .sort_by_file_name()
-            .into_iter()
-            .filter_map(Result::ok)
-        {
-            let is_file =
-                entry.file_type().is_file() || (entry.depth() == 0 && entry.path().is_file());
-            if is_file {
-                grep_file(entry.path(), &re, &mut out);
+        if safe::is_file(&st) {
+            if let Ok(file) = safe::reopen(&fd, OFlag::O_RDONLY) {
+                grep_file(file, &root, &re, &mut out);
             }
+        } else if safe::is_dir(&st) {
+            let dir = safe::reopen(&fd, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+                .map_err(|e| io_error("find in", &root, &e))?;
+            safe::walk(dir.into(), &root, usize::MAX, |e| {
+                if safe::is_file(e.stat)
+                    && let Some(file) = open_entry(e.dir, e.name)
+                {
+                    grep_file(file, e.path, &re, &mut out);
+                }
+            })
+            .map_err(|e| io_error("find in", &root, &e))?;
         }
         Ok(Json(out))
     })
@@ -145,33 +169,29 @@ pub async fn search(
         .compile_matcher();
     let by_path = pattern.contains('/');
     blocking(move || {
-        let meta = std::fs::metadata(&root).map_err(|e| io_error("search in", &root, &e))?;
-        if !meta.is_dir() {
-            return Err(super::invalid_path(format!(
+        let (fd, st) = safe::object(&root, "search in")?;
+        if !safe::is_dir(&st) {
+            return Err(invalid_path(format!(
                 "search in {}: not a directory",
                 root.display()
             )));
         }
+        let dir = safe::reopen(&fd, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+            .map_err(|e| io_error("search in", &root, &e))?;
         let mut files = Vec::new();
-        for entry in walkdir::WalkDir::new(&root)
-            .min_depth(1)
-            .follow_links(false)
-            .sort_by_file_name()
-            .into_iter()
-            .filter_map(Result::ok)
-        {
+        safe::walk(dir.into(), &root, usize::MAX, |e| {
             let hit = if by_path {
-                entry
-                    .path()
+                e.path
                     .strip_prefix(&root)
                     .is_ok_and(|rel| glob.is_match(rel))
             } else {
-                glob.is_match(entry.file_name())
+                glob.is_match(e.name)
             };
             if hit {
-                files.push(entry.path().to_string_lossy().into_owned());
+                files.push(e.path.to_string_lossy().into_owned());
             }
-        }
+        })
+        .map_err(|e| io_error("search in", &root, &e))?;
         Ok(Json(SearchFilesResponse { files }))
     })
     .await
@@ -201,6 +221,26 @@ fn replace_bytes(data: &[u8], pattern: &[u8], new: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Replaces `pattern` by `new` in the regular file `path`, read and rewritten through the
+/// descriptor it was resolved to.
+fn replace_in(path: &Path, pattern: &[u8], new: &[u8]) -> Result<(), ApiError> {
+    let (mut file, _) = safe::open_regular(path, "read")?;
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)
+        .map_err(|e| io_error("read", path, &e))?;
+    let Some(new) = replace_bytes(&data, pattern, new) else {
+        return Ok(());
+    };
+    // The same inode, now for writing (the read-only one above needs no write access when
+    // nothing matches).
+    let mut file = safe::reopen(&std::os::fd::OwnedFd::from(file), OFlag::O_WRONLY)
+        .map_err(|e| io_error("write", path, &e))?;
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(&new))
+        .map_err(|e| io_error("write", path, &e))
+}
+
 /// `POST /files/replace`: replaces the literal `pattern` by `newValue` in each file; one
 /// result per file.
 pub async fn replace(
@@ -215,15 +255,11 @@ pub async fn replace(
         let mut results = Vec::with_capacity(request.files.len());
         for file in request.files {
             let outcome = resolve(&work_dir, &file).and_then(|path| {
-                let data = std::fs::read(&path).map_err(|e| io_error("read", &path, &e))?;
-                if let Some(new) = replace_bytes(
-                    &data,
+                replace_in(
+                    &path,
                     request.pattern.as_bytes(),
                     request.new_value.as_bytes(),
-                ) {
-                    std::fs::write(&path, new).map_err(|e| io_error("write", &path, &e))?;
-                }
-                Ok(())
+                )
             });
             results.push(match outcome {
                 Ok(()) => ReplaceResult {
@@ -269,8 +305,9 @@ mod tests {
         std::fs::write(&bin, b"TODO:\0\n").expect("write");
         let re = content_pattern("TODO:").expect("re");
         let mut out = Vec::new();
-        grep_file(&text, &re, &mut out);
-        grep_file(&bin, &re, &mut out);
+        let open = |p: &Path| File::open(p).expect("open");
+        grep_file(open(&text), &text, &re, &mut out);
+        grep_file(open(&bin), &bin, &re, &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].line, 2);
         assert_eq!(out[0].content, "TODO: two");

@@ -5,9 +5,10 @@
 //! bounded buffer) to a temporary sibling renamed into place, downloads are read in chunks.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -16,12 +17,15 @@ use axum::extract::{Multipart, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, BoxStream, StreamExt};
+use nix::fcntl::{OFlag, openat, renameat};
+use nix::sys::stat::{Mode, fchmod};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
-use super::ops::create_dirs_owned;
+use super::safe::{self, Last, NewDirs};
 use super::{blocking, invalid_path, io_error, required, resolve};
 use crate::api::json::JsonBody;
 use crate::api::{ApiError, AppState};
@@ -83,61 +87,109 @@ enum WriteError {
     Body(ApiError),
 }
 
-/// Streams `field` into `dest`: parent directories created, the data written to a
-/// temporary sibling which is then owned by the user and renamed over `dest`.
-async fn write_field(field: &mut Field<'_>, dest: &Path, owner: Owner) -> Result<u64, WriteError> {
-    let (temp, mode) = prepare(dest, owner)
-        .await
-        .map_err(WriteError::Destination)?;
-    let result = copy_field(field, &temp, dest, mode, owner).await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&temp).await;
-    }
-    result
+/// Where an upload goes: the directory (a descriptor) and the names in it.
+struct Prepared {
+    dir: OwnedFd,
+    name: OsString,
+    temp: OsString,
+    /// The mode of the file being replaced, which the new one keeps.
+    mode: Option<u32>,
 }
 
-/// Creates `dest`'s parents and picks the temporary file and the mode to give it.
-async fn prepare(dest: &Path, owner: Owner) -> Result<(PathBuf, Option<u32>), ApiError> {
+/// Streams `field` into `dest`: parent directories created, the data written to a
+/// temporary sibling which is then owned by the user and renamed over `dest`. Everything
+/// happens relative to the parent directory's descriptor, resolved once.
+async fn write_field(field: &mut Field<'_>, dest: &Path, owner: Owner) -> Result<u64, WriteError> {
+    let (prepared, file) = prepare(dest, owner)
+        .await
+        .map_err(WriteError::Destination)?;
+    let copied = copy_field(field, file, dest).await;
     let dest = dest.to_path_buf();
     blocking(move || {
-        let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
-            return Err(invalid_path(format!(
-                "upload to {}: not a file path",
-                dest.display()
-            )));
+        let result = copied.and_then(|(file, written)| {
+            finish(&prepared, file, &dest, owner)
+                .map(|()| written)
+                .map_err(WriteError::Destination)
+        });
+        if result.is_err() {
+            let _ = unlinkat(
+                &prepared.dir,
+                prepared.temp.as_os_str(),
+                UnlinkatFlags::NoRemoveDir,
+            );
+        }
+        Ok(result)
+    })
+    .await
+    .map_err(WriteError::Destination)?
+}
+
+/// Creates `dest`'s parents, checks `dest`, and creates the temporary file next to it.
+async fn prepare(dest: &Path, owner: Owner) -> Result<(Prepared, tokio::fs::File), ApiError> {
+    let dest = dest.to_path_buf();
+    blocking(move || {
+        let (parent, name) = safe::split(&dest)?;
+        let new = NewDirs {
+            mode: 0o755,
+            uid: owner.uid,
+            gid: owner.gid,
         };
-        create_dirs_owned(parent, 0o755, owner.uid, owner.gid)?;
-        let mode = match std::fs::metadata(&dest) {
-            Ok(meta) if meta.is_dir() => {
-                return Err(invalid_path(format!(
-                    "upload to {}: is a directory",
-                    dest.display()
-                )));
+        let (dir, _) = safe::ensure_dir(parent, new)?;
+        // What is there now (a symlink is followed, as the old file's mode is kept).
+        let mode = match safe::open_at(dir.as_fd(), Path::new(name), OFlag::O_PATH, Last::Follow) {
+            Ok(fd) => {
+                let st =
+                    nix::sys::stat::fstat(&fd).map_err(|e| io_error("stat", &dest, &e.into()))?;
+                if safe::is_dir(&st) {
+                    return Err(invalid_path(format!(
+                        "upload to {}: is a directory",
+                        dest.display()
+                    )));
+                }
+                Some(st.st_mode & 0o7777)
             }
-            Ok(meta) => Some(meta.permissions().mode() & 0o7777),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(safe::open_error(
+                    "upload to",
+                    dir.as_fd(),
+                    Path::new(name),
+                    &dest,
+                    Last::Follow,
+                    &e,
+                ));
+            }
             Err(_) => None,
         };
-        let temp = parent.join(format!(
+        let temp = OsString::from(format!(
             ".{}.corral-upload-{}",
             name.to_string_lossy(),
             uuid::Uuid::new_v4().simple()
         ));
-        Ok((temp, mode))
+        let fd = openat(
+            &dir,
+            temp.as_os_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o666),
+        )
+        .map_err(|e| io_error("create", &dest, &e.into()))?;
+        let prepared = Prepared {
+            dir,
+            name: name.to_owned(),
+            temp,
+            mode,
+        };
+        Ok((prepared, tokio::fs::File::from_std(std::fs::File::from(fd))))
     })
     .await
 }
 
+/// Writes the field's data into `file`; the file and the bytes written.
 async fn copy_field(
     field: &mut Field<'_>,
-    temp: &Path,
+    mut file: tokio::fs::File,
     dest: &Path,
-    mode: Option<u32>,
-    owner: Owner,
-) -> Result<u64, WriteError> {
+) -> Result<(std::fs::File, u64), WriteError> {
     let dest_err = |what: &str, e: io::Error| WriteError::Destination(io_error(what, dest, &e));
-    let mut file = tokio::fs::File::create(temp)
-        .await
-        .map_err(|e| dest_err("create", e))?;
     let mut buffer: Vec<u8> = Vec::with_capacity(WRITE_BUFFER);
     let mut written = 0u64;
     loop {
@@ -165,20 +217,35 @@ async fn copy_field(
         .await
         .map_err(|e| dest_err("write", e))?;
     file.flush().await.map_err(|e| dest_err("write", e))?;
+    Ok((file.into_std().await, written))
+}
+
+/// Gives the written temporary file its owner and mode and renames it over the destination.
+fn finish(
+    prepared: &Prepared,
+    file: std::fs::File,
+    dest: &Path,
+    owner: Owner,
+) -> Result<(), ApiError> {
+    // The owner first: a chown clears set-id bits the mode may carry.
+    fchown(
+        &file,
+        Some(Uid::from_raw(owner.uid)),
+        Some(Gid::from_raw(owner.gid)),
+    )
+    .map_err(|e| io_error("chown", dest, &e.into()))?;
+    if let Some(mode) = prepared.mode {
+        fchmod(&file, Mode::from_bits_truncate(mode))
+            .map_err(|e| io_error("chmod", dest, &e.into()))?;
+    }
     drop(file);
-    let (temp, dest) = (temp.to_path_buf(), dest.to_path_buf());
-    blocking(move || {
-        if let Some(mode) = mode {
-            std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| io_error("chmod", &dest, &e))?;
-        }
-        std::os::unix::fs::lchown(&temp, Some(owner.uid), Some(owner.gid))
-            .map_err(|e| io_error("chown", &dest, &e))?;
-        std::fs::rename(&temp, &dest).map_err(|e| io_error("write", &dest, &e))
-    })
-    .await
-    .map_err(WriteError::Destination)?;
-    Ok(written)
+    renameat(
+        &prepared.dir,
+        prepared.temp.as_os_str(),
+        &prepared.dir,
+        prepared.name.as_os_str(),
+    )
+    .map_err(|e| io_error("write", dest, &e.into()))
 }
 
 /// `files[3].path` → (3, "path").
@@ -344,27 +411,17 @@ pub async fn upload_v2(
 }
 
 /// Opens `path` for download: a regular file (or a symlink to one). Devices, FIFOs and
-/// sockets are refused (they could stream forever or block the open).
+/// sockets are refused (they could stream forever or block the open), as are magic links.
 async fn open_for_download(path: &Path) -> Result<(tokio::fs::File, u64), ApiError> {
-    let meta = tokio::fs::metadata(path)
-        .await
-        .map_err(|e| io_error("stat", path, &e))?;
-    if meta.is_dir() {
-        return Err(invalid_path(format!(
-            "download {}: is a directory",
-            path.display()
-        )));
-    }
-    if !meta.is_file() {
-        return Err(invalid_path(format!(
-            "download {}: not a regular file",
-            path.display()
-        )));
-    }
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| io_error("open", path, &e))?;
-    Ok((file, meta.len()))
+    let path = path.to_path_buf();
+    blocking(move || {
+        let (file, st) = safe::open_regular(&path, "download")?;
+        Ok((
+            tokio::fs::File::from_std(file),
+            u64::try_from(st.st_size).unwrap_or(0),
+        ))
+    })
+    .await
 }
 
 /// `GET /files/download?path`: the raw bytes, streamed.
