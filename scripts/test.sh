@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+python3 scripts/check-deps.py
 cargo test --workspace
 cargo build --release
 

@@ -1,6 +1,8 @@
 //! corral's HTTP edge: the Daytona main API under `/api`, the toolbox reverse proxy under
 //! `/toolbox`, health, readiness and metrics. Handlers talk to the core's ports only.
 
+#![forbid(unsafe_code)]
+
 pub mod agent_client;
 pub mod auth;
 pub mod builds;

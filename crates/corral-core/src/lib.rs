@@ -3,6 +3,8 @@
 //!
 //! This crate knows nothing of HTTP, SQL or Linux system calls.
 
+#![forbid(unsafe_code)]
+
 pub mod agent;
 pub mod ports;
 pub mod sandbox;

@@ -1,6 +1,8 @@
 //! corral's durable store: [`SqliteStore`] implements the core's `SandboxStore` and
 //! `ApiKeyStore` ports on SQLite in WAL mode, with migrations embedded in the binary.
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 use std::str::FromStr;
 

@@ -1,5 +1,7 @@
 //! `corral`: the server binary. Config, logging and wiring of store, runtime and API.
 
+#![forbid(unsafe_code)]
+
 mod agent_binary;
 mod bench;
 mod host_locks;
