@@ -110,6 +110,7 @@ def loris(server, n, wait):
     for s in socks:
         s.close()
     out["fds_after"] = settle(pid, fds)
+    time.sleep(7)  # see `ws_round`
     out["rss_kib_after"] = rss_kib(pid)
     return out
 
