@@ -9,6 +9,13 @@
 //! Socket.IO v5 packets the SDK uses, written by hand: the stream is one-way notifications on
 //! the default namespace, a few hundred lines, while the Rust Socket.IO server crates bring
 //! their own polling transport, session store and tower stack for features corral never uses.
+//!
+//! The route needs no key to open (the key comes in the CONNECT packet), so what an
+//! unauthenticated socket may hold is bounded: it must authenticate within
+//! [`Timing::connect_timeout`] (10 s) or is closed, at most [`Events::with_max_unauthenticated`]
+//! of them wait at once (more are refused with 503 before the upgrade), and each keeps small
+//! WebSocket buffers ([`READ_BUFFER_SIZE`]; tungstenite's default zero-fills 128 KiB per socket
+//! on its first read, which was nearly all of the ≈135 KiB an idle socket held; now ≈11 KiB).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,9 +29,10 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use corral_core::{ListQuery, Page, Sandbox, SandboxState, SandboxStore, StoreError};
-use tokio::sync::broadcast;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio::time::{Instant, sleep_until};
 
+use crate::error::ApiError;
 use crate::state::{AppState, Keys};
 use crate::wire::SandboxDto;
 
@@ -33,6 +41,13 @@ pub const DEFAULT_CAPACITY: usize = 1024;
 
 /// The largest packet a client may send (what the open packet announces).
 const MAX_PAYLOAD: usize = 1_000_000;
+
+/// A socket's WebSocket read buffer. Clients send only tiny packets (CONNECT, pongs); larger
+/// frames still arrive, read in chunks of this size.
+pub const READ_BUFFER_SIZE: usize = 4096;
+
+/// Default for [`Events::with_max_unauthenticated`].
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 256;
 
 /// Something that happened to a sandbox.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,17 +70,19 @@ pub struct Timing {
     pub ping_interval: Duration,
     /// How long the server waits for the pong before closing the connection.
     pub ping_timeout: Duration,
-    /// How long a client may take to send its CONNECT packet.
+    /// How long a client may take to send its CONNECT packet (with the API key): until then
+    /// the socket is unauthenticated.
     pub connect_timeout: Duration,
 }
 
 impl Default for Timing {
-    /// Socket.IO's defaults: ping every 25 s, 20 s to answer, 45 s to connect.
+    /// Socket.IO's heartbeat (ping every 25 s, 20 s to answer) and 10 s to authenticate
+    /// (Socket.IO's own connect timeout is 45 s; the SDKs send CONNECT right after the open).
     fn default() -> Self {
         Self {
             ping_interval: Duration::from_secs(25),
             ping_timeout: Duration::from_secs(20),
-            connect_timeout: Duration::from_secs(45),
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -75,6 +92,9 @@ impl Default for Timing {
 pub struct Events {
     tx: broadcast::Sender<SandboxEvent>,
     timing: Timing,
+    /// One permit per socket not yet authenticated.
+    unauthenticated: Arc<Semaphore>,
+    max_unauthenticated: usize,
 }
 
 impl Default for Events {
@@ -90,6 +110,8 @@ impl Events {
         Self {
             tx,
             timing: Timing::default(),
+            unauthenticated: Arc::new(Semaphore::new(DEFAULT_MAX_UNAUTHENTICATED)),
+            max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
         }
     }
 
@@ -97,6 +119,33 @@ impl Events {
     pub fn with_timing(mut self, timing: Timing) -> Self {
         self.timing = timing;
         self
+    }
+
+    /// The same broadcast with at most `max` sockets waiting to authenticate at once.
+    pub fn with_max_unauthenticated(mut self, max: usize) -> Self {
+        self.unauthenticated = Arc::new(Semaphore::new(max));
+        self.max_unauthenticated = max;
+        self
+    }
+
+    /// A place for one more unauthenticated socket, if under the cap.
+    fn admit_unauthenticated(&self) -> Option<Unauthenticated> {
+        let permit = self.unauthenticated.clone().try_acquire_owned().ok()?;
+        self.report_unauthenticated(0);
+        Some(Unauthenticated {
+            events: self.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// Sets the gauge of unauthenticated sockets; `leaving` of the held permits are about to
+    /// be given back.
+    fn report_unauthenticated(&self, leaving: usize) {
+        let held = self
+            .max_unauthenticated
+            .saturating_sub(self.unauthenticated.available_permits());
+        metrics::gauge!("corral_event_streams_unauthenticated")
+            .set(held.saturating_sub(leaving) as f64);
     }
 
     /// A receiver of the events published from now on.
@@ -436,9 +485,21 @@ pub async fn socket(
         events: state.events.clone(),
         toolbox_url: state.toolbox_url(&headers),
     };
-    upgrade
-        .max_message_size(MAX_PAYLOAD)
-        .on_upgrade(move |ws| session.run(ws))
+    session.accept(upgrade)
+}
+
+/// A socket not yet authenticated: holds one of [`Events::with_max_unauthenticated`]'s places
+/// until it authenticates or closes.
+#[derive(Debug)]
+struct Unauthenticated {
+    events: Events,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Unauthenticated {
+    fn drop(&mut self) {
+        self.events.report_unauthenticated(1);
+    }
 }
 
 /// One client connection.
@@ -502,16 +563,42 @@ async fn send(ws: &mut WebSocket, text: String) -> Result<(), End> {
 }
 
 impl Session {
+    /// Upgrades to a WebSocket served by this session, or refuses with 503 when too many
+    /// sockets already wait to authenticate.
+    pub fn accept(self, upgrade: WebSocketUpgrade) -> Response {
+        let Some(pending) = self.events.admit_unauthenticated() else {
+            metrics::counter!("corral_event_streams_refused_total").increment(1);
+            tracing::debug!(
+                max = self.events.max_unauthenticated,
+                "refused an event stream: too many wait to authenticate"
+            );
+            let refusal = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many event streams are waiting to authenticate; retry shortly",
+            )
+            .with_code("TOO_MANY_UNAUTHENTICATED_STREAMS");
+            return ([(header::RETRY_AFTER, "5")], refusal).into_response();
+        };
+        // Small buffers: an idle socket holds little (see the module doc).
+        upgrade
+            .read_buffer_size(READ_BUFFER_SIZE)
+            .write_buffer_size(0)
+            .max_message_size(MAX_PAYLOAD)
+            .max_frame_size(MAX_PAYLOAD)
+            .on_upgrade(move |ws| self.run(ws, pending))
+    }
+
     /// Serves the connection until either side ends it.
-    pub async fn run(self, mut ws: WebSocket) {
-        let end = self.serve(&mut ws).await;
+    async fn run(self, mut ws: WebSocket, pending: Unauthenticated) {
+        let end = self.serve(&mut ws, pending).await;
         tracing::debug!(sid = %self.sid, reason = %end, "event stream closed");
         if !matches!(end, End::ClientClosed | End::Transport(_)) {
             let _ = ws.send(Message::Close(None)).await;
         }
     }
 
-    async fn serve(&self, ws: &mut WebSocket) -> End {
+    async fn serve(&self, ws: &mut WebSocket, pending: Unauthenticated) -> End {
+        let mut pending = Some(pending);
         let timing = self.events.timing;
         if let Err(end) = send(ws, open_packet(&self.sid, &timing)).await {
             return end;
@@ -520,6 +607,10 @@ impl Session {
         let mut beat = Beat::Ping(Instant::now() + timing.ping_interval);
         let mut rx: Option<broadcast::Receiver<SandboxEvent>> = None;
         loop {
+            if rx.is_some() {
+                // Authenticated: its place goes to the next socket.
+                pending = None;
+            }
             let beat_at = match beat {
                 Beat::Ping(at) | Beat::Pong(at) => at,
             };
@@ -552,6 +643,7 @@ impl Session {
                 () = sleep_until(connect_deadline), if rx.is_none() => Err(End::ConnectTimeout),
             };
             if let Err(end) = step {
+                drop(pending);
                 return end;
             }
         }
@@ -1079,7 +1171,7 @@ mod tests {
                     events: events.clone(),
                     toolbox_url: "http://t/toolbox".into(),
                 };
-                async move { up.on_upgrade(move |ws| session.run(ws)) }
+                async move { session.accept(up) }
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -1228,6 +1320,50 @@ mod tests {
         let url = gateway(events).await;
         let mut c = connect(&url).await;
         assert_eq!(recv_text(&mut c).await, None);
+    }
+
+    #[tokio::test]
+    async fn gateway_refuses_unauthenticated_sockets_over_the_cap() {
+        let events = Events::new(16)
+            .with_timing(slow_timing())
+            .with_max_unauthenticated(2);
+        let url = gateway(events.clone()).await;
+        let mut first = connect(&url).await;
+        let second = connect(&url).await;
+        // A third waiting socket is refused before the upgrade, in Daytona's error shape.
+        match tokio_tungstenite::connect_async(&url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+                assert_eq!(resp.headers()["retry-after"], "5");
+                let body: serde_json::Value =
+                    serde_json::from_slice(resp.body().as_deref().unwrap_or_default())
+                        .expect("json body");
+                assert_eq!(body["code"], "TOO_MANY_UNAUTHENTICATED_STREAMS");
+                assert_eq!(body["statusCode"], 503);
+            }
+            other => panic!("expected a 503 refusal, got {other:?}"),
+        }
+        // Authenticating gives the place back: the next socket gets in.
+        send_text(&mut first, "40{\"token\":\"good\"}").await;
+        assert_eq!(
+            recv_text(&mut first).await.as_deref(),
+            Some("40{\"sid\":\"sid1\"}")
+        );
+        let _third = connect(&url).await;
+        // So does closing: once the server has seen it, another gets in.
+        drop(second);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if tokio_tungstenite::connect_async(&url).await.is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "a closed socket kept its place");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The authenticated socket still gets events.
+        events.publish(changed("a", None, SandboxState::Started));
+        let got = json_of(&recv_text(&mut first).await.expect("event"), "42");
+        assert_eq!(got[1]["sandbox"]["id"], "a");
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ mod disk;
 pub mod host_image;
 pub mod layer;
 mod linux;
+pub mod memory;
 pub mod net;
 pub mod oci;
 pub mod seccomp;

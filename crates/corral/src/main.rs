@@ -155,6 +155,38 @@ struct ServeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "CORRAL_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Seconds a client has, from connecting (TLS handshake included) or from a later
+    /// request's first byte, to send a complete request head; then the connection is closed.
+    #[arg(long, env = "CORRAL_HEADER_TIMEOUT_SECONDS", default_value_t = 15.0)]
+    header_timeout_seconds: f64,
+    /// Seconds a keep-alive connection may sit idle between a response and the next request.
+    /// Neither timeout applies while a request is served or to WebSockets.
+    #[arg(long, env = "CORRAL_IDLE_TIMEOUT_SECONDS", default_value_t = 75.0)]
+    idle_timeout_seconds: f64,
+    /// Open client connections at most (WebSockets included); newer ones are closed at once
+    /// (default: half the open-files limit).
+    #[arg(long, env = "CORRAL_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Open client connections at most per source address, IPv6 per /64 (default: a quarter
+    /// of --max-connections). Behind a reverse proxy every client shares its address: raise
+    /// it to --max-connections there.
+    #[arg(long, env = "CORRAL_MAX_CONNECTIONS_PER_ADDRESS")]
+    max_connections_per_address: Option<usize>,
+    /// Seconds a Socket.IO event-stream client has to authenticate (its CONNECT packet with
+    /// the API key) before it is closed.
+    #[arg(
+        long,
+        env = "CORRAL_EVENTS_AUTH_TIMEOUT_SECONDS",
+        default_value_t = 10.0
+    )]
+    events_auth_timeout_seconds: f64,
+    /// Event-stream WebSockets not yet authenticated, at most; more are refused with 503.
+    #[arg(
+        long,
+        env = "CORRAL_MAX_UNAUTHENTICATED_EVENT_STREAMS",
+        default_value_t = 256
+    )]
+    max_unauthenticated_event_streams: usize,
     /// The https:// URL SDKs upload build context to (this server's `/object-storage`, e.g.
     /// behind a TLS proxy); default: `https://<host>/object-storage` when --tls-cert is given.
     #[arg(long, env = "CORRAL_STORAGE_URL")]
@@ -243,6 +275,15 @@ fn lock_host_resources(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<host
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     init_logging(args.log_format);
+    // Flags checked before anything is set up.
+    let timeouts = (
+        seconds("--header-timeout-seconds", args.header_timeout_seconds)?,
+        seconds("--idle-timeout-seconds", args.idle_timeout_seconds)?,
+    );
+    let events_auth_timeout = seconds(
+        "--events-auth-timeout-seconds",
+        args.events_auth_timeout_seconds,
+    )?;
     let data_dir = absolute(&args.data_dir)?;
     // Held until `serve` returns; the kernel releases them however the process ends.
     let host_locks = lock_host_resources(&args, &data_dir)?;
@@ -334,7 +375,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(k) = &args.api_key {
         keys.allow(&hash_key(k));
     }
-    let events = corral_api::events::Events::default();
+    let events = corral_api::events::Events::default()
+        .with_timing(corral_api::events::Timing {
+            connect_timeout: events_auth_timeout,
+            ..Default::default()
+        })
+        .with_max_unauthenticated(args.max_unauthenticated_event_streams);
     let sandboxes = Arc::new(corral_api::events::PublishingStore::new(
         store.clone(),
         events.clone(),
@@ -372,7 +418,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("reconciling recorded sandboxes: {}", e.message))?;
     let with_tls = tls.is_some();
-    let listener = corral_api::listener::Listener::bind(args.listen, tls).await?;
+    let limits = listener_limits(
+        timeouts,
+        args.max_connections,
+        args.max_connections_per_address,
+    )?;
+    let listener = corral_api::listener::Listener::bind(args.listen, tls, limits)
+        .await?
+        // Closed bursts of connections (idle WebSockets, slow-loris floods) leave freed
+        // blocks between live ones, which glibc keeps resident until trimmed.
+        .release_memory_after_bursts(corral_runtime::memory::release_free_memory);
     // Background work starts only once the port is ours, so a failed start leaves nothing.
     let tick = std::time::Duration::from_secs_f64(args.reconcile_seconds.clamp(0.05, 3600.0));
     tokio::spawn(corral_api::reconciler::run(state.clone(), tick));
@@ -386,24 +441,57 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls = with_tls,
         data_dir = %data_dir.display(),
         startup_ms = started.elapsed().as_millis() as u64,
+        max_connections = limits.max_connections,
+        max_connections_per_address = limits.max_connections_per_address,
         "corral is ready"
     );
-    // The peer address feeds the X-Forwarded-For of preview requests.
-    let app = corral_api::router(state.clone())
-        .into_make_service_with_connect_info::<corral_api::listener::Peer>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+    // Requests carry the peer (`ConnectInfo<Peer>`): it feeds the X-Forwarded-For of previews.
+    listener
+        .serve(corral_api::router(state.clone()), shutdown_signal())
         .await;
     // Deletes already answered finish before the server exits.
     state.teardowns.wait().await;
     // Whatever ended serving, unclaimed pooled sandboxes must not outlive the server.
     corral_api::pool::WarmPool::drain(&state, filler).await;
     runtime.shutdown();
-    served?;
     store.close().await;
     tracing::info!("corral stopped; sandboxes keep running");
     drop(host_locks);
     Ok(())
+}
+
+/// A duration flag given in seconds: positive and finite.
+fn seconds(flag: &str, value: f64) -> anyhow::Result<std::time::Duration> {
+    if !(value.is_finite() && value > 0.0) {
+        anyhow::bail!("{flag} must be a positive number of seconds, not {value}");
+    }
+    Ok(std::time::Duration::from_secs_f64(value.min(1e9)))
+}
+
+/// The listener's limits: the flags, and by default caps sized from the open-files limit
+/// (which the runtime has raised to its hard limit by now).
+fn listener_limits(
+    (header_timeout, idle_timeout): (std::time::Duration, std::time::Duration),
+    max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
+) -> anyhow::Result<corral_api::listener::Limits> {
+    let (open_files, _) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .context("reading the open-files limit")?;
+    let mut limits = corral_api::listener::Limits::for_open_files(open_files);
+    limits.header_timeout = header_timeout;
+    limits.idle_timeout = idle_timeout;
+    if let Some(n) = max_connections {
+        limits.max_connections = n;
+        limits.max_connections_per_address = (n / 4).max(8).min(n);
+    }
+    if let Some(n) = max_connections_per_address {
+        limits.max_connections_per_address = n;
+    }
+    if limits.max_connections == 0 || limits.max_connections_per_address == 0 {
+        anyhow::bail!("--max-connections and --max-connections-per-address must be at least 1");
+    }
+    Ok(limits)
 }
 
 async fn shutdown_signal() {
