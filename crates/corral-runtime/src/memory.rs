@@ -1,4 +1,4 @@
-//! The server process's own memory.
+//! The server process's own resources: its memory and its open-files limit.
 
 /// Gives the free memory of every malloc arena back to the kernel (glibc's `malloc_trim`);
 /// returns whether any was released.
@@ -12,4 +12,11 @@ pub fn release_free_memory() -> bool {
     // SAFETY: malloc_trim takes no pointers; it only walks glibc's own free lists under the
     // arenas' locks and madvises whole free pages, which stay valid to allocate again.
     unsafe { libc::malloc_trim(0) != 0 }
+}
+
+/// The process's current (soft) open-files limit.
+pub fn open_files_limit() -> std::io::Result<u64> {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .map_err(std::io::Error::from)
 }

@@ -475,9 +475,8 @@ fn listener_limits(
     max_connections: Option<usize>,
     max_connections_per_address: Option<usize>,
 ) -> anyhow::Result<corral_api::listener::Limits> {
-    let (open_files, _) =
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-            .context("reading the open-files limit")?;
+    let open_files =
+        corral_runtime::memory::open_files_limit().context("reading the open-files limit")?;
     let mut limits = corral_api::listener::Limits::for_open_files(open_files);
     limits.header_timeout = header_timeout;
     limits.idle_timeout = idle_timeout;
