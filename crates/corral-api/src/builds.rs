@@ -28,12 +28,12 @@ use axum::response::Response;
 use corral_core::{
     CommitConfig, Egress, ImageInfo, Resources, SandboxSpec, Snapshot, SnapshotState,
 };
+use corral_dockerfile::{self as dockerfile, CopySource, Op};
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 
 mod context;
 
-use crate::dockerfile::{self, CopySource, Op};
 use crate::error::ApiError;
 use crate::extract::QueryPairs;
 use crate::state::AppState;
