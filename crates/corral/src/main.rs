@@ -336,6 +336,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             &data_dir,
         )),
         events,
+        object_storage: Arc::new(corral_s3::ObjectStorage::new(
+            data_dir.join("object-storage"),
+        )),
     };
     corral_api::reconciler::on_start(&state)
         .await
