@@ -60,6 +60,8 @@ pub struct AppState {
     /// Uploaded build context and the issuer of the credentials that upload it (this
     /// server's own: another server, even in the same process, refuses them).
     pub object_storage: Arc<corral_s3::ObjectStorage>,
+    /// Snapshots this server is building, pulling or committing.
+    pub building: Arc<crate::builds::Building>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -339,6 +339,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         object_storage: Arc::new(corral_s3::ObjectStorage::new(
             data_dir.join("object-storage"),
         )),
+        building: Default::default(),
     };
     corral_api::reconciler::on_start(&state)
         .await
