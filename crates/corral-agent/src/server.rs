@@ -72,6 +72,7 @@ async fn serve(startup: Startup, pid1: bool) -> Result<(), AgentError> {
         ptys: Default::default(),
         interpreters: Default::default(),
         lsp: Default::default(),
+        git_credentials: Default::default(),
     };
     let boot = state.clone();
     tokio::spawn(async move { crate::api::start_entrypoint(&boot).await });

@@ -28,12 +28,16 @@ use axum::response::Response;
 use corral_core::{
     CommitConfig, Egress, ImageInfo, Resources, SandboxSpec, Snapshot, SnapshotState,
 };
+use corral_dockerfile::{self as dockerfile, CopySource, Op};
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 
+mod claim;
 mod context;
 
-use crate::dockerfile::{self, CopySource, Op};
+pub use claim::Building;
+pub(crate) use claim::Claim;
+
 use crate::error::ApiError;
 use crate::extract::QueryPairs;
 use crate::state::AppState;
@@ -883,31 +887,6 @@ async fn logs(state: AppState, id: String, follow: bool) -> Result<Response, Api
 
 // ---- build snapshots and sandboxes built from Dockerfiles ------------------------------------
 
-/// Snapshots being built by this process (a second request for one waits for it).
-static RUNNING: std::sync::Mutex<std::collections::BTreeSet<String>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
-
-fn running() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<String>> {
-    RUNNING.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A snapshot being made ready (built, pulled or committed) by this process; others wait
-/// for it. Released however the work ends (a dropped future included).
-pub(crate) struct Claim(String);
-
-impl Claim {
-    /// Claims snapshot `id`, unless this process is at work on it already.
-    pub(crate) fn take(id: &str) -> Option<Self> {
-        running().insert(id.to_owned()).then(|| Self(id.to_owned()))
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        running().remove(&self.0);
-    }
-}
-
 /// Where a build snapshot's Dockerfile is kept (so an interrupted build can run again).
 fn dockerfile_path(state: &AppState, snapshot_id: &str) -> PathBuf {
     state
@@ -1035,7 +1014,7 @@ pub async fn ensure_ready(state: &AppState, id: &str) -> Result<(), ApiError> {
         if snap.state == SnapshotState::Active {
             return Ok(());
         }
-        if running().contains(id) {
+        if state.building.is_claimed(id) {
             waited = true;
             tokio::time::sleep(Duration::from_millis(300)).await;
             continue;
@@ -1053,7 +1032,7 @@ pub async fn ensure_ready(state: &AppState, id: &str) -> Result<(), ApiError> {
             ))
             .with_code("BUILD_FAILED"));
         }
-        let Some(_claim) = Claim::take(id) else {
+        let Some(_claim) = Claim::take(&state.building, id) else {
             continue;
         };
         return if is_build(state, id) {

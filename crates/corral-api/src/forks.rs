@@ -83,7 +83,7 @@ pub async fn snapshot(
     };
     // Recorded first: a server stopped midway finds it `pending` and finishes or fails it.
     // Claimed first: a create from it meanwhile waits for the commit.
-    let _claim = crate::builds::Claim::take(&snap.id);
+    let _claim = crate::builds::Claim::take(&state.building, &snap.id);
     crate::snapshots::insert(&state, &snap).await?;
     save(&state, &mut s, run.during).await?;
     let committed = state

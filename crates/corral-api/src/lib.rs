@@ -6,7 +6,6 @@
 pub mod agent_client;
 pub mod auth;
 pub mod builds;
-pub mod dockerfile;
 pub mod error;
 pub mod events;
 pub mod extract;

@@ -57,6 +57,11 @@ pub struct AppState {
     pub images: Arc<dyn corral_core::Images>,
     /// Sandbox events (fed by `events::PublishingStore`), streamed to SDKs over Socket.IO.
     pub events: crate::events::Events,
+    /// Uploaded build context and the issuer of the credentials that upload it (this
+    /// server's own: another server, even in the same process, refuses them).
+    pub object_storage: Arc<corral_s3::ObjectStorage>,
+    /// Snapshots this server is building, pulling or committing.
+    pub building: Arc<crate::builds::Building>,
 }
 
 impl std::fmt::Debug for AppState {

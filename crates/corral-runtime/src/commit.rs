@@ -10,7 +10,8 @@
 //! earlier commits) with the new commit on top. A sandbox created from it is bound to that
 //! stack: its root overlays list the commits' upper dirs above the image's layers.
 //!
-//! A commit dir is removed once no manifest and no sandbox binding lists it ([`gc`]), so a
+//! A commit dir is removed once no manifest and no sandbox binding lists it
+//! ([`Commits::gc`]), so a
 //! snapshot taken from a sandbox that was itself created from a snapshot keeps the older
 //! commit alive as long as it is needed.
 //!
@@ -20,7 +21,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use corral_core::RuntimeError;
 use serde::{Deserialize, Serialize};
@@ -30,10 +31,6 @@ use crate::linux::{mkdirs, remove_dir_if_exists, remove_file_if_exists};
 use crate::oci::images::{self as bound, BoundImage};
 
 use corral_core::ports::{SANDBOX_SNAPSHOT_PREFIX as REFERENCE_PREFIX, sandbox_snapshot_reference};
-
-/// Serialises commits, their removal and garbage collection (all quick), so a collection
-/// never removes a commit being made.
-static LOCK: Mutex<()> = Mutex::new(());
 
 /// The image reference of commit `id`.
 pub fn reference(id: &str) -> String {
@@ -118,65 +115,156 @@ pub fn base_layers(data_dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Commits the writable layer of sandbox `sandbox` (running or stopped), whose root is
-/// `base` (its binding, or the host image's) with overlay layers `names`, as commit `id`.
-pub(crate) fn commit(
-    data_dir: &Path,
-    disk: &Disk,
-    sandbox: &str,
-    id: &str,
-    base: BoundImage,
-    names: &[String],
-    base_size: u64,
-) -> Result<Manifest, RuntimeError> {
-    if !valid_id(id) {
-        return Err(RuntimeError::Invalid(format!("invalid snapshot id {id:?}")));
-    }
-    let src = disk.layer_dir(sandbox);
-    if !src.is_dir() {
-        return Err(RuntimeError::Invalid(format!(
-            "sandbox {sandbox} has no files on disk (is it archived?)"
-        )));
-    }
-    let _lock = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let root = layers_root(data_dir, disk);
-    mkdirs(&root, 0o700).map_err(host("creating the commits dir"))?;
-    mkdirs(&commits_dir(data_dir), 0o700).map_err(host("creating the commits dir"))?;
-    let dest = root.join(id);
-    if fs::symlink_metadata(&dest).is_ok() {
-        return Err(RuntimeError::Invalid(format!(
-            "snapshot {id} exists already"
-        )));
-    }
-    match disk {
-        Disk::Pool(pool) => {
-            pool.snapshot(sandbox, &root, id, true)
-                .map_err(|e| RuntimeError::host("snapshotting the sandbox's subvolume", e))?;
-        }
-        Disk::Plain(_) => {
-            let partial = root.join(format!("{id}.partial"));
-            remove_dir_if_exists(&partial).map_err(host("clearing a partial commit"))?;
-            copy_uppers(&src, names, &partial.join("upper"))?;
-            fs::rename(&partial, &dest).map_err(host("installing the commit"))?;
+/// The commits under one data dir. Commits, their removal and garbage collection (all quick)
+/// take its lock in turn, so a collection never removes a commit being made. The runtime owns
+/// one per data dir and shares it with the `Images` port ([`crate::LinuxRuntime::images`]);
+/// nothing is process-global, so two runtimes in one process share nothing.
+#[derive(Debug)]
+pub struct Commits {
+    data_dir: PathBuf,
+    lock: Mutex<()>,
+}
+
+impl Commits {
+    /// The commits under `data_dir`.
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            data_dir: data_dir.to_owned(),
+            lock: Mutex::new(()),
         }
     }
-    let upper_bytes = |c: &Path| -> u64 {
-        names
-            .iter()
-            .map(|n| dir_bytes(&c.join("upper").join(n)))
-            .sum()
-    };
-    let layer_bytes: u64 =
-        base.commits.iter().map(|c| upper_bytes(c)).sum::<u64>() + upper_bytes(&dest);
-    let mut image = base;
-    image.commits.push(dest);
-    let manifest = Manifest {
-        image,
-        size: base_size + layer_bytes,
-    };
-    bound::write_json(&manifest_path(data_dir, id), &manifest)
-        .map_err(host("writing the snapshot manifest"))?;
-    Ok(manifest)
+
+    /// The data dir the commits live under.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Commits the writable layer of sandbox `sandbox` (running or stopped), whose root is
+    /// `base` (its binding, or the host image's) with overlay layers `names`, as commit `id`.
+    pub(crate) fn commit(
+        &self,
+        disk: &Disk,
+        sandbox: &str,
+        id: &str,
+        base: BoundImage,
+        names: &[String],
+        base_size: u64,
+    ) -> Result<Manifest, RuntimeError> {
+        let data_dir = self.data_dir.as_path();
+        if !valid_id(id) {
+            return Err(RuntimeError::Invalid(format!("invalid snapshot id {id:?}")));
+        }
+        let src = disk.layer_dir(sandbox);
+        if !src.is_dir() {
+            return Err(RuntimeError::Invalid(format!(
+                "sandbox {sandbox} has no files on disk (is it archived?)"
+            )));
+        }
+        let _lock = self.lock();
+        let root = layers_root(data_dir, disk);
+        mkdirs(&root, 0o700).map_err(host("creating the commits dir"))?;
+        mkdirs(&commits_dir(data_dir), 0o700).map_err(host("creating the commits dir"))?;
+        let dest = root.join(id);
+        if fs::symlink_metadata(&dest).is_ok() {
+            return Err(RuntimeError::Invalid(format!(
+                "snapshot {id} exists already"
+            )));
+        }
+        match disk {
+            Disk::Pool(pool) => {
+                pool.snapshot(sandbox, &root, id, true)
+                    .map_err(|e| RuntimeError::host("snapshotting the sandbox's subvolume", e))?;
+            }
+            Disk::Plain(_) => {
+                let partial = root.join(format!("{id}.partial"));
+                remove_dir_if_exists(&partial).map_err(host("clearing a partial commit"))?;
+                copy_uppers(&src, names, &partial.join("upper"))?;
+                fs::rename(&partial, &dest).map_err(host("installing the commit"))?;
+            }
+        }
+        let upper_bytes = |c: &Path| -> u64 {
+            names
+                .iter()
+                .map(|n| dir_bytes(&c.join("upper").join(n)))
+                .sum()
+        };
+        let layer_bytes: u64 =
+            base.commits.iter().map(|c| upper_bytes(c)).sum::<u64>() + upper_bytes(&dest);
+        let mut image = base;
+        image.commits.push(dest);
+        let manifest = Manifest {
+            image,
+            size: base_size + layer_bytes,
+        };
+        bound::write_json(&manifest_path(data_dir, id), &manifest)
+            .map_err(host("writing the snapshot manifest"))?;
+        Ok(manifest)
+    }
+
+    /// Forgets commit `id` and removes every commit dir nothing needs any more.
+    pub fn remove(&self, id: &str) -> io::Result<()> {
+        if valid_id(id) {
+            let _lock = self.lock();
+            remove_file_if_exists(&manifest_path(&self.data_dir, id))?;
+        }
+        self.gc().map(|_| ())
+    }
+
+    /// Removes commit dirs that no manifest and no sandbox binding lists (and partial ones left
+    /// by a crash). Returns how many it removed.
+    pub fn gc(&self) -> io::Result<usize> {
+        let data_dir = self.data_dir.as_path();
+        let _lock = self.lock();
+        let mut used: Vec<PathBuf> = Vec::new();
+        for dir in [bound::bound_dir(data_dir), commits_dir(data_dir)] {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.extension().is_none_or(|x| x != "json") {
+                    continue;
+                }
+                let body = fs::read(&p)?;
+                if let Ok(m) = serde_json::from_slice::<Manifest>(&body) {
+                    used.extend(m.image.commits);
+                } else if let Ok(b) = serde_json::from_slice::<BoundImage>(&body) {
+                    used.extend(b.commits);
+                }
+            }
+        }
+        let mut removed = 0;
+        for root in layer_roots(data_dir) {
+            let Ok(entries) = fs::read_dir(&root) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                if used.contains(&p) {
+                    continue;
+                }
+                let name = e.file_name().to_string_lossy().into_owned();
+                tracing::info!(commit = %p.display(), "removing a snapshot layer nothing uses");
+                match crate::btrfs::delete_subvolume(&root, &name) {
+                    Ok(()) => {}
+                    Err(crate::btrfs::BtrfsError::NotSubvolume { .. }) => {
+                        if p.is_dir() {
+                            fs::remove_dir_all(&p)?;
+                        } else {
+                            remove_file_if_exists(&p)?;
+                        }
+                    }
+                    Err(e) => return Err(io::Error::other(e)),
+                }
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
 }
 
 /// What the `Images` port says of a commit.
@@ -266,66 +354,6 @@ pub(crate) fn fork(
     Ok(())
 }
 
-/// Forgets commit `id` and removes every commit dir nothing needs any more.
-pub fn remove(data_dir: &Path, id: &str) -> io::Result<()> {
-    if valid_id(id) {
-        let _lock = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        remove_file_if_exists(&manifest_path(data_dir, id))?;
-    }
-    gc(data_dir).map(|_| ())
-}
-
-/// Removes commit dirs that no manifest and no sandbox binding lists (and partial ones left
-/// by a crash). Returns how many it removed.
-pub fn gc(data_dir: &Path) -> io::Result<usize> {
-    let _lock = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let mut used: Vec<PathBuf> = Vec::new();
-    for dir in [bound::bound_dir(data_dir), commits_dir(data_dir)] {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.extension().is_none_or(|x| x != "json") {
-                continue;
-            }
-            let body = fs::read(&p)?;
-            if let Ok(m) = serde_json::from_slice::<Manifest>(&body) {
-                used.extend(m.image.commits);
-            } else if let Ok(b) = serde_json::from_slice::<BoundImage>(&body) {
-                used.extend(b.commits);
-            }
-        }
-    }
-    let mut removed = 0;
-    for root in layer_roots(data_dir) {
-        let Ok(entries) = fs::read_dir(&root) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if used.contains(&p) {
-                continue;
-            }
-            let name = e.file_name().to_string_lossy().into_owned();
-            tracing::info!(commit = %p.display(), "removing a snapshot layer nothing uses");
-            match crate::btrfs::delete_subvolume(&root, &name) {
-                Ok(()) => {}
-                Err(crate::btrfs::BtrfsError::NotSubvolume { .. }) => {
-                    if p.is_dir() {
-                        fs::remove_dir_all(&p)?;
-                    } else {
-                        remove_file_if_exists(&p)?;
-                    }
-                }
-                Err(e) => return Err(io::Error::other(e)),
-            }
-            removed += 1;
-        }
-    }
-    Ok(removed)
-}
-
 /// Bytes of the regular files under `dir`, walked by fd without following links.
 fn dir_bytes(dir: &Path) -> u64 {
     fn walk(t: &crate::beneath::Tree) -> u64 {
@@ -370,20 +398,14 @@ mod tests {
     fn plain_commits_copy_and_gc_keeps_what_is_listed() {
         let data = tempfile::tempdir().expect("tempdir");
         let disk = Disk::Plain(data.path().join("sandboxes"));
+        let commits = Commits::new(data.path());
         let names = vec!["root".to_owned()];
         let layer = disk.create("sb", 1 << 30).expect("layer");
         mkdirs(&layer.join("upper/root/etc"), 0o755).expect("mkdir");
         fs::write(layer.join("upper/root/etc/greeting"), b"hello").expect("write");
-        let m = commit(
-            data.path(),
-            &disk,
-            "sb",
-            "c1",
-            BoundImage::host(),
-            &names,
-            10,
-        )
-        .expect("commit");
+        let m = commits
+            .commit(&disk, "sb", "c1", BoundImage::host(), &names, 10)
+            .expect("commit");
         assert_eq!(m.size, 15);
         assert_eq!(m.image.commits.len(), 1);
         let c1 = m.image.commits[0].clone();
@@ -393,34 +415,71 @@ mod tests {
         );
         assert_eq!(read(data.path(), "c1").expect("read"), Some(m.clone()));
         assert!(
-            commit(
-                data.path(),
-                &disk,
-                "sb",
-                "c1",
-                BoundImage::host(),
-                &names,
-                0
-            )
-            .is_err()
+            commits
+                .commit(&disk, "sb", "c1", BoundImage::host(), &names, 0)
+                .is_err()
         );
 
         // A sandbox created from c1 and snapshotted again: c2 lists c1 below itself.
         fork(data.path(), &disk, "sb", "sb2", 1 << 30, &names).expect("fork");
         bound::write_binding(data.path(), "sb2", &m.image).expect("bind");
-        let m2 =
-            commit(data.path(), &disk, "sb2", "c2", m.image.clone(), &names, 0).expect("commit c2");
+        let m2 = commits
+            .commit(&disk, "sb2", "c2", m.image.clone(), &names, 0)
+            .expect("commit c2");
         assert_eq!(m2.image.commits.len(), 2);
 
         // c1 forgotten: its dir stays (c2 and sb2's binding list it) ...
-        remove(data.path(), "c1").expect("remove c1");
+        commits.remove("c1").expect("remove c1");
         assert!(c1.is_dir());
         assert_eq!(read(data.path(), "c1").expect("read"), None);
         // ... until nothing lists it.
         bound::remove_binding(data.path(), "sb2").expect("unbind");
-        remove(data.path(), "c2").expect("remove c2");
+        commits.remove("c2").expect("remove c2");
         assert!(!c1.exists());
         assert!(!m2.image.commits[1].exists());
-        assert_eq!(gc(data.path()).expect("gc"), 0);
+        assert_eq!(commits.gc().expect("gc"), 0);
+    }
+
+    #[test]
+    fn two_data_dirs_do_not_share_a_lock() {
+        use std::sync::{Arc, mpsc};
+        use std::time::Duration;
+
+        let (a, b) = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let (commits_a, commits_b) = (
+            Arc::new(Commits::new(a.path())),
+            Arc::new(Commits::new(b.path())),
+        );
+        // A collection in a thread, reporting back when it ends.
+        let collect = |commits: &Arc<Commits>| {
+            let (tx, rx) = mpsc::channel();
+            let commits = Arc::clone(commits);
+            std::thread::spawn(move || {
+                let _ = tx.send(commits.gc().map_err(|e| e.to_string()));
+            });
+            rx
+        };
+        let held = commits_a.lock();
+        // Positive control: a collection under the held lock waits for it...
+        let same = collect(&commits_a);
+        assert!(
+            same.recv_timeout(Duration::from_millis(200)).is_err(),
+            "a collection under the same lock waits"
+        );
+        // ...while the commits of another data dir (another runtime in this process) are
+        // not held up by it.
+        let other = collect(&commits_b);
+        let done = other.recv_timeout(Duration::from_secs(30));
+        assert_eq!(
+            done.expect("not blocked by another data dir's lock")
+                .expect("gc b"),
+            0
+        );
+        drop(held);
+        let done = same.recv_timeout(Duration::from_secs(30));
+        assert_eq!(done.expect("the waiting collection ends").expect("gc a"), 0);
     }
 }

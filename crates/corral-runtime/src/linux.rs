@@ -151,6 +151,8 @@ pub struct LinuxRuntime {
     net: Option<std::sync::Arc<crate::net::Network>>,
     /// OCI images sandboxes may run (resolved here; pulled by the control plane).
     oci: std::sync::Arc<crate::oci::ImageStore>,
+    /// Snapshots and their lock (shared with the `Images` port).
+    commits: std::sync::Arc<crate::commit::Commits>,
 }
 
 impl std::fmt::Debug for LinuxRuntime {
@@ -232,7 +234,8 @@ impl LinuxRuntime {
             ),
         };
         // Snapshot layers left by a crash during a commit, or by a removal cut short.
-        match crate::commit::gc(&cfg.data_dir) {
+        let commits = std::sync::Arc::new(crate::commit::Commits::new(&cfg.data_dir));
+        match commits.gc() {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "removed unused snapshot layers"),
             Err(e) => tracing::warn!(error = %e, "cannot collect unused snapshot layers"),
@@ -267,6 +270,7 @@ impl LinuxRuntime {
             nofile,
             net,
             oci,
+            commits,
         })
     }
 
@@ -274,6 +278,12 @@ impl LinuxRuntime {
     /// The image store sandboxes' images come from (share it: one store per data dir).
     pub fn image_store(&self) -> std::sync::Arc<crate::oci::ImageStore> {
         self.oci.clone()
+    }
+
+    /// The `Images` port over this runtime's image store and snapshots (share it: one per
+    /// data dir).
+    pub fn images(&self) -> crate::oci::images::OciImages {
+        crate::oci::images::OciImages::new(self.oci.clone(), self.commits.clone())
     }
 
     pub fn cgroups(&self) -> &Cgroups {
@@ -1108,6 +1118,7 @@ impl Runtime for LinuxRuntime {
         let owned = id.to_owned();
         let data = self.cfg.data_dir.clone();
         let oci = self.oci.clone();
+        let commits = self.commits.clone();
         let files = async {
             tokio::task::spawn_blocking(move || {
                 disk.remove(&owned)?;
@@ -1120,7 +1131,8 @@ impl Runtime for LinuxRuntime {
                     .map_err(|e| RuntimeError::host("removing image binding", e))?;
                 if binding.as_ref().is_some_and(|b| !b.commits.is_empty()) {
                     // Snapshot layers only this sandbox still used.
-                    crate::commit::gc(&data)
+                    commits
+                        .gc()
                         .map_err(|e| RuntimeError::host("removing unused snapshot layers", e))?;
                 }
                 // Image layers only this sandbox still used: its image's record went (its
@@ -1306,10 +1318,11 @@ impl Runtime for LinuxRuntime {
                 .map_or(0, |i| i.size)
         };
         let disk = self.disk.clone();
+        let commits = self.commits.clone();
         let (id, snapshot_id) = (id.to_owned(), snapshot_id.to_owned());
         let t = Instant::now();
         let m = tokio::task::spawn_blocking(move || {
-            crate::commit::commit(&data, &disk, &id, &snapshot_id, base, &names, image_size)
+            commits.commit(&disk, &id, &snapshot_id, base, &names, image_size)
         })
         .await
         .map_err(|e| RuntimeError::host("joining snapshot task", e))??;

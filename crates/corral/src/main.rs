@@ -367,7 +367,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     .context("starting the Linux runtime")?;
     // One image store per data dir: the runtime's, shared with the API's `Images` port.
-    let image_store = runtime.image_store();
+    let images = Arc::new(runtime.images());
     let runtime: Arc<dyn corral_core::Runtime> = Arc::new(runtime);
 
     let store = Arc::new(store);
@@ -408,11 +408,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         previews: store.clone(),
         volumes: store.clone(),
         snapshots: store.clone(),
-        images: Arc::new(corral_runtime::oci::images::OciImages::new(
-            image_store,
-            &data_dir,
-        )),
+        images,
         events,
+        object_storage: Arc::new(corral_s3::ObjectStorage::new(
+            data_dir.join("object-storage"),
+        )),
+        building: Default::default(),
     };
     corral_api::reconciler::on_start(&state)
         .await

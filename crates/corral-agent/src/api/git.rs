@@ -11,7 +11,7 @@ mod status;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{LazyLock, Mutex, MutexGuard};
 
 use axum::Json;
 use axum::Router;
@@ -50,9 +50,27 @@ pub fn routes() -> Router<AppState> {
         .route("/git/history", get(history))
 }
 
-/// Stored credentials by `(protocol, host)`; memory only.
-static STORED: LazyLock<Mutex<BTreeMap<(String, String), Auth>>> =
-    LazyLock::new(|| Mutex::new(BTreeMap::new()));
+/// Credentials given to `POST /git/credentials`, by `(protocol, host)`; memory only, one set
+/// per agent (in [`AppState::git_credentials`]). Debug output shows no password.
+#[derive(Debug, Default)]
+pub struct StoredCredentials(Mutex<BTreeMap<(String, String), Auth>>);
+
+impl StoredCredentials {
+    fn map(&self) -> MutexGuard<'_, BTreeMap<(String, String), Auth>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `auth` for git calls to `host` over `protocol` (both lowercase).
+    fn store(&self, protocol: String, host: String, auth: Auth) {
+        self.map().insert((protocol, host), auth);
+    }
+
+    /// The credentials kept for the host of `url`, if any.
+    fn for_url(&self, url: &str) -> Option<Auth> {
+        let key = url_host(url)?;
+        self.map().get(&key).cloned()
+    }
+}
 
 /// Resolves a request path like a working directory (relative to the work dir, `~` to home).
 fn resolve(state: &AppState, path: &str) -> Result<PathBuf, ApiError> {
@@ -114,12 +132,8 @@ fn url_host(url: &str) -> Option<(String, String)> {
 }
 
 /// Explicit credentials, else stored ones for the URL's host.
-fn auth_for(explicit: Option<Auth>, url: Option<&str>) -> Option<Auth> {
-    explicit.or_else(|| {
-        let key = url_host(url?)?;
-        let stored = STORED.lock().unwrap_or_else(|e| e.into_inner());
-        stored.get(&key).cloned()
-    })
+fn auth_for(state: &AppState, explicit: Option<Auth>, url: Option<&str>) -> Option<Auth> {
+    explicit.or_else(|| state.git_credentials.for_url(url?))
 }
 
 /// The URL of `remote` in `dir`, if any.
@@ -179,6 +193,7 @@ async fn clone(
     argv.extend(args(["--", url]));
     argv.push(target.display().to_string());
     let auth = auth_for(
+        &state,
         Auth::from_fields(req.username.as_deref(), req.password.as_deref()),
         Some(url),
     );
@@ -367,7 +382,7 @@ impl SyncRequest {
             return Ok(explicit);
         }
         let url = remote_url(state, dir, self.remote()?).await;
-        Ok(auth_for(None, url.as_deref()))
+        Ok(auth_for(state, None, url.as_deref()))
     }
 }
 
@@ -585,7 +600,7 @@ async fn add_remote(
     };
     git(&state, &dir, &args(["remote", verb, name, url]), None).await?;
     if req.fetch == Some(true) {
-        let auth = auth_for(None, Some(url));
+        let auth = auth_for(&state, None, Some(url));
         git(&state, &dir, &args(["fetch", "--", name]), auth.as_ref()).await?;
     }
     Ok(StatusCode::CREATED)
@@ -711,7 +726,10 @@ pub struct AuthenticateRequest {
     pub protocol: Option<String>,
 }
 
-async fn authenticate(JsonBody(req): JsonBody<AuthenticateRequest>) -> Result<(), ApiError> {
+async fn authenticate(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<AuthenticateRequest>,
+) -> Result<(), ApiError> {
     let host = req
         .host
         .filter(|h| !h.is_empty())
@@ -724,10 +742,7 @@ async fn authenticate(JsonBody(req): JsonBody<AuthenticateRequest>) -> Result<()
         .to_ascii_lowercase();
     let auth = Auth::from_fields(Some(&req.username), Some(&req.password))
         .ok_or_else(|| ApiError::bad_request("username or password is required"))?;
-    STORED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert((protocol, host), auth);
+    state.git_credentials.store(protocol, host, auth);
     Ok(())
 }
 
@@ -781,6 +796,38 @@ mod tests {
             Some(("https".to_owned(), "github.com".to_owned()))
         );
         assert_eq!(url_host("/srv/repo"), None);
+    }
+
+    fn auth(user: &str) -> Auth {
+        Auth::from_fields(Some(user), Some("secret")).expect("auth")
+    }
+
+    #[test]
+    fn stored_credentials_are_found_by_host() {
+        let stored = StoredCredentials::default();
+        stored.store("https".into(), "github.com".into(), auth("alice"));
+        let found = stored
+            .for_url("https://GitHub.com/o/r.git")
+            .expect("stored");
+        assert_eq!(found.username, "alice");
+        assert!(stored.for_url("https://gitlab.com/o/r.git").is_none());
+        assert!(stored.for_url("http://github.com/o/r.git").is_none());
+        assert!(!format!("{stored:?}").contains("secret"));
+    }
+
+    #[test]
+    fn two_agents_keep_their_own_credentials() {
+        let (a, b) = (StoredCredentials::default(), StoredCredentials::default());
+        a.store("https".into(), "github.com".into(), auth("alice"));
+        // Positive control: the agent that was given them uses them...
+        assert!(a.for_url("https://github.com/o/r.git").is_some());
+        // ...and another agent state (say, a second one in the same process) knows nothing.
+        assert!(b.for_url("https://github.com/o/r.git").is_none());
+        b.store("https".into(), "github.com".into(), auth("bob"));
+        assert_eq!(
+            a.for_url("https://github.com/o/r.git").expect("a").username,
+            "alice"
+        );
     }
 
     #[test]

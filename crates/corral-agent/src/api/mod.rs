@@ -53,6 +53,8 @@ pub struct AppState {
     pub interpreters: Arc<interpreter::Interpreters>,
     /// Language servers (`/lsp`).
     pub lsp: Arc<lsp::LanguageServers>,
+    /// Credentials given to `POST /git/credentials` (`/git`).
+    pub git_credentials: Arc<git::StoredCredentials>,
 }
 
 impl AppState {

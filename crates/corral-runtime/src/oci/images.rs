@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::store::{PullProgress, StoredImage};
 use super::{ImageConfig, ImageStore, OciError};
+use crate::commit::Commits;
 
 /// The image a sandbox's root is built from.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -171,15 +172,18 @@ fn info(img: &StoredImage) -> ImageInfo {
 #[derive(Debug, Clone)]
 pub struct OciImages {
     store: Arc<ImageStore>,
+    commits: Arc<Commits>,
     data_dir: PathBuf,
 }
 
 impl OciImages {
-    /// Wraps a store opened on `data_dir`.
-    pub fn new(store: Arc<ImageStore>, data_dir: &Path) -> Self {
+    /// Wraps a store and the snapshots opened on the same data dir (the runtime's: see
+    /// [`crate::LinuxRuntime::images`]).
+    pub fn new(store: Arc<ImageStore>, commits: Arc<Commits>) -> Self {
         Self {
             store,
-            data_dir: data_dir.to_owned(),
+            data_dir: commits.data_dir().to_owned(),
+            commits,
         }
     }
 }
@@ -251,6 +255,7 @@ impl Images for OciImages {
         keep: &[String],
     ) -> Result<(), RuntimeError> {
         let store = self.store.clone();
+        let commits = self.commits.clone();
         let data_dir = self.data_dir.clone();
         let references = references.to_vec();
         let keep = keep.to_vec();
@@ -259,7 +264,7 @@ impl Images for OciImages {
                 if let Some(id) = crate::commit::id_of(r)
                     && !keep.contains(r)
                 {
-                    crate::commit::remove(&data_dir, id).map_err(|e| OciError::Io {
+                    commits.remove(id).map_err(|e| OciError::Io {
                         op: "removing snapshot",
                         path: data_dir.clone(),
                         source: e,
