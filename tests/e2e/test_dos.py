@@ -131,7 +131,8 @@ def test_slow_loris_flood_is_capped_per_address_and_timed_out(make_server):
         assert not any(closed_by_server(s) for s in socks[:cap]), "held connections were cut early"
         during = fds(pid)
         # Positive control of the flood: it holds `cap` fds; without a cap it held all 2000.
-        assert before + cap <= during <= before + cap + 20, (before, during)
+        # (`before` may count a connection or two of the start-up checks that closed since.)
+        assert before + cap - 10 <= during <= before + cap + 20, (before, during)
         assert metric(server, "corral_connections_refused_total", 'reason="per_address"') == flood - cap
 
         # Other addresses are served meanwhile: /health and an authenticated SDK round trip.

@@ -3,7 +3,7 @@
 //! Each sandbox is a process tree in its own pid, mount, uts, ipc, net and cgroup
 //! namespaces, rooted in an overlay over an image (the `host` image for now), limited by
 //! its own cgroup, with corral's agent as PID 1 serving the toolbox API on a unix socket
-//! that lives outside the sandbox. See `docs/ARCHITECTURE.md` for the full walkthrough.
+//! that lives outside the sandbox. See `docs/ARCHITECTURE.md` (the map) and `docs/lifecycle.md`.
 
 mod agent_log;
 pub mod beneath;

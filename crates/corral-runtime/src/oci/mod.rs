@@ -6,7 +6,7 @@
 //! - [`unpack`]: safe tar → overlayfs layer directory (whiteouts translated).
 //! - [`store`]: the store under `<data>/images/`, its reference index, import and gc.
 //!
-//! See the "Images" section of `docs/ARCHITECTURE.md` for the layout on disk.
+//! See `docs/images.md` for the layout on disk.
 
 pub mod images;
 pub mod reference;
