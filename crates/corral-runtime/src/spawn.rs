@@ -853,3 +853,47 @@ unsafe fn bind_volume(b: &VolumeBind) -> libc::c_int {
         r
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(step: u32, errno: i32) -> Vec<u8> {
+        let mut r = step.to_ne_bytes().to_vec();
+        r.extend(errno.to_ne_bytes());
+        r
+    }
+
+    /// A child's failure report names the step and its kind: the runtime tells a volume's
+    /// failure (the request's problem) from the others by the kind, not by the message.
+    #[test]
+    fn failures_carry_the_kind_of_step() {
+        let c = |s: &str| CString::new(s).expect("no NUL");
+        let steps = vec![
+            Step::Umask { mask: 0 },
+            Step::Optional(Box::new(Step::BindVolume(Box::new(VolumeBind {
+                source: c("/v"),
+                subpath: None,
+                root: c("/m"),
+                target_prefixes: vec![c("data")],
+                target_names: vec![c("data")],
+            })))),
+        ];
+        let kind = |step, errno| match step_failure(&steps, &report(step, errno)) {
+            SpawnError::Step { kind, source, .. } => {
+                assert_eq!(source.raw_os_error(), Some(errno));
+                kind
+            }
+            e => panic!("{e:?}"),
+        };
+        assert_eq!(kind(0, libc::EPERM), StepKind::Setup);
+        assert_eq!(kind(1, libc::ELOOP), StepKind::Volume);
+        assert_eq!(kind(EXEC_STEP, libc::ENOENT), StepKind::Exec);
+        assert_eq!(kind(7, libc::EIO), StepKind::Setup);
+        let msg = step_failure(&steps, &report(1, libc::ELOOP)).to_string();
+        assert!(
+            msg.starts_with("sandbox setup failed at mounting volume /v on /data"),
+            "{msg}"
+        );
+    }
+}
