@@ -18,6 +18,7 @@ mod linux;
 pub mod memory;
 pub mod net;
 pub mod oci;
+mod plan;
 pub mod seccomp;
 mod spawn;
 pub mod users;

@@ -1,30 +1,28 @@
 //! [`LinuxRuntime`]: the `Runtime` port on Linux namespaces, overlayfs and cgroups.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use corral_core::agent::{AGENT_PATH_IN_SANDBOX, AgentConfig};
 use corral_core::{CommitConfig, ImageInfo, Resources, Runtime, RuntimeError, SandboxSpec};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
-use crate::beneath::Tree;
 use crate::cgroup::{Cgroups, Limits};
 use crate::disk::Disk;
 use crate::host_image::{self, HostImage};
 use crate::oci::images::{self as bound, BoundImage};
-use crate::spawn::{Plan, Spawner, Step, pidfd_kill};
-use crate::users::Account;
+use crate::spawn::{Spawner, pidfd_kill};
+
+mod binding;
+mod prepare;
 
 /// The longest unix socket path the kernel accepts (`sun_path` is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -74,10 +72,6 @@ pub fn default_pool_bytes(data_dir: &Path) -> u64 {
         .unwrap_or(0);
     (free / 10 * 9).max(1 << 30)
 }
-
-/// The longest `lowerdir=` value: overlayfs takes its options in one page, with the upper
-/// and work dirs and the option names beside it.
-const MAX_LOWERDIR: usize = 3500;
 
 /// Settings of the Linux runtime.
 #[derive(Debug, Clone)]
@@ -173,10 +167,6 @@ pub(crate) fn mkdirs(path: &Path, mode: u32) -> io::Result<()> {
 fn cstr(s: impl AsRef<[u8]>) -> Result<CString, RuntimeError> {
     CString::new(s.as_ref())
         .map_err(|_| RuntimeError::Invalid("a value contains a NUL byte".into()))
-}
-
-fn cpath(p: &Path) -> Result<CString, RuntimeError> {
-    cstr(p.as_os_str().as_bytes())
 }
 
 impl LinuxRuntime {
@@ -298,515 +288,6 @@ impl LinuxRuntime {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts
         // and removes), so a poisoned lock is still usable.
         self.running.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Writes the sandbox's directories and files and builds the clone plan.
-    fn prepare(&self, spec: &SandboxSpec) -> Result<Plan, RuntimeError> {
-        let bound = self.root_of(spec)?;
-        // An OCI root (one overlay) rather than the host image's overlays.
-        let oci = bound.as_ref().filter(|b| !b.is_host());
-        let host = |c: &'static str| move |e: io::Error| RuntimeError::host(c, e);
-        // Every sandbox mounts its root on the same directory, each in its own mount
-        // namespace: no mount point to create and remove per sandbox.
-        let mnt = self.cfg.data_dir.join("mnt");
-        let layer = self
-            .disk
-            .create(&spec.id, u64::from(spec.resources.disk_gib) << 30)?;
-        let names = self.layer_names(oci.is_some());
-        // The layer dir is corral's, but what an archive restore put in it came from the
-        // sandbox: no link is followed there either.
-        let layer_tree = Tree::open(&layer).map_err(host("opening the sandbox's layer"))?;
-        for l in &names {
-            layer_tree
-                .mkdir_all(&Path::new("upper").join(l), 0o755, None)
-                .map_err(host("creating upper dir"))?;
-            layer_tree
-                .mkdir_all(&Path::new("work").join(l), 0o700, None)
-                .map_err(host("creating work dir"))?;
-        }
-        let account = match oci {
-            Some(img) => oci_account(spec, img, &layer.join("upper/root"))?,
-            None => self
-                .image
-                .account(&spec.user)
-                .ok_or_else(|| {
-                    RuntimeError::Invalid(format!(
-                        "user {:?} does not exist in image {:?}",
-                        spec.user, spec.image
-                    ))
-                })?
-                .clone(),
-        };
-        if clear_volatile_markers(&layer, &names).map_err(host("clearing overlay markers"))? {
-            tracing::warn!(
-                sandbox = %spec.id,
-                "sandbox was not stopped cleanly; if the host crashed while it ran, its most \
-                 recent writes may be missing"
-            );
-        }
-        if let Some(img) = oci {
-            prepare_oci_upper(&layer.join("upper/root"), img, &account)?;
-            self.write_etc(&layer.join("upper/root"), "etc", spec)?;
-        } else if self.image.dirs.iter().any(|d| d.name == "etc") {
-            self.write_etc(&layer.join("upper/etc"), "", spec)?;
-        }
-
-        let mut env: BTreeMap<String, String> = BTreeMap::new();
-        env.insert("PATH".into(), DEFAULT_PATH.into());
-        env.insert("HOME".into(), account.home.clone());
-        env.insert("USER".into(), account.name.clone());
-        env.insert("LOGNAME".into(), account.name.clone());
-        env.insert("SHELL".into(), account.shell.clone());
-        env.insert("HOSTNAME".into(), spec.id.clone());
-        env.insert("LANG".into(), "C.UTF-8".into());
-        let mut work_dir = account.home.clone();
-        let mut entrypoint = Vec::new();
-        if let Some(img) = &bound {
-            oci_env(&mut env, &img.config.env);
-            if let Some(w) = &img.config.working_dir {
-                work_dir = w.clone();
-            }
-            entrypoint = img
-                .config
-                .entrypoint
-                .iter()
-                .chain(&img.config.cmd)
-                .cloned()
-                .collect();
-        }
-        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let config = AgentConfig {
-            sandbox_id: spec.id.clone(),
-            user: account.name.clone(),
-            uid: account.uid,
-            gid: account.gid,
-            home: account.home.clone(),
-            work_dir,
-            env,
-            entrypoint,
-        };
-        self.finish_prepare(spec, &config, &layer, &mnt, bound.as_ref())
-    }
-
-    /// Writes the sandbox's `/etc/hostname`, `/etc/hosts` and (with a network)
-    /// `/etc/resolv.conf` into `etc`, the directory of its writable layer that is its `/etc`.
-    /// The layer is the sandbox's: each file is replaced (a link planted there is replaced
-    /// itself, never written through) and a link on the way to `etc` fails the start.
-    fn write_etc(&self, upper: &Path, etc: &str, spec: &SandboxSpec) -> Result<(), RuntimeError> {
-        let etc = Tree::open(upper)
-            .and_then(|t| t.open_dir(Path::new(etc)))
-            .map_err(|e| layer_error("opening the sandbox's /etc", e))?;
-        let write = |name: &str, body: String| {
-            etc.replace_file(Path::new(name), body.as_bytes(), 0o644)
-                .map_err(|e| layer_error("writing the sandbox's /etc", e))
-        };
-        write("hostname", format!("{}\n", spec.id))?;
-        write(
-            "hosts",
-            format!(
-                "127.0.0.1\tlocalhost {id}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-                id = spec.id
-            ),
-        )?;
-        if let Some(net) = &self.net
-            && !net.dns().is_empty()
-        {
-            let mut conf = String::from("# written by corral\n");
-            for ns in net.dns() {
-                conf.push_str(&format!("nameserver {ns}\n"));
-            }
-            // Replaces the host's file too when it is a link into /run (systemd-resolved).
-            write("resolv.conf", conf)?;
-        }
-        Ok(())
-    }
-
-    /// The image a sandbox's root is built from: its binding when it has one, else the
-    /// `host` image (`None`), else the committed snapshot or stored OCI image `spec.image`
-    /// names (bound now, with the spec's entrypoint override).
-    fn root_of(&self, spec: &SandboxSpec) -> Result<Option<BoundImage>, RuntimeError> {
-        let data = &self.cfg.data_dir;
-        if let Some(b) = bound::read_binding(data, &spec.id)
-            .map_err(|e| RuntimeError::host("reading the sandbox's image binding", e))?
-        {
-            return Ok(Some(b));
-        }
-        if spec.image == "host" && spec.entrypoint.is_none() {
-            return Ok(None);
-        }
-        let mut b = if spec.image == "host" {
-            BoundImage::host()
-        } else if let Some(id) = crate::commit::id_of(&spec.image) {
-            crate::commit::read(data, id)
-                .map_err(|e| RuntimeError::host("reading the snapshot manifest", e))?
-                .ok_or_else(|| {
-                    RuntimeError::Invalid(format!("snapshot {:?} does not exist", spec.image))
-                })?
-                .image
-        } else {
-            let img = self
-                .oci
-                .resolve(&spec.image)
-                .map_err(bound::runtime_error)?
-                .ok_or_else(|| {
-                    RuntimeError::Invalid(format!("image {:?} has not been pulled", spec.image))
-                })?;
-            BoundImage::of(&img)
-        };
-        if let Some(e) = &spec.entrypoint {
-            b.config.entrypoint = e.clone();
-            b.config.cmd.clear();
-        }
-        bound::write_binding(data, &spec.id, &b)
-            .map_err(|e| RuntimeError::host("recording the sandbox's image", e))?;
-        Ok(Some(b))
-    }
-
-    /// The rest of `prepare`: agent config, log, socket and the clone plan.
-    fn finish_prepare(
-        &self,
-        spec: &SandboxSpec,
-        config: &AgentConfig,
-        layer: &Path,
-        mnt: &Path,
-        oci: Option<&BoundImage>,
-    ) -> Result<Plan, RuntimeError> {
-        let host = |c: &'static str| move |e: io::Error| RuntimeError::host(c, e);
-        let body = serde_json::to_vec(config)
-            .map_err(|e| RuntimeError::host("encoding agent config", e))?;
-        let config_fd = config_memfd(&body).map_err(host("writing agent config"))?;
-        // A pipe the server copies into a file next to the sandbox's writable layer (so it
-        // goes when the sandbox goes); never a host file the agent could name.
-        let log =
-            crate::agent_log::start(layer.join("agent.log")).map_err(host("opening agent log"))?;
-        let sock = self.agent_socket(&spec.id);
-        match fs::remove_file(&sock) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(RuntimeError::host("removing stale socket", e));
-            }
-            _ => {}
-        }
-        let listener: OwnedFd = UnixListener::bind(&sock)
-            .map_err(host("binding agent socket"))?
-            .into();
-
-        // First the child moves itself into its cgroups ("0" is the writer), so everything
-        // it does from then on is accounted and limited.
-        let mut steps = Vec::new();
-        for procs in self.cgroups.procs_files(&spec.id) {
-            steps.push(Step::WriteFile {
-                path: cpath(&procs)?,
-                data: b"0".to_vec(),
-            });
-        }
-        // Then into its network slot (before /sys is mounted, which shows the mounter's
-        // network namespace), with its egress policy already in force.
-        let netns = match &self.net {
-            Some(net) => {
-                let lease = net
-                    .lease(&spec.id, &spec.egress)
-                    .map_err(|e| RuntimeError::host("taking a network slot", e))?;
-                steps.push(Step::Setns {
-                    fd: std::os::fd::AsRawFd::as_raw_fd(&lease.netns),
-                    nstype: libc::CLONE_NEWNET,
-                });
-                Some(lease.netns)
-            }
-            None => None,
-        };
-        steps.extend(self.mount_steps(&spec.id, layer, mnt, netns.is_none(), oci)?);
-        crate::volume::insert_steps(
-            &mut steps,
-            &self.cfg.data_dir,
-            &spec.volumes,
-            mnt,
-            config.uid,
-            config.gid,
-        )?;
-        Ok(Plan {
-            steps,
-            exec_path: cstr(AGENT_PATH_IN_SANDBOX)?,
-            argv: vec![cstr("corral-agent")?],
-            envp: vec![cstr(format!("PATH={DEFAULT_PATH}"))?],
-            listener,
-            config: config_fd,
-            log,
-            netns,
-        })
-    }
-
-    /// Names of a sandbox's overlay layers: its root and, for the host image, each
-    /// overlaid host directory (an OCI image is one overlay).
-    fn layer_names(&self, oci: bool) -> Vec<String> {
-        if oci {
-            return vec!["root".to_string()];
-        }
-        std::iter::once("root".to_string())
-            .chain(self.image.dirs.iter().map(|d| d.name.clone()))
-            .collect()
-    }
-
-    /// [`Self::layer_names`] of a sandbox, by its binding.
-    fn layer_names_of(&self, id: &str) -> Result<Vec<String>, RuntimeError> {
-        let b = bound::read_binding(&self.cfg.data_dir, id)
-            .map_err(|e| RuntimeError::host("reading the sandbox's image binding", e))?;
-        Ok(self.layer_names(b.is_some_and(|b| !b.is_host())))
-    }
-
-    /// The root overlays: (mount point, lower dirs, layer name).
-    fn root_overlays(
-        &self,
-        mnt: &Path,
-        bound: Option<&BoundImage>,
-    ) -> Result<Vec<(PathBuf, String, String)>, RuntimeError> {
-        // overlayfs wants the top-most lower dir first.
-        let join = |dirs: Vec<PathBuf>| -> Result<String, RuntimeError> {
-            let s = dirs
-                .iter()
-                .rev()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(":");
-            // The mount options travel in one page.
-            if s.len() > MAX_LOWERDIR {
-                return Err(RuntimeError::Invalid(format!(
-                    "the sandbox's image has too many layers ({}) to mount; create the \
-                     snapshot from a sandbox with fewer snapshots below it",
-                    dirs.len()
-                )));
-            }
-            Ok(s)
-        };
-        if let Some(img) = bound.filter(|b| !b.is_host()) {
-            return Ok(vec![(
-                mnt.to_owned(),
-                join(img.lower_dirs())?,
-                "root".into(),
-            )]);
-        }
-        // The host image's overlays, with the upper dirs of any commits above each.
-        let commits = |name: &str| -> Vec<PathBuf> {
-            bound
-                .map(|b| {
-                    b.commits
-                        .iter()
-                        .map(|c| c.join("upper").join(name))
-                        .filter(|p| p.is_dir())
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let mut root = vec![self.image.skeleton.clone()];
-        root.extend(commits("root"));
-        let mut v = vec![(mnt.to_owned(), join(root)?, "root".to_string())];
-        for d in &self.image.dirs {
-            // `d.lowers` lists the top-most first.
-            let mut lowers: Vec<PathBuf> = d.lowers.iter().rev().cloned().collect();
-            lowers.extend(commits(&d.name));
-            v.push((mnt.join(&d.name), join(lowers)?, d.name.clone()));
-        }
-        Ok(v)
-    }
-
-    fn mount_steps(
-        &self,
-        id: &str,
-        layer: &Path,
-        mnt: &Path,
-        own_loopback: bool,
-        oci: Option<&BoundImage>,
-    ) -> Result<Vec<Step>, RuntimeError> {
-        let overlay = |target: &Path, lowers: &str, name: &str| -> Result<Step, RuntimeError> {
-            Ok(Step::Mount {
-                source: Some(cstr("overlay")?),
-                target: cpath(target)?,
-                fstype: Some(cstr("overlay")?),
-                flags: 0,
-                data: Some(cstr(format!(
-                    "lowerdir={lowers},upperdir={},workdir={},volatile",
-                    layer.join("upper").join(name).display(),
-                    layer.join("work").join(name).display()
-                ))?),
-            })
-        };
-        let mount = |source: Option<&str>,
-                     target: &Path,
-                     fstype: Option<&str>,
-                     flags: libc::c_ulong,
-                     data: Option<&str>| {
-            Ok::<_, RuntimeError>(Step::Mount {
-                source: source.map(cstr).transpose()?,
-                target: cpath(target)?,
-                fstype: fstype.map(cstr).transpose()?,
-                flags,
-                data: data.map(cstr).transpose()?,
-            })
-        };
-        let dev = mnt.join("dev");
-        let mut steps = vec![
-            Step::Umask { mask: 0 },
-            // Our own cgroup namespace, rooted at the sandbox's cgroup we were just moved to.
-            Step::Unshare {
-                flags: libc::CLONE_NEWCGROUP,
-            },
-            // Nothing we mount may propagate back to the host.
-            mount(
-                None,
-                Path::new("/"),
-                None,
-                libc::MS_REC | libc::MS_PRIVATE,
-                None,
-            )?,
-        ];
-        for (target, lowers, name) in self.root_overlays(mnt, oci)? {
-            steps.push(overlay(&target, &lowers, &name)?);
-        }
-        let agent = mnt.join(AGENT_PATH_IN_SANDBOX.trim_start_matches('/'));
-        let agent_src = self.cfg.agent_binary.display().to_string();
-        steps.push(mount(Some(&agent_src), &agent, None, libc::MS_BIND, None)?);
-        steps.push(mount(
-            None,
-            &agent,
-            None,
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
-            None,
-        )?);
-        steps.push(mount(
-            Some("proc"),
-            &mnt.join("proc"),
-            Some("proc"),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            None,
-        )?);
-        steps.push(mount(
-            Some("tmpfs"),
-            &dev,
-            Some("tmpfs"),
-            libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_STRICTATIME,
-            Some("mode=755,size=64k"),
-        )?);
-        for (name, major, minor) in [
-            ("null", 1, 3),
-            ("zero", 1, 5),
-            ("full", 1, 7),
-            ("random", 1, 8),
-            ("urandom", 1, 9),
-            ("tty", 5, 0),
-        ] {
-            steps.push(Step::Mknod {
-                path: cpath(&dev.join(name))?,
-                mode: libc::S_IFCHR | 0o666,
-                dev: libc::makedev(major, minor),
-            });
-        }
-        steps.push(Step::Mkdir {
-            path: cpath(&dev.join("pts"))?,
-            mode: 0o755,
-        });
-        steps.push(Step::Mkdir {
-            path: cpath(&dev.join("shm"))?,
-            mode: 0o1777,
-        });
-        steps.push(mount(
-            Some("devpts"),
-            &dev.join("pts"),
-            Some("devpts"),
-            libc::MS_NOSUID | libc::MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-        )?);
-        steps.push(mount(
-            Some("shm"),
-            &dev.join("shm"),
-            Some("tmpfs"),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            Some("mode=1777,size=65536k"),
-        )?);
-        for (target, link) in [
-            ("pts/ptmx", "ptmx"),
-            ("/proc/self/fd", "fd"),
-            ("/proc/self/fd/0", "stdin"),
-            ("/proc/self/fd/1", "stdout"),
-            ("/proc/self/fd/2", "stderr"),
-        ] {
-            steps.push(Step::Symlink {
-                target: cstr(target)?,
-                link: cpath(&dev.join(link))?,
-            });
-        }
-        steps.push(mount(
-            Some("sysfs"),
-            &mnt.join("sys"),
-            Some("sysfs"),
-            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            None,
-        )?);
-        let null = dev.join("null").display().to_string();
-        for (rel, is_dir) in &self.masked {
-            let target = mnt.join(rel);
-            steps.push(Step::Optional(Box::new(if *is_dir {
-                mount(
-                    Some("tmpfs"),
-                    &target,
-                    Some("tmpfs"),
-                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    Some("size=0"),
-                )?
-            } else {
-                mount(Some(&null), &target, None, libc::MS_BIND, None)?
-            })));
-        }
-        for rel in READ_ONLY {
-            let target = mnt.join(rel);
-            steps.push(Step::Optional(Box::new(mount(
-                Some(&target.display().to_string()),
-                &target,
-                None,
-                libc::MS_BIND | libc::MS_REC,
-                None,
-            )?)));
-            steps.push(Step::Optional(Box::new(mount(
-                None,
-                &target,
-                None,
-                libc::MS_BIND
-                    | libc::MS_REMOUNT
-                    | libc::MS_RDONLY
-                    | libc::MS_NOSUID
-                    | libc::MS_NODEV
-                    | libc::MS_NOEXEC,
-                None,
-            )?)));
-        }
-        steps.push(Step::Sethostname { name: cstr(id)? });
-        steps.push(Step::PivotRoot { root: cpath(mnt)? });
-        steps.push(Step::Umask { mask: 0o022 });
-        // Hardening, last: loopback up needs CAP_NET_ADMIN, which is then dropped for good.
-        // (A network slot's loopback is up already.)
-        if own_loopback {
-            steps.push(Step::LoopbackUp);
-        }
-        // The OOM killer must pick a sandbox's hungry process, never its agent. -1000 needs
-        // CAP_SYS_RESOURCE, which some hosts (containers) do not grant even to root, so it is
-        // best effort; the agent also starts its children at +500, which needs no privilege.
-        steps.push(Step::BestEffort(Box::new(Step::WriteFile {
-            path: cstr("/proc/self/oom_score_adj")?,
-            data: b"-1000".to_vec(),
-        })));
-        steps.push(Step::DropCaps {
-            caps: self.dropped_caps.clone(),
-        });
-        steps.push(Step::Rlimit {
-            resource: libc::RLIMIT_NOFILE,
-            soft: self.nofile.0,
-            hard: self.nofile.1,
-        });
-        steps.push(Step::NoNewPrivs);
-        for program in &self.seccomp {
-            steps.push(Step::Seccomp {
-                program: program.clone(),
-            });
-        }
-        Ok(steps)
     }
 
     fn archive_path(&self, id: &str) -> PathBuf {
@@ -1057,12 +538,14 @@ impl Runtime for LinuxRuntime {
                 let r = self.spawner.spawn(plan).await.map_err(|e| match e {
                     // A volume subpath that became a symlink (or another filesystem)
                     // between the server's check and the mount: the request's problem.
-                    crate::spawn::SpawnError::Step { step, source }
-                        if step.starts_with("mounting volume")
-                            && matches!(
-                                source.raw_os_error(),
-                                Some(libc::ELOOP | libc::EXDEV | libc::ENOTDIR)
-                            ) =>
+                    crate::spawn::SpawnError::Step {
+                        kind: crate::spawn::StepKind::Volume,
+                        source,
+                        ..
+                    } if matches!(
+                        source.raw_os_error(),
+                        Some(libc::ELOOP | libc::EXDEV | libc::ENOTDIR)
+                    ) =>
                     {
                         RuntimeError::Invalid(format!(
                             "a volume subpath cannot be mounted ({source}): symlinks and \
@@ -1377,30 +860,6 @@ impl Runtime for LinuxRuntime {
     }
 }
 
-/// The agent's configuration in a sealed memfd: read by the agent on its fd 4, never on disk.
-fn config_memfd(body: &[u8]) -> io::Result<OwnedFd> {
-    use nix::sys::memfd::{MFdFlags, memfd_create};
-    let fd = memfd_create(
-        c"corral-agent-config",
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )
-    .map_err(io::Error::from)?;
-    let mut file = fs::File::from(fd);
-    io::Write::write_all(&mut file, body)?;
-    io::Seek::seek(&mut file, io::SeekFrom::Start(0))?;
-    nix::fcntl::fcntl(
-        &file,
-        nix::fcntl::FcntlArg::F_ADD_SEALS(
-            nix::fcntl::SealFlag::F_SEAL_WRITE
-                | nix::fcntl::SealFlag::F_SEAL_GROW
-                | nix::fcntl::SealFlag::F_SEAL_SHRINK
-                | nix::fcntl::SealFlag::F_SEAL_SEAL,
-        ),
-    )
-    .map_err(io::Error::from)?;
-    Ok(file.into())
-}
-
 /// The marker overlayfs leaves in a workdir mounted with `volatile`: while it exists the
 /// overlay refuses to mount again, since the upper layer may have lost unsynced writes.
 fn volatile_marker(layer: &Path, name: &str) -> PathBuf {
@@ -1435,9 +894,6 @@ fn persist_layer(layer: &Path, names: &[String]) -> Result<(), RuntimeError> {
         .map_err(|e| RuntimeError::host("clearing overlay markers", e))
 }
 
-/// The longest `/etc/passwd` corral reads from an image or a sandbox's layer.
-const MAX_PASSWD: u64 = 4 << 20;
-
 /// A host-side failure on a sandbox-controlled tree: a link planted in the way is the
 /// sandbox's doing (a clear refusal), anything else the host's.
 fn layer_error(context: &'static str, e: io::Error) -> RuntimeError {
@@ -1447,129 +903,5 @@ fn layer_error(context: &'static str, e: io::Error) -> RuntimeError {
         ))
     } else {
         RuntimeError::host(context, e)
-    }
-}
-
-/// The trees of an image root, top first: the sandbox's upper dir, then its image's layers
-/// (commits above OCI layers). Each is opened by fd; nothing below is resolved by the host.
-fn image_trees(upper: &Path, img: &BoundImage) -> Result<Vec<Tree>, RuntimeError> {
-    std::iter::once(upper.to_owned())
-        .chain(img.lower_dirs().into_iter().rev())
-        .map(|d| Tree::open(&d).map_err(|e| RuntimeError::host("opening an image layer", e)))
-        .collect()
-}
-
-/// Finds `name`'s account in the image: the sandbox's own `/etc/passwd` (upper) first, else
-/// the top-most layer that has one. `name` may be `user`, `uid`, `user:group` or `uid:gid`; a
-/// numeric uid not in the file is used as is (home `/`). A passwd that is a link, or behind
-/// one, is skipped, never followed.
-fn oci_account(
-    spec: &SandboxSpec,
-    img: &BoundImage,
-    upper: &Path,
-) -> Result<Account, RuntimeError> {
-    let passwd = image_trees(upper, img)?
-        .iter()
-        .find_map(|t| match t.read(Path::new("etc/passwd"), MAX_PASSWD) {
-            Ok(Some(body)) => Some(String::from_utf8_lossy(&body).into_owned()),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(sandbox = %spec.id, error = %e, "skipping an unreadable /etc/passwd");
-                None
-            }
-        })
-        .unwrap_or_default();
-    let accounts = crate::users::parse_passwd(&passwd);
-    let (user, group) = match spec.user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (spec.user.as_str(), None),
-    };
-    let mut account = match crate::users::find(&accounts, user) {
-        Some(a) => a.clone(),
-        None => match user.parse::<u32>() {
-            Ok(uid) => Account {
-                name: user.to_owned(),
-                uid,
-                gid: uid,
-                home: "/".into(),
-                shell: "/bin/sh".into(),
-            },
-            Err(_) => {
-                return Err(RuntimeError::Invalid(format!(
-                    "user {:?} does not exist in image {:?}",
-                    spec.user, img.reference
-                )));
-            }
-        },
-    };
-    if let Some(gid) = group.and_then(|g| g.parse::<u32>().ok()) {
-        account.gid = gid;
-    }
-    Ok(account)
-}
-
-/// Whether `rel` exists in the merged view of an image root (upper, then layers top first).
-/// A link (or a file) on the way counts as existing: the caller then creates nothing there.
-fn exists_in_image(trees: &[Tree], rel: &str) -> bool {
-    trees
-        .iter()
-        .any(|t| !matches!(t.lstat(Path::new(rel)), Ok(None)))
-}
-
-/// Creates in an OCI sandbox's upper dir what the sandbox needs but images may lack: mount
-/// points (`/proc`, `/sys`, `/dev`, the agent's file), `/tmp`, `/etc`, and the user's home
-/// and working dir. Only missing names are made, each through [`Tree`]: a link planted in
-/// the upper dir or an image layer is never followed.
-fn prepare_oci_upper(
-    upper: &Path,
-    img: &BoundImage,
-    account: &Account,
-) -> Result<(), RuntimeError> {
-    let trees = image_trees(upper, img)?;
-    let top = &trees[0];
-    let fail = |e| layer_error("preparing the image root", e);
-    for (rel, mode) in [
-        ("proc", 0o555),
-        ("sys", 0o555),
-        ("dev", 0o755),
-        ("etc", 0o755),
-        ("tmp", 0o1777),
-    ] {
-        if !exists_in_image(&trees, rel) {
-            top.mkdir_all(Path::new(rel), mode, None).map_err(fail)?;
-        }
-    }
-    // `/etc` in the upper dir itself (the image's may be only in a lower layer): files are
-    // written there next.
-    top.mkdir_all(Path::new("etc"), 0o755, None).map_err(fail)?;
-    let agent = AGENT_PATH_IN_SANDBOX.trim_start_matches('/');
-    if !exists_in_image(&trees, agent) {
-        if let Some(parent) = Path::new(agent).parent() {
-            top.mkdir_all(parent, 0o755, None).map_err(fail)?;
-        }
-        top.create_empty(Path::new(agent), 0o644).map_err(fail)?;
-    }
-    let owned = [
-        Some(account.home.as_str()),
-        img.config.working_dir.as_deref(),
-    ];
-    for dir in owned.into_iter().flatten() {
-        let rel = dir.trim_start_matches('/');
-        if !rel.is_empty() && !exists_in_image(&trees, rel) {
-            top.mkdir_all(Path::new(rel), 0o755, Some((account.uid, account.gid)))
-                .map_err(fail)?;
-        }
-    }
-    Ok(())
-}
-
-/// Overlays an image's `KEY=value` environment on the defaults.
-fn oci_env(env: &mut BTreeMap<String, String>, image_env: &[String]) {
-    for kv in image_env {
-        if let Some((k, v)) = kv.split_once('=')
-            && !k.is_empty()
-        {
-            env.insert(k.to_owned(), v.to_owned());
-        }
     }
 }

@@ -94,7 +94,7 @@ pub enum Step {
 }
 
 /// What [`Step::BindVolume`] needs, prepared before the clone.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct VolumeBind {
     /// The volume's host directory (a trusted path: symlinks are refused anyway).
     pub source: CString,
@@ -180,13 +180,39 @@ pub struct Spawned {
     pub pidfd: OwnedFd,
 }
 
+/// Which kind of step failed, for callers that treat some failures as the request's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    /// Mounting a volume ([`Step::BindVolume`]).
+    Volume,
+    /// The exec of the agent, after every step succeeded.
+    Exec,
+    /// Any other setup step.
+    Setup,
+}
+
+impl Step {
+    /// The kind of this step, looking through `Optional`/`BestEffort`.
+    pub fn kind(&self) -> StepKind {
+        match self {
+            Step::BindVolume(_) => StepKind::Volume,
+            Step::Optional(inner) | Step::BestEffort(inner) => inner.kind(),
+            _ => StepKind::Setup,
+        }
+    }
+}
+
 /// Why a spawn failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     #[error("{op}: {source}")]
     Host { op: &'static str, source: io::Error },
     #[error("sandbox setup failed at {step}: {source}")]
-    Step { step: String, source: io::Error },
+    Step {
+        step: String,
+        kind: StepKind,
+        source: io::Error,
+    },
     #[error("the spawner thread is gone")]
     Gone,
 }
@@ -325,13 +351,14 @@ fn step_failure(steps: &[Step], report: &[u8]) -> SpawnError {
     };
     let step = u32::from_ne_bytes(word(0)) as usize;
     let errno = i32::from_ne_bytes(word(4));
-    let what = match steps.get(step) {
-        Some(s) => s.describe(),
-        None if step == EXEC_STEP as usize => "exec of the agent".into(),
-        None => "starting the sandbox".into(),
+    let (what, kind) = match steps.get(step) {
+        Some(s) => (s.describe(), s.kind()),
+        None if step == EXEC_STEP as usize => ("exec of the agent".into(), StepKind::Exec),
+        None => ("starting the sandbox".into(), StepKind::Setup),
     };
     SpawnError::Step {
         step: what,
+        kind,
         source: io::Error::from_raw_os_error(errno),
     }
 }
@@ -718,6 +745,8 @@ const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
+/// The attributes every volume is mounted with ([`Step::BindVolume`]).
+pub(crate) const VOLUME_ATTRS: u64 = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
 
 /// Runs [`Step::BindVolume`]; returns 0 or -1 with errno set. Async-signal-safe: raw
 /// system calls only, fds closed on every path (the last errno is kept).
@@ -789,7 +818,7 @@ unsafe fn bind_volume(b: &VolumeBind) -> libc::c_int {
         let mut r = if tree < 0 { -1 } else { 0 };
         if r == 0 {
             let attr = MountAttr {
-                attr_set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                attr_set: VOLUME_ATTRS,
                 attr_clr: 0,
                 propagation: 0,
                 userns_fd: 0,
@@ -822,5 +851,49 @@ unsafe fn bind_volume(b: &VolumeBind) -> libc::c_int {
         close_keep_errno(root);
         close_keep_errno(src);
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(step: u32, errno: i32) -> Vec<u8> {
+        let mut r = step.to_ne_bytes().to_vec();
+        r.extend(errno.to_ne_bytes());
+        r
+    }
+
+    /// A child's failure report names the step and its kind: the runtime tells a volume's
+    /// failure (the request's problem) from the others by the kind, not by the message.
+    #[test]
+    fn failures_carry_the_kind_of_step() {
+        let c = |s: &str| CString::new(s).expect("no NUL");
+        let steps = vec![
+            Step::Umask { mask: 0 },
+            Step::Optional(Box::new(Step::BindVolume(Box::new(VolumeBind {
+                source: c("/v"),
+                subpath: None,
+                root: c("/m"),
+                target_prefixes: vec![c("data")],
+                target_names: vec![c("data")],
+            })))),
+        ];
+        let kind = |step, errno| match step_failure(&steps, &report(step, errno)) {
+            SpawnError::Step { kind, source, .. } => {
+                assert_eq!(source.raw_os_error(), Some(errno));
+                kind
+            }
+            e => panic!("{e:?}"),
+        };
+        assert_eq!(kind(0, libc::EPERM), StepKind::Setup);
+        assert_eq!(kind(1, libc::ELOOP), StepKind::Volume);
+        assert_eq!(kind(EXEC_STEP, libc::ENOENT), StepKind::Exec);
+        assert_eq!(kind(7, libc::EIO), StepKind::Setup);
+        let msg = step_failure(&steps, &report(1, libc::ELOOP)).to_string();
+        assert!(
+            msg.starts_with("sandbox setup failed at mounting volume /v on /data"),
+            "{msg}"
+        );
     }
 }

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use corral_core::{RuntimeError, VolumeMount};
 
 use crate::disk::Disk;
-use crate::spawn::{Step, VolumeBind};
+use crate::spawn::VolumeBind;
 
 /// Where volumes live under the data dir.
 fn volumes_dir(data_dir: &Path) -> PathBuf {
@@ -215,19 +215,15 @@ fn refuse(sub: &str, comp: &str, e: &io::Error) -> RuntimeError {
     }
 }
 
-/// Prepares every volume of a sandbox and inserts their mount steps just before
-/// `pivot_root` (after the root overlays, /proc, /dev and /sys are in place).
-pub fn insert_steps(
-    steps: &mut Vec<Step>,
+/// Prepares every volume of a sandbox on the host and returns their binds, which the plan
+/// mounts just before `pivot_root` (after the root overlays, /proc, /dev and /sys).
+pub fn prepare_binds(
     data_dir: &Path,
     volumes: &[VolumeMount],
     mnt: &Path,
     uid: u32,
     gid: u32,
-) -> Result<(), RuntimeError> {
-    if volumes.is_empty() {
-        return Ok(());
-    }
+) -> Result<Vec<VolumeBind>, RuntimeError> {
     let mut binds = Vec::with_capacity(volumes.len());
     for m in volumes {
         let root = dir(data_dir, &m.volume_id)?;
@@ -249,7 +245,7 @@ pub fn insert_steps(
             prefixes.push(cstr(&comps[..=i].join("/"))?);
             names.push(cstr(comps[i])?);
         }
-        binds.push(Step::BindVolume(Box::new(VolumeBind {
+        binds.push(VolumeBind {
             source: CString::new(root.as_os_str().as_bytes())
                 .map_err(|_| RuntimeError::Invalid("volume path contains NUL".into()))?,
             subpath: m.subpath.as_deref().map(cstr).transpose()?,
@@ -257,16 +253,9 @@ pub fn insert_steps(
                 .map_err(|_| RuntimeError::Invalid("root path contains NUL".into()))?,
             target_prefixes: prefixes,
             target_names: names,
-        })));
+        });
     }
-    let at = steps
-        .iter()
-        .position(|s| matches!(s, Step::PivotRoot { .. }))
-        .ok_or_else(|| {
-            RuntimeError::host("mounting volumes", io::Error::other("no pivot_root step"))
-        })?;
-    steps.splice(at..at, binds);
-    Ok(())
+    Ok(binds)
 }
 
 #[cfg(test)]
