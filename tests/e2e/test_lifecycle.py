@@ -25,7 +25,8 @@ def test_stop_ends_processes_and_start_keeps_files(server, daytona):
     sb = daytona.create()
     try:
         sb.process.exec("echo kept > /home/daytona/file.txt; sleep 444.4 >/dev/null 2>&1 &")
-        assert host_processes_with("sleep 444.4")
+        # Looked for again briefly: a process caught mid-execve can show an empty cmdline.
+        assert wait_for(lambda: host_processes_with("sleep 444.4"), 5)
         t = time.time()
         sb.stop()
         stop_s = time.time() - t
