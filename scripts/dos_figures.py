@@ -29,15 +29,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests/e2e"))
 from conftest import Server  # noqa: E402
+# The flood's building blocks are the e2e test's own.
+from test_dos import closed_by_server, fds, partial  # noqa: E402
 
-PARTIAL_HEAD = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: "
 WS_UPGRADE = (b"GET /api/socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1\r\n"
               b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-
-
-def fds(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def rss_kib(pid):
@@ -54,17 +51,6 @@ def health_ms(server):
     except OSError as e:
         return f"failed: {e}"
     return f"{status} in {(time.monotonic() - t) * 1000:.0f} ms"
-
-
-def closed_by_peer(s):
-    """Whether the server closed `s` (EOF or reset); never blocks."""
-    s.setblocking(False)
-    try:
-        return s.recv(4096) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
 
 
 def settle(pid, what, seconds=2.0):
@@ -87,10 +73,7 @@ def loris(server, n, wait):
     t0 = time.monotonic()
     for _ in range(n):
         try:
-            s = socket.create_connection(("127.0.0.1", server.port), timeout=5,
-                                         source_address=("127.0.0.2", 0))
-            s.sendall(PARTIAL_HEAD)
-            socks.append(s)
+            socks.append(partial(server.port))
         except OSError:
             failed += 1
     out["open_seconds"] = round(time.monotonic() - t0, 2)
@@ -98,13 +81,13 @@ def loris(server, n, wait):
     time.sleep(0.5)
     out["fds_during"] = fds(pid)
     out["rss_kib_during"] = rss_kib(pid)
-    out["closed_by_server_at_once"] = sum(closed_by_peer(s) for s in socks)
+    out["closed_by_server_at_once"] = sum(closed_by_server(s) for s in socks)
     out["health_during"] = health_ms(server)
-    open_ = [s for s in socks if not closed_by_peer(s)]
+    open_ = [s for s in socks if not closed_by_server(s)]
     deadline = time.monotonic() + wait
     while open_ and time.monotonic() < deadline:
         time.sleep(0.25)
-        open_ = [s for s in open_ if not closed_by_peer(s)]
+        open_ = [s for s in open_ if not closed_by_server(s)]
     out["seconds_until_all_closed"] = (round(time.monotonic() - t0, 1) if not open_
                                        else f"still {len(open_)} open after {wait} s")
     for s in socks:
