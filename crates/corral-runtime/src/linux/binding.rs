@@ -58,12 +58,19 @@ impl LinuxRuntime {
 /// The longest `/etc/passwd` corral reads from an image or a sandbox's layer.
 const MAX_PASSWD: u64 = 4 << 20;
 
-/// The trees of an image root, top first: the sandbox's upper dir, then its image's layers
-/// (commits above OCI layers). Each is opened by fd; nothing below is resolved by the host.
-fn image_trees(upper: &Path, img: &BoundImage) -> Result<Vec<Tree>, RuntimeError> {
-    std::iter::once(upper.to_owned())
-        .chain(img.lower_dirs().into_iter().rev())
-        .map(|d| Tree::open(&d).map_err(|e| RuntimeError::host("opening an image layer", e)))
+/// The trees of an OCI sandbox's root, top first: its upper dir (`upper/root` of its layer
+/// dir), then its image's layers (commits above OCI layers). Each is opened by fd once per
+/// start; nothing below is resolved by the host.
+pub(super) fn image_trees(layer: &Tree, img: &BoundImage) -> Result<Vec<Tree>, RuntimeError> {
+    let upper = layer
+        .open_dir(Path::new("upper/root"))
+        .map_err(|e| layer_error("opening the sandbox's root", e))?;
+    std::iter::once(Ok(upper))
+        .chain(
+            img.lower_dirs().into_iter().rev().map(|d| {
+                Tree::open(&d).map_err(|e| RuntimeError::host("opening an image layer", e))
+            }),
+        )
         .collect()
 }
 
@@ -74,9 +81,9 @@ fn image_trees(upper: &Path, img: &BoundImage) -> Result<Vec<Tree>, RuntimeError
 pub(super) fn oci_account(
     spec: &SandboxSpec,
     img: &BoundImage,
-    upper: &Path,
+    trees: &[Tree],
 ) -> Result<Account, RuntimeError> {
-    let passwd = image_trees(upper, img)?
+    let passwd = trees
         .iter()
         .find_map(|t| match t.read(Path::new("etc/passwd"), MAX_PASSWD) {
             Ok(Some(body)) => Some(String::from_utf8_lossy(&body).into_owned()),
@@ -127,13 +134,12 @@ fn exists_in_image(trees: &[Tree], rel: &str) -> bool {
 /// Creates in an OCI sandbox's upper dir what the sandbox needs but images may lack: mount
 /// points (`/proc`, `/sys`, `/dev`, the agent's file), `/tmp`, `/etc`, and the user's home
 /// and working dir. Only missing names are made, each through [`Tree`]: a link planted in
-/// the upper dir or an image layer is never followed.
+/// the upper dir or an image layer is never followed. `trees` are [`image_trees`].
 pub(super) fn prepare_oci_upper(
-    upper: &Path,
+    trees: &[Tree],
     img: &BoundImage,
     account: &Account,
 ) -> Result<(), RuntimeError> {
-    let trees = image_trees(upper, img)?;
     let top = &trees[0];
     let fail = |e| layer_error("preparing the image root", e);
     for (rel, mode) in [
@@ -143,7 +149,7 @@ pub(super) fn prepare_oci_upper(
         ("etc", 0o755),
         ("tmp", 0o1777),
     ] {
-        if !exists_in_image(&trees, rel) {
+        if !exists_in_image(trees, rel) {
             top.mkdir_all(Path::new(rel), mode, None).map_err(fail)?;
         }
     }
@@ -151,7 +157,7 @@ pub(super) fn prepare_oci_upper(
     // written there next.
     top.mkdir_all(Path::new("etc"), 0o755, None).map_err(fail)?;
     let agent = AGENT_PATH_IN_SANDBOX.trim_start_matches('/');
-    if !exists_in_image(&trees, agent) {
+    if !exists_in_image(trees, agent) {
         if let Some(parent) = Path::new(agent).parent() {
             top.mkdir_all(parent, 0o755, None).map_err(fail)?;
         }
@@ -163,7 +169,7 @@ pub(super) fn prepare_oci_upper(
     ];
     for dir in owned.into_iter().flatten() {
         let rel = dir.trim_start_matches('/');
-        if !rel.is_empty() && !exists_in_image(&trees, rel) {
+        if !rel.is_empty() && !exists_in_image(trees, rel) {
             top.mkdir_all(Path::new(rel), 0o755, Some((account.uid, account.gid)))
                 .map_err(fail)?;
         }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use corral_core::agent::{AGENT_PATH_IN_SANDBOX, AgentConfig};
 use corral_core::{Runtime, RuntimeError, SandboxSpec};
 
-use super::binding::{oci_account, oci_env, prepare_oci_upper};
+use super::binding::{image_trees, oci_account, oci_env, prepare_oci_upper};
 use super::{DEFAULT_PATH, LinuxRuntime, READ_ONLY, clear_volatile_markers, cstr, layer_error};
 use crate::beneath::Tree;
 use crate::oci::images::{self as bound, BoundImage};
@@ -44,8 +44,13 @@ impl LinuxRuntime {
                 .mkdir_all(&Path::new("work").join(l), 0o700, None)
                 .map_err(host("creating work dir"))?;
         }
-        let account = match oci {
-            Some(img) => oci_account(spec, img, &layer.join("upper/root"))?,
+        // An OCI root's upper dir and layers, opened once for the account lookup, the
+        // upper's preparation and its /etc.
+        let oci_trees = oci
+            .map(|img| image_trees(&layer_tree, img).map(|t| (img, t)))
+            .transpose()?;
+        let account = match &oci_trees {
+            Some((img, trees)) => oci_account(spec, img, trees)?,
             None => self
                 .image
                 .account(&spec.user)
@@ -64,11 +69,11 @@ impl LinuxRuntime {
                  recent writes may be missing"
             );
         }
-        if let Some(img) = oci {
-            prepare_oci_upper(&layer.join("upper/root"), img, &account)?;
-            self.write_etc(&layer.join("upper/root"), "etc", spec)?;
+        if let Some((img, trees)) = &oci_trees {
+            prepare_oci_upper(trees, img, &account)?;
+            self.write_etc(&trees[0], "etc", spec)?;
         } else if self.image.dirs.iter().any(|d| d.name == "etc") {
-            self.write_etc(&layer.join("upper/etc"), "", spec)?;
+            self.write_etc(&layer_tree, "upper/etc", spec)?;
         }
 
         let mut env: BTreeMap<String, String> = BTreeMap::new();
@@ -109,12 +114,13 @@ impl LinuxRuntime {
     }
 
     /// Writes the sandbox's `/etc/hostname`, `/etc/hosts` and (with a network)
-    /// `/etc/resolv.conf` into `etc`, the directory of its writable layer that is its `/etc`.
+    /// `/etc/resolv.conf` into `etc` below `dir`: the directory of its writable layer that is
+    /// its `/etc`.
     /// The layer is the sandbox's: each file is replaced (a link planted there is replaced
     /// itself, never written through) and a link on the way to `etc` fails the start.
-    fn write_etc(&self, upper: &Path, etc: &str, spec: &SandboxSpec) -> Result<(), RuntimeError> {
-        let etc = Tree::open(upper)
-            .and_then(|t| t.open_dir(Path::new(etc)))
+    fn write_etc(&self, dir: &Tree, etc: &str, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        let etc = dir
+            .open_dir(Path::new(etc))
             .map_err(|e| layer_error("opening the sandbox's /etc", e))?;
         let write = |name: &str, body: String| {
             etc.replace_file(Path::new(name), body.as_bytes(), 0o644)
