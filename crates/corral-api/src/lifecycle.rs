@@ -72,11 +72,9 @@ pub async fn delete_in_background(
     mut s: Sandbox,
     guard: OwnedMutexGuard<()>,
 ) -> Result<Sandbox, ApiError> {
-    if let Some(run) = plan(&s, s.state, Operation::Delete)?
-        && s.state != run.during
-    {
+    if let Some(run) = plan(&s, s.state, Operation::Delete)? {
         s.desired_state = DesiredState::Destroyed;
-        save(state, &mut s, run.during).await?;
+        begin(state, &mut s, &run).await?;
     }
     let answer = s.clone();
     let bg = state.clone();
@@ -277,10 +275,8 @@ pub async fn delete(state: &AppState, s: &mut Sandbox) -> Result<(), ApiError> {
         return Ok(());
     };
     let began = Instant::now();
-    if s.state != run.during {
-        s.desired_state = DesiredState::Destroyed;
-        save(state, s, run.during).await?;
-    }
+    s.desired_state = DesiredState::Destroyed;
+    begin(state, s, &run).await?;
     // A failure leaves it `destroying` (`run.failure`): the reconciler tries again.
     state.runtime.destroy(&s.id).await?;
     state.store.remove(&s.id).await?;
