@@ -11,6 +11,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -116,7 +117,14 @@ def test_htpasswd_registry_without_or_with_wrong_credentials_is_a_clear_error(en
         d.create(CreateSandboxFromImageParams(image=ref), timeout=60)
     assert "unauthorized" in str(e.value) and "no credentials" in str(e.value), e.value
     failed = [s for s in d.list() if s.state != "destroyed"]
-    assert [s.state for s in failed] == ["build_failed"], failed
+    assert len(failed) == 1 and f"Sandbox {failed[0].id} entered error state" in str(e.value), (failed, e.value)
+    # The SDK raised on seeing `build_failed`; the record says so (read again for a while:
+    # a state that moved back would show here, with the server's log to tell why).
+    deadline = time.monotonic() + 10
+    while failed[0].state != "build_failed" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        failed[0] = d.get(failed[0].id)
+    assert failed[0].state == "build_failed", (failed[0], server_log(anonymous)[-4000:])
     assert "no credentials configured" in failed[0].error_reason, failed[0].error_reason
     d.delete(failed[0], wait=True)
 
