@@ -22,6 +22,8 @@ LAYERS = {
     "corral-runtime": {"corral-store", "corral-api", "corral-agent"},
     "corral-agent": {"corral-store", "corral-runtime", "corral-api"},
     "corral-api": {"corral-store", "corral-runtime", "corral-agent"},
+    # The control plane: over the core's ports only, and no HTTP (axum is not allowed above).
+    "corral-engine": {"corral-store", "corral-runtime", "corral-api", "corral-agent"},
     # Leaves: no workspace crate at all.
     "corral-dockerfile": {"corral-core", "corral-store", "corral-runtime", "corral-api",
                           "corral-agent", "corral-s3"},
@@ -42,6 +44,19 @@ for pkg in meta["packages"]:
             errors.append(f"{name} depends on {dep['name']} (only {', '.join(sorted(allowed))} may)")
         if dep["name"] in LAYERS.get(name, set()):
             errors.append(f"{name} depends on {dep['name']}, a crate of another layer")
+# The edge writes no sandbox record: every change goes through the engine's operations.
+import pathlib
+import re
+WRITES = re.compile(r"\.store\s*\.\s*(update|insert|remove)\s*\(|SandboxState::\w+\s*;")
+api = pathlib.Path(__file__).resolve().parent.parent / "crates" / "corral-api" / "src"
+for path in sorted(api.rglob("*.rs")):
+    text = path.read_text()
+    # Unit tests may build records of their own (e.g. the events gateway's fake store).
+    code = text.split("#[cfg(test)]", 1)[0]
+    for n, line in enumerate(code.splitlines(), 1):
+        if WRITES.search(line):
+            errors.append(f"{path.relative_to(api.parent.parent.parent)}:{n} writes a sandbox record; "
+                          "do it in corral-engine")
 for e in errors:
     print(f"check-deps: {e}", file=sys.stderr)
 sys.exit(1 if errors else 0)

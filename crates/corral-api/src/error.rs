@@ -78,6 +78,23 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<corral_engine::EngineError> for ApiError {
+    fn from(e: corral_engine::EngineError) -> Self {
+        use corral_engine::ErrorKind;
+        let status = match e.kind {
+            ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self {
+            status,
+            message: e.message,
+            code: e.code,
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

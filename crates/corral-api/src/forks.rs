@@ -1,25 +1,15 @@
-//! Snapshots and forks of sandboxes: `POST /api/sandbox/{id}/snapshot` commits a sandbox's
-//! files as a new snapshot (it keeps running), `POST /api/sandbox/{id}/fork` copies them to a
-//! new sandbox. Both are copy-on-write in the runtime, so they take milliseconds whatever the
-//! sandbox holds; the sandbox is `snapshotting` / `forking` meanwhile.
-
-use std::time::Instant;
+//! `POST /api/sandbox/{id}/snapshot` and `POST /api/sandbox/{id}/fork`: parsed here, done by
+//! the engine ([`corral_engine::Op::Snapshot`], [`corral_engine::Op::Fork`]).
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use corral_core::transitions::Operation;
-use corral_core::{
-    CommitConfig, DesiredState, Sandbox, SandboxState, Snapshot, SnapshotState,
-    sandbox_snapshot_reference,
-};
+use corral_engine::Op;
 use serde::Deserialize;
-use time::OffsetDateTime;
 
 use crate::error::ApiError;
 use crate::extract::JsonBody;
-use crate::lifecycle::save;
-use crate::sandboxes::{DEFAULT_SNAPSHOT, dto, locked};
+use crate::sandboxes::apply;
 use crate::state::AppState;
 use crate::wire::SandboxDto;
 
@@ -47,8 +37,10 @@ pub async fn snapshot(
     Path(id_or_name): Path<String>,
     JsonBody(req): JsonBody<CreateSandboxSnapshot>,
 ) -> Result<Json<SandboxDto>, ApiError> {
-    crate::snapshots::validate_name(&req.name)?;
-    if req.name == DEFAULT_SNAPSHOT {
+    // The request is checked before the sandbox is looked up (the engine checks the name
+    // again).
+    corral_engine::snapshots::validate_name(&req.name)?;
+    if req.name == crate::sandboxes::DEFAULT_SNAPSHOT {
         return Err(
             ApiError::conflict("the snapshot name \"host\" is built in").with_code("NAME_TAKEN")
         );
@@ -59,74 +51,13 @@ pub async fn snapshot(
              sandboxes created from it start fresh processes",
         ));
     }
-    let (mut s, _guard) = locked(&state, &id_or_name).await?;
-    let run = crate::lifecycle::plan(&s, s.state, Operation::Snapshot)?
-        .ok_or_else(|| ApiError::conflict("nothing to snapshot"))?;
-    let began = Instant::now();
-    let now = crate::snapshots::now_ms();
-    let id = uuid::Uuid::new_v4().to_string();
-    let mut snap = Snapshot {
-        image_name: Some(sandbox_snapshot_reference(&id)),
-        id,
-        name: req.name,
-        state: SnapshotState::Pending,
-        size: None,
-        entrypoint: Vec::new(),
-        cpu: s.resources.cpu,
-        memory_gib: s.resources.memory_gib,
-        disk_gib: s.resources.disk_gib,
-        error_reason: None,
-        general: false,
-        created_at_ms: now,
-        updated_at_ms: now,
-        last_used_at_ms: None,
-    };
-    // Recorded first: a server stopped midway finds it `pending` and finishes or fails it.
-    // Claimed first: a create from it meanwhile waits for the commit.
-    let _claim = crate::builds::Claim::take(&state.building, &snap.id);
-    crate::snapshots::insert(&state, &snap).await?;
-    save(&state, &mut s, run.during).await?;
-    let committed = state
-        .runtime
-        .snapshot(
-            &s.id,
-            &snap.id,
-            &CommitConfig {
-                user: Some(s.user.clone()),
-                ..CommitConfig::default()
-            },
-        )
-        .await;
-    save(
+    apply(
         &state,
-        &mut s,
-        if committed.is_ok() {
-            run.success
-        } else {
-            run.failure
-        },
+        &headers,
+        &id_or_name,
+        Op::Snapshot { name: req.name },
     )
-    .await?;
-    match committed {
-        Ok(info) => {
-            snap.state = SnapshotState::Active;
-            snap.size = Some(info.size);
-            snap.updated_at_ms = crate::snapshots::now_ms();
-            state.snapshots.update_snapshot(&snap).await?;
-            tracing::info!(
-                sandbox = %s.id,
-                snapshot = %snap.name,
-                size = info.size,
-                ms = began.elapsed().as_millis() as u64,
-                "sandbox snapshotted"
-            );
-            Ok(Json(dto(&state, &headers, &s, true)))
-        }
-        Err(e) => {
-            state.snapshots.remove_snapshot(&snap.id).await?;
-            Err(e.into())
-        }
-    }
+    .await
 }
 
 /// `POST /api/sandbox/{idOrName}/fork` `{name?}`: a new sandbox with a copy-on-write copy of
@@ -137,59 +68,5 @@ pub async fn fork(
     Path(id_or_name): Path<String>,
     JsonBody(req): JsonBody<ForkSandbox>,
 ) -> Result<Json<SandboxDto>, ApiError> {
-    let began = Instant::now();
-    let (mut src, src_guard) = locked(&state, &id_or_name).await?;
-    let run = crate::lifecycle::plan(&src, src.state, Operation::Fork)?
-        .ok_or_else(|| ApiError::conflict("nothing to fork"))?;
-    let id = uuid::Uuid::new_v4().to_string();
-    let name = match req.name.filter(|n| !n.is_empty()) {
-        Some(n) => {
-            crate::sandboxes::validate_name(&n)?;
-            n
-        }
-        None => id.clone(),
-    };
-    let now = OffsetDateTime::now_utc();
-    let mut fork = Sandbox {
-        id,
-        name,
-        state: SandboxState::Creating,
-        desired_state: DesiredState::Started,
-        error_reason: None,
-        public: false,
-        created_at: now,
-        updated_at: now,
-        last_activity_at: now,
-        stopped_at: None,
-        // Its own key: URLs signed for the source do not open the fork.
-        signing_key: None,
-        ..src.clone()
-    };
-    let _fork_guard = state.locks.lock(&fork.id).await;
-    state.store.insert(&fork).await?;
-    save(&state, &mut src, run.during).await?;
-    let copied = state.runtime.fork(&src.id, &fork.id, &fork.resources).await;
-    let after = if copied.is_ok() {
-        run.success
-    } else {
-        run.failure
-    };
-    save(&state, &mut src, after).await?;
-    drop(src_guard);
-    if let Err(e) = copied {
-        state.runtime.destroy(&fork.id).await?;
-        state.store.remove(&fork.id).await?;
-        return Err(e.into());
-    }
-    let copy_ms = began.elapsed().as_millis() as u64;
-    let spec = crate::lifecycle::spec_of(&fork);
-    crate::sandboxes::start_recorded(&state, &mut fork, &spec).await?;
-    tracing::info!(
-        sandbox = %fork.id,
-        source = %src.id,
-        copy_ms,
-        ms = began.elapsed().as_millis() as u64,
-        "sandbox forked"
-    );
-    Ok(Json(dto(&state, &headers, &fork, true)))
+    apply(&state, &headers, &id_or_name, Op::Fork { name: req.name }).await
 }

@@ -3,21 +3,17 @@
 
 #![forbid(unsafe_code)]
 
-pub mod agent_client;
 pub mod auth;
-pub mod builds;
+pub mod build_logs;
 pub mod error;
 pub mod events;
 pub mod extract;
 pub mod forks;
-pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
 pub mod network;
 pub mod object_storage;
-pub mod pool;
 pub mod preview;
-pub mod reconciler;
 pub mod sandboxes;
 pub mod signed_urls;
 pub mod snapshots;
@@ -127,11 +123,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/sandbox/{id_or_name}/build-logs-url",
-            get(builds::sandbox_logs_url),
+            get(build_logs::sandbox_logs_url),
         )
         .route(
             "/sandbox/{id_or_name}/build-logs",
-            get(builds::sandbox_logs),
+            get(build_logs::sandbox_logs),
         )
         .route(
             "/sandbox/{id_or_name}/labels",
@@ -182,11 +178,11 @@ pub fn router(state: AppState) -> Router {
         .route("/snapshots", get(snapshots::list).post(snapshots::create))
         .route(
             "/snapshots/{id_or_name}/build-logs-url",
-            get(builds::snapshot_logs_url),
+            get(build_logs::snapshot_logs_url),
         )
         .route(
             "/snapshots/{id_or_name}/build-logs",
-            get(builds::snapshot_logs),
+            get(build_logs::snapshot_logs),
         )
         .route(
             "/snapshots/{id_or_name}",

@@ -5,7 +5,6 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use corral_core::Egress;
 use serde::Deserialize;
-use time::OffsetDateTime;
 
 use crate::error::ApiError;
 use crate::extract::JsonBody;
@@ -63,34 +62,19 @@ pub async fn update_settings(
             "set at least one of networkBlockAll, networkAllowList or domainAllowList",
         ));
     }
-    let found = crate::sandboxes::find(&state, &id_or_name).await?;
-    let _guard = state.locks.lock(&found.id).await;
-    let mut s = crate::sandboxes::find(&state, &found.id).await?;
+    let given = req.network_allow_list.is_some();
     let list = checked_allow_list(
         req.network_allow_list.clone(),
         req.domain_allow_list.as_deref(),
     )?;
-    match (req.network_block_all, req.network_allow_list.is_some()) {
-        (Some(true), _) => {
-            s.network_block_all = true;
-            if req.network_allow_list.is_some() {
-                s.network_allow_list = list;
-            }
-        }
-        (Some(false), false) => {
-            s.network_block_all = false;
-            s.network_allow_list = None;
-        }
-        (_, true) => {
-            s.network_block_all = false;
-            s.network_allow_list = list;
-        }
-        (None, false) => {}
-    }
-    // Enforce first, then record: a failure leaves the old policy both applied and stored.
-    state.runtime.set_egress(&s.id, &s.egress()).await?;
-    s.updated_at = OffsetDateTime::now_utc();
-    state.store.update(&s).await?;
-    tracing::info!(sandbox = %s.id, block_all = s.network_block_all, allow_list = ?s.network_allow_list, "network settings changed");
+    let allow_list = given.then_some(list);
+    let change = corral_engine::NetworkChange {
+        block_all: req.network_block_all,
+        allow_list,
+    };
+    let s = state
+        .engine
+        .apply(&id_or_name, corral_engine::Op::SetNetwork(change))
+        .await?;
     Ok(Json(crate::sandboxes::dto(&state, &headers, &s, true)))
 }

@@ -3,8 +3,6 @@
 //! credentials and the S3 protocol are the `corral-s3` crate; each server's
 //! [`corral_s3::ObjectStorage`] lives in [`AppState::object_storage`].
 
-use std::path::PathBuf;
-
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
@@ -15,14 +13,6 @@ pub use corral_s3::{CONTEXT_BUCKET, REGION, mark_used};
 
 use crate::error::ApiError;
 use crate::state::{ApiConfig, AppState};
-
-/// Where the context archive with this hash (as the SDK computes it: 32 hex digits) is kept,
-/// or `None` for a malformed hash. The file may not exist.
-pub fn context_archive(state: &AppState, hash: &str) -> Option<PathBuf> {
-    state
-        .object_storage
-        .context_archive(&state.config.organization_id, hash)
-}
 
 /// Removes unused uploads at start and then every hour.
 pub async fn collect_unused_forever(state: AppState) {
@@ -96,9 +86,9 @@ pub async fn s3(State(state): State<AppState>, req: Request) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use axum::http::{HeaderValue, StatusCode};
+    use std::path::PathBuf;
 
     use super::*;
 
@@ -106,9 +96,7 @@ mod tests {
         ApiConfig {
             organization_id: "corral".into(),
             public_url: None,
-            lifecycle_minute: Duration::from_secs(60),
             preview_domain: "localhost".into(),
-            build_log_dir: PathBuf::from("/nonexistent"),
             object_storage_dir: PathBuf::from("/nonexistent"),
             storage_url: storage_url.map(str::to_owned),
             tls,

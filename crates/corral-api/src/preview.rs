@@ -25,7 +25,6 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
 use tokio::net::UnixStream;
 
 use crate::error::ApiError;
@@ -461,14 +460,10 @@ pub async fn set_public(
             )));
         }
     };
-    let s = find(&state, &id_or_name).await?;
-    let _guard = state.locks.lock(&s.id).await;
-    let mut s = find(&state, &s.id).await?;
-    if s.public != public {
-        s.public = public;
-        s.updated_at = OffsetDateTime::now_utc();
-        state.store.update(&s).await?;
-    }
+    let s = state
+        .engine
+        .apply(&id_or_name, corral_engine::Op::SetPublic(public))
+        .await?;
     let mut dto = SandboxDto::from_sandbox(&s, &state.toolbox_url(&headers), true);
     dto.last_activity_at = crate::wire::timestamp(state.activity.last(&s));
     Ok(Json(dto))

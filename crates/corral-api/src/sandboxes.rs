@@ -1,60 +1,28 @@
-//! `/api/sandbox` routes: create, get, list, delete, toolbox-proxy-url.
+//! `/api/sandbox` routes: parse the request, make one engine call, answer the DTO.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use corral_core::transitions::Operation;
 use corral_core::{
     CODE_LANGUAGE_LABEL, CodeLanguage, DesiredState, ListQuery, Resources, Sandbox, SandboxState,
 };
+use corral_engine::ops::resource;
+use corral_engine::{Op, Resize, Timer};
 use time::OffsetDateTime;
 
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryPairs};
-use crate::lifecycle;
 use crate::state::AppState;
 use crate::wire::{CreateSandbox, ListResponse, SandboxDto, UrlResponse};
 
-/// The image sandboxes get when the request names none.
-pub const DEFAULT_SNAPSHOT: &str = "host";
-pub(crate) const DEFAULT_USER: &str = "daytona";
+pub use corral_engine::sandboxes::{DEFAULT_SNAPSHOT, DEFAULT_USER, find, validate_name};
 const DEFAULT_AUTO_STOP: i64 = 15;
 const DEFAULT_AUTO_ARCHIVE: i64 = 10080;
 const DEFAULT_AUTO_DELETE: i64 = -1;
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 200;
-
-fn not_found(id_or_name: &str) -> ApiError {
-    ApiError::not_found(format!("Sandbox with ID or name {id_or_name} not found"))
-        .with_code("SANDBOX_NOT_FOUND")
-}
-
-/// Finds a sandbox by id or name, or answers 404.
-pub async fn find(state: &AppState, id_or_name: &str) -> Result<Sandbox, ApiError> {
-    state
-        .store
-        .get(id_or_name)
-        .await?
-        .ok_or_else(|| not_found(id_or_name))
-}
-
-pub(crate) fn validate_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(
-            "name must be 1-255 characters of letters, digits, '-', '_' or '.'",
-        ))
-    }
-}
 
 /// The `code-toolbox-language` label, when present, must name a language the SDK accepts.
 fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
@@ -77,16 +45,6 @@ fn validate_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
         }
     }
     Ok(())
-}
-
-fn resource(value: Option<i64>, default: u32, max: u32, what: &str) -> Result<u32, ApiError> {
-    match value {
-        None => Ok(default),
-        Some(v) if v >= 1 && v <= i64::from(max) => Ok(v as u32),
-        Some(v) => Err(ApiError::bad_request(format!(
-            "{what} must be between 1 and {max}, got {v}"
-        ))),
-    }
 }
 
 /// Checks a create request and turns it into a new sandbox record (state `creating`).
@@ -170,174 +128,19 @@ pub(crate) fn dto(
     d
 }
 
-/// Gives the new sandbox a running pooled sandbox when its shape matches the pool's.
-async fn claim_pooled(
-    state: &AppState,
-    sandbox: &mut Sandbox,
-) -> Result<Option<Sandbox>, ApiError> {
-    let shape = crate::pool::pooled_spec(String::new());
-    let matches = sandbox.snapshot == shape.image
-        && sandbox.user == shape.user
-        && sandbox.env.is_empty()
-        && sandbox.resources == shape.resources
-        && sandbox.egress() == shape.egress
-        && sandbox.volumes.is_empty();
-    if !matches {
-        return Ok(None);
-    }
-    while let Some(id) = state.pool.take() {
-        if !state.runtime.is_running(&id) {
-            state.runtime.destroy(&id).await?;
-            continue;
-        }
-        let fresh_name = sandbox.name == sandbox.id;
-        sandbox.id = id;
-        if fresh_name {
-            sandbox.name = sandbox.id.clone();
-        }
-        sandbox.state = SandboxState::Started;
-        if let Err(e) = state.store.insert(sandbox).await {
-            // E.g. a taken name: the pooled sandbox has no owner now; remove it.
-            state.runtime.destroy(&sandbox.id).await?;
-            return Err(e.into());
-        }
-        tracing::info!(sandbox = %sandbox.id, name = %sandbox.name, "sandbox created from the warm pool");
-        return Ok(Some(sandbox.clone()));
-    }
-    Ok(None)
-}
-
-/// `POST /api/sandbox`: records the sandbox, starts it, answers `started`.
+/// `POST /api/sandbox`: records the sandbox, starts it, answers `started` (or
+/// `pending_build` when its image must be built or pulled first).
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
     JsonBody(req): JsonBody<CreateSandbox>,
 ) -> Result<Json<SandboxDto>, ApiError> {
-    let started = Instant::now();
     let user_requested = req.user.as_ref().is_some_and(|u| !u.is_empty());
     let build_info = req.build_info.clone();
-    let mut sandbox = new_sandbox(&state, req)?;
-    // Held until the record is stored: a volume cannot be deleted in between.
-    let volumes_guard = crate::volumes::resolve_mounts(&state, &mut sandbox.volumes).await?;
-    if let Some(snap) =
-        crate::builds::snapshot_to_prepare(&state, &sandbox, build_info.as_ref()).await?
-    {
-        // Built or pulled first: answered now, started when the snapshot is ready.
-        let r =
-            crate::builds::create_sandbox(state.clone(), headers, sandbox, snap, user_requested)
-                .await;
-        drop(volumes_guard);
-        return r;
-    }
-    if build_info.is_some() || sandbox.snapshot != DEFAULT_SNAPSHOT {
-        return create_from_image(
-            state,
-            headers,
-            sandbox,
-            build_info,
-            user_requested,
-            volumes_guard,
-        )
-        .await;
-    }
-    let claim_started = Instant::now();
-    if let Some(claimed) = claim_pooled(&state, &mut sandbox).await? {
-        metrics::histogram!("corral_create_phase_seconds", "phase" => "claim")
-            .record(claim_started.elapsed().as_secs_f64());
-        metrics::histogram!("corral_sandbox_create_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!("corral_sandbox_create_total", "path" => "pool").increment(1);
-        return Ok(Json(dto(&state, &headers, &claimed, true)));
-    }
-    metrics::counter!("corral_sandbox_create_total", "path" => "cold").increment(1);
-    let _guard = state.locks.lock(&sandbox.id).await;
-    // Recorded first: the store is the source of truth, so a crash during start leaves a
-    // record to reconcile rather than an orphan.
-    let t = Instant::now();
-    state.store.insert(&sandbox).await?;
-    drop(volumes_guard);
-    metrics::histogram!("corral_create_phase_seconds", "phase" => "record")
-        .record(t.elapsed().as_secs_f64());
-    let spec = lifecycle::spec_of(&sandbox);
-    start_recorded(&state, &mut sandbox, &spec).await?;
-    metrics::histogram!("corral_sandbox_create_seconds").record(started.elapsed().as_secs_f64());
-    tracing::info!(sandbox = %sandbox.id, name = %sandbox.name, "sandbox created");
-    Ok(Json(dto(&state, &headers, &sandbox, true)))
-}
-
-/// Starts a sandbox just recorded and records the outcome: `started`; or, when the start
-/// failed, the record removed with every trace (a client error: nothing of it stays) or
-/// `error`, recoverable, with its files kept (a host failure; see the server log).
-pub(crate) async fn start_recorded(
-    state: &AppState,
-    sandbox: &mut Sandbox,
-    spec: &corral_core::SandboxSpec,
-) -> Result<(), ApiError> {
-    if let Err(e) = state.runtime.start(spec).await {
-        let err = ApiError::from(e);
-        if err.status.is_client_error() {
-            state.runtime.destroy(&sandbox.id).await?;
-            state.store.remove(&sandbox.id).await?;
-        } else {
-            sandbox.state = SandboxState::Error;
-            sandbox.error_reason = Some("the sandbox failed to start; see the server log".into());
-            sandbox.updated_at = OffsetDateTime::now_utc();
-            state.store.update(sandbox).await?;
-        }
-        return Err(err);
-    }
-    sandbox.state = SandboxState::Started;
-    sandbox.updated_at = OffsetDateTime::now_utc();
-    state.store.update(sandbox).await?;
-    Ok(())
-}
-
-/// Creates a sandbox from a ready OCI snapshot or stored image (see
-/// `builds::snapshot_to_prepare` for the others) and starts it over the image's layers.
-async fn create_from_image(
-    state: AppState,
-    headers: HeaderMap,
-    mut sandbox: Sandbox,
-    build_info: Option<serde_json::Value>,
-    user_requested: bool,
-    volumes_guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-) -> Result<Json<SandboxDto>, ApiError> {
-    let started = Instant::now();
-    let _guard = state.locks.lock(&sandbox.id).await;
-    let requested = (sandbox.snapshot != DEFAULT_SNAPSHOT).then(|| sandbox.snapshot.clone());
-    let source =
-        crate::snapshots::source_for(&state, requested.as_deref(), build_info.as_ref()).await;
-    let (snapshot, image, image_user, entrypoint) = match source? {
-        crate::snapshots::Source::Image {
-            snapshot,
-            image,
-            user,
-            entrypoint,
-        } => (snapshot, image, user, entrypoint),
-        crate::snapshots::Source::Host => (
-            DEFAULT_SNAPSHOT.to_owned(),
-            DEFAULT_SNAPSHOT.to_owned(),
-            None,
-            None,
-        ),
-    };
-    sandbox.snapshot = snapshot;
-    if !user_requested && image != DEFAULT_SNAPSHOT {
-        // Daytona's default user rarely exists in an image: run as the image's user.
-        sandbox.user = image_user.unwrap_or_else(|| "root".into());
-    }
-    sandbox.state = SandboxState::Creating;
-    sandbox.updated_at = OffsetDateTime::now_utc();
-    state.store.insert(&sandbox).await?;
-    drop(volumes_guard);
-    let mut spec = lifecycle::spec_of(&sandbox);
-    spec.image = image;
-    spec.entrypoint = entrypoint;
-    start_recorded(&state, &mut sandbox, &spec).await?;
-    metrics::histogram!("corral_sandbox_create_seconds").record(started.elapsed().as_secs_f64());
-    metrics::counter!("corral_sandbox_create_total", "path" => "image").increment(1);
-    tracing::info!(sandbox = %sandbox.id, name = %sandbox.name, snapshot = %sandbox.snapshot, "sandbox created from an image");
-    Ok(Json(dto(&state, &headers, &sandbox, true)))
+    let sandbox = new_sandbox(&state, req)?;
+    let created =
+        corral_engine::sandboxes::create(&state, sandbox, build_info, user_requested).await?;
+    Ok(Json(dto(&state, &headers, &created, true)))
 }
 
 /// `GET /api/sandbox/{idOrName}`.
@@ -415,21 +218,6 @@ pub async fn list(
     }))
 }
 
-/// Finds a sandbox and takes its lock, re-reading it under the lock.
-pub(crate) async fn locked(
-    state: &AppState,
-    id_or_name: &str,
-) -> Result<(Sandbox, tokio::sync::OwnedMutexGuard<()>), ApiError> {
-    let s = find(state, id_or_name).await?;
-    let guard = state.locks.lock(&s.id).await;
-    let s = state
-        .store
-        .get(&s.id)
-        .await?
-        .ok_or_else(|| not_found(id_or_name))?;
-    Ok((s, guard))
-}
-
 /// `DELETE /api/sandbox/{idOrName}`: answers `destroying` once that is recorded; the
 /// teardown (kill everything, remove every trace and the record) finishes in the background,
 /// after which the sandbox is gone (404), as the SDK's `delete(wait=True)` expects.
@@ -438,9 +226,18 @@ pub async fn delete(
     headers: HeaderMap,
     Path(id_or_name): Path<String>,
 ) -> Result<Json<SandboxDto>, ApiError> {
-    let (s, guard) = locked(&state, &id_or_name).await?;
-    let s = lifecycle::delete_in_background(&state, s, guard).await?;
-    Ok(Json(dto(&state, &headers, &s, true)))
+    apply(&state, &headers, &id_or_name, Op::Delete).await
+}
+
+/// Applies one operation and answers the sandbox afterwards.
+pub(crate) async fn apply(
+    state: &AppState,
+    headers: &HeaderMap,
+    id_or_name: &str,
+    op: Op,
+) -> Result<Json<SandboxDto>, ApiError> {
+    let s = state.engine.apply(id_or_name, op).await?;
+    Ok(Json(dto(state, headers, &s, true)))
 }
 
 /// `POST /api/sandbox/{idOrName}/start`.
@@ -449,9 +246,7 @@ pub async fn start(
     headers: HeaderMap,
     Path(id_or_name): Path<String>,
 ) -> Result<Json<SandboxDto>, ApiError> {
-    let (mut s, _guard) = locked(&state, &id_or_name).await?;
-    lifecycle::start(&state, &mut s).await?;
-    Ok(Json(dto(&state, &headers, &s, true)))
+    apply(&state, &headers, &id_or_name, Op::Start).await
 }
 
 /// `POST /api/sandbox/{idOrName}/stop`.
@@ -460,10 +255,7 @@ pub async fn stop(
     headers: HeaderMap,
     Path(id_or_name): Path<String>,
 ) -> Result<Json<SandboxDto>, ApiError> {
-    let (mut s, _guard) = locked(&state, &id_or_name).await?;
-    // From `error` too: stop ends whatever is left and leaves a clean stopped sandbox.
-    lifecycle::stop(&state, &mut s).await?;
-    Ok(Json(dto(&state, &headers, &s, true)))
+    apply(&state, &headers, &id_or_name, Op::Stop).await
 }
 
 /// `POST /api/sandbox/{idOrName}/archive`.
@@ -472,9 +264,7 @@ pub async fn archive(
     headers: HeaderMap,
     Path(id_or_name): Path<String>,
 ) -> Result<Json<SandboxDto>, ApiError> {
-    let (mut s, _guard) = locked(&state, &id_or_name).await?;
-    lifecycle::archive(&state, &mut s).await?;
-    Ok(Json(dto(&state, &headers, &s, true)))
+    apply(&state, &headers, &id_or_name, Op::Archive).await
 }
 
 /// `POST /api/sandbox/{idOrName}/recover?skipStart=`: brings an errored sandbox back.
@@ -484,28 +274,8 @@ pub async fn recover(
     Path(id_or_name): Path<String>,
     query: QueryPairs,
 ) -> Result<Json<SandboxDto>, ApiError> {
-    let (mut s, _guard) = locked(&state, &id_or_name).await?;
     let skip_start = query.get("skipStart") == Some("true");
-    let op = if skip_start {
-        Operation::RecoverStopped
-    } else {
-        Operation::Recover
-    };
-    let Some(run) = lifecycle::plan(&s, s.state, op)? else {
-        return Ok(Json(dto(&state, &headers, &s, true)));
-    };
-    if skip_start {
-        lifecycle::begin(&state, &mut s, &run).await?;
-        state.runtime.stop(&s.id).await?;
-        s.error_reason = None;
-        s.stopped_at = Some(OffsetDateTime::now_utc());
-        lifecycle::save(&state, &mut s, run.success).await?;
-    } else {
-        // Ends whatever is left, then starts it as `start` does from `error`.
-        state.runtime.stop(&s.id).await?;
-        lifecycle::start(&state, &mut s).await?;
-    }
-    Ok(Json(dto(&state, &headers, &s, true)))
+    apply(&state, &headers, &id_or_name, Op::Recover { skip_start }).await
 }
 
 #[derive(Debug, serde::Deserialize, serde::Serialize)]
@@ -520,19 +290,11 @@ pub async fn replace_labels(
     JsonBody(body): JsonBody<LabelsBody>,
 ) -> Result<Json<LabelsBody>, ApiError> {
     validate_labels(&body.labels)?;
-    let (mut s, _guard) = locked(&state, &id_or_name).await?;
-    s.labels = body.labels;
-    s.updated_at = OffsetDateTime::now_utc();
-    state.store.update(&s).await?;
+    let s = state
+        .engine
+        .apply(&id_or_name, Op::SetLabels(body.labels))
+        .await?;
     Ok(Json(LabelsBody { labels: s.labels }))
-}
-
-/// Which lifecycle timer a `POST /sandbox/{id}/auto*/{minutes}` sets.
-#[derive(Debug, Clone, Copy)]
-pub enum Timer {
-    Stop,
-    Archive,
-    Delete,
 }
 
 fn parse_minutes(raw: &str) -> Result<i64, ApiError> {
@@ -590,15 +352,7 @@ async fn set_timer(
         }
         _ => {}
     }
-    let (mut s, _guard) = locked(&state, &id_or_name).await?;
-    match timer {
-        Timer::Stop => s.auto_stop_interval = minutes,
-        Timer::Archive => s.auto_archive_interval = minutes,
-        Timer::Delete => s.auto_delete_interval = minutes.max(-1),
-    }
-    s.updated_at = OffsetDateTime::now_utc();
-    state.store.update(&s).await?;
-    Ok(Json(dto(&state, &headers, &s, true)))
+    apply(&state, &headers, &id_or_name, Op::SetTimer(timer, minutes)).await
 }
 
 /// `POST /api/sandbox/{idOrName}/resize` body.
@@ -617,31 +371,17 @@ pub async fn resize(
     Path(id_or_name): Path<String>,
     JsonBody(body): JsonBody<ResizeBody>,
 ) -> Result<Json<SandboxDto>, ApiError> {
-    if body.cpu.is_none() && body.memory.is_none() && body.disk.is_none() {
+    let r = Resize {
+        cpu: body.cpu,
+        memory: body.memory,
+        disk: body.disk,
+    };
+    if r == Resize::default() {
         return Err(ApiError::bad_request(
             "give at least one of cpu, memory, disk",
         ));
     }
-    let (mut s, _guard) = locked(&state, &id_or_name).await?;
-    let mut r = s.resources;
-    r.cpu = resource(body.cpu, r.cpu, 64, "cpu")?;
-    r.memory_gib = resource(body.memory, r.memory_gib, 1024, "memory")?;
-    let disk = resource(body.disk, r.disk_gib, 10240, "disk")?;
-    if disk != r.disk_gib {
-        if disk < r.disk_gib {
-            return Err(ApiError::bad_request("disk can only grow"));
-        }
-        if state.runtime.is_running(&s.id) {
-            return Err(ApiError::bad_request("stop the sandbox to resize its disk")
-                .with_code("SANDBOX_NOT_STOPPED"));
-        }
-        r.disk_gib = disk;
-    }
-    state.runtime.resize(&s.id, &r).await?;
-    s.resources = r;
-    s.updated_at = OffsetDateTime::now_utc();
-    state.store.update(&s).await?;
-    Ok(Json(dto(&state, &headers, &s, true)))
+    apply(&state, &headers, &id_or_name, Op::Resize(r)).await
 }
 
 /// `POST /api/sandbox/{id}/last-activity`: counts as activity for auto-stop.
@@ -649,8 +389,7 @@ pub async fn last_activity(
     State(state): State<AppState>,
     Path(id_or_name): Path<String>,
 ) -> Result<axum::http::StatusCode, ApiError> {
-    let s = find(&state, &id_or_name).await?;
-    state.activity.touch(&s.id);
+    state.engine.touch(&id_or_name).await?;
     Ok(axum::http::StatusCode::CREATED)
 }
 

@@ -17,7 +17,6 @@ use sha2::Sha256;
 use time::OffsetDateTime;
 
 use crate::error::ApiError;
-use crate::sandboxes::locked;
 use crate::state::AppState;
 
 const PREFIX: &str = "v1_";
@@ -27,14 +26,7 @@ pub async fn signing_key(
     State(state): State<AppState>,
     Path(id_or_name): Path<String>,
 ) -> Result<Json<String>, ApiError> {
-    let (mut s, _guard) = locked(&state, &id_or_name).await?;
-    if let Some(k) = &s.signing_key {
-        return Ok(Json(k.clone()));
-    }
-    let key = new_key();
-    s.signing_key = Some(key.clone());
-    state.store.update(&s).await?;
-    Ok(Json(key))
+    signing_key_of(&state, &id_or_name, false).await
 }
 
 /// `POST /api/sandbox/{id}/signing-key/rotate` → a new key; URLs signed with the old one stop
@@ -43,13 +35,23 @@ pub async fn rotate(
     State(state): State<AppState>,
     Path(id_or_name): Path<String>,
 ) -> Result<Json<String>, ApiError> {
-    let (mut s, _guard) = locked(&state, &id_or_name).await?;
-    let key = new_key();
-    s.signing_key = Some(key.clone());
-    s.updated_at = OffsetDateTime::now_utc();
-    state.store.update(&s).await?;
-    tracing::info!(sandbox = %s.id, "signing key rotated");
-    Ok(Json(key))
+    signing_key_of(&state, &id_or_name, true).await
+}
+
+/// The sandbox's signing key: a new one when it has none, or when `rotate`.
+async fn signing_key_of(
+    state: &AppState,
+    id_or_name: &str,
+    rotate: bool,
+) -> Result<Json<String>, ApiError> {
+    let op = corral_engine::Op::SigningKey {
+        key: new_key(),
+        rotate,
+    };
+    let s = state.engine.apply(id_or_name, op).await?;
+    s.signing_key
+        .map(Json)
+        .ok_or_else(|| ApiError::conflict("the sandbox has no signing key"))
 }
 
 fn new_key() -> String {

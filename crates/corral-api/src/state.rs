@@ -1,10 +1,12 @@
-//! Shared state of the HTTP handlers: the ports and settings.
+//! Shared state of the HTTP handlers: the engine, and what only the edge needs (keys,
+//! settings, metrics, the toolbox's agent client, preview tokens, events).
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use axum::http::HeaderMap;
-use corral_core::{ApiKeyStore, Runtime, SandboxStore, StoreError};
+use corral_core::{ApiKeyStore, StoreError};
+use corral_engine::Engine;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sha2::{Digest, Sha256};
 
@@ -16,12 +18,8 @@ pub struct ApiConfig {
     /// The externally visible base URL (`http://host:port`); when unset it is derived from the
     /// request's `Host` header.
     pub public_url: Option<String>,
-    /// How long a "minute" of the lifecycle intervals lasts (60 s; shorter only in tests).
-    pub lifecycle_minute: std::time::Duration,
     /// The domain preview hosts live under: `{port}-{sandboxId}.{preview_domain}`.
     pub preview_domain: String,
-    /// Where image build logs are written (`<dir>/<snapshot id>.log`).
-    pub build_log_dir: std::path::PathBuf,
     /// Where uploaded objects (build context) live: `<dir>/<bucket>/<key>`.
     pub object_storage_dir: std::path::PathBuf,
     /// The S3 endpoint handed to SDKs by `GET /api/object-storage/push-access`; when unset it
@@ -31,37 +29,33 @@ pub struct ApiConfig {
     pub tls: bool,
 }
 
-/// Everything a handler needs.
+/// Everything a handler needs. Dereferences to the [`Engine`], whose ports and state the
+/// handlers read; every change to a sandbox goes through the engine's operations.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Arc<dyn SandboxStore>,
+    pub engine: Engine,
     pub keys: Arc<Keys>,
-    pub runtime: Arc<dyn Runtime>,
     pub config: Arc<ApiConfig>,
     pub metrics: PrometheusHandle,
-    pub locks: Arc<crate::lifecycle::Locks>,
-    /// Sandboxes started ahead of demand.
-    pub pool: Arc<crate::pool::WarmPool>,
-    /// Pooled connections to sandbox agents.
-    pub agents: crate::agent_client::AgentClient,
-    pub activity: Arc<crate::lifecycle::Activity>,
-    /// Deletes finishing in the background.
-    pub teardowns: Arc<crate::lifecycle::Teardowns>,
+    /// Pooled connections to sandbox agents for the toolbox proxy and previews.
+    pub agents: AgentClient,
     /// Preview tokens and signed preview URLs.
     pub previews: Arc<dyn corral_core::ports::PreviewTokenStore>,
-    /// Volumes sandboxes mount.
-    pub volumes: Arc<dyn corral_core::ports::VolumeStore>,
-    /// Snapshots (named images).
-    pub snapshots: Arc<dyn corral_core::SnapshotStore>,
-    /// The images sandboxes run.
-    pub images: Arc<dyn corral_core::Images>,
     /// Sandbox events (fed by `events::PublishingStore`), streamed to SDKs over Socket.IO.
     pub events: crate::events::Events,
-    /// Uploaded build context and the issuer of the credentials that upload it (this
-    /// server's own: another server, even in the same process, refuses them).
-    pub object_storage: Arc<corral_s3::ObjectStorage>,
-    /// Snapshots this server is building, pulling or committing.
-    pub building: Arc<crate::builds::Building>,
+}
+
+/// The edge's client to sandbox agents (request bodies straight from axum).
+pub type AgentClient = hyper_util::client::legacy::Client<
+    corral_engine::agent_client::AgentConnector,
+    axum::body::Body,
+>;
+
+impl std::ops::Deref for AppState {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        &self.engine
+    }
 }
 
 impl std::fmt::Debug for AppState {

@@ -22,9 +22,8 @@ use crate::wire::timestamp;
 /// The most volumes one sandbox may mount.
 pub const MAX_MOUNTS: usize = 16;
 
-/// The lock key serialising volume deletes with sandbox creates that mount volumes (sandbox
-/// lock keys are uuids, so this cannot collide).
-const LOCK_KEY: &str = "\0volumes";
+/// The lock key serialising volume deletes with sandbox creates that mount volumes.
+use corral_engine::volumes::LOCK_KEY;
 
 /// Where the agent binary lives in every sandbox; a volume may not hide it.
 const AGENT_PATH: &str = corral_core::agent::AGENT_PATH_IN_SANDBOX;
@@ -67,7 +66,7 @@ impl From<&Volume> for VolumeDto {
 }
 
 fn not_found(what: &str) -> ApiError {
-    ApiError::not_found(format!("Volume {what} not found")).with_code("VOLUME_NOT_FOUND")
+    corral_engine::volumes::not_found(what).into()
 }
 
 fn validate_name(name: &str) -> Result<(), ApiError> {
@@ -337,49 +336,6 @@ pub fn parse_mounts(raw: &[serde_json::Value]) -> Result<Vec<VolumeMount>, ApiEr
         });
     }
     Ok(mounts)
-}
-
-/// Resolves each mount's volume (by id, else by name) to a ready volume's id, and records
-/// the use. Callers hold the guard this returns until the sandbox record is stored, so a
-/// volume cannot be deleted in between.
-pub async fn resolve_mounts(
-    state: &AppState,
-    mounts: &mut [VolumeMount],
-) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>, ApiError> {
-    if mounts.is_empty() {
-        return Ok(None);
-    }
-    let guard = state.locks.lock(LOCK_KEY).await;
-    let org = &state.config.organization_id;
-    let now = OffsetDateTime::now_utc();
-    for m in mounts.iter_mut() {
-        let by_id = state
-            .volumes
-            .volume(&m.volume_id)
-            .await?
-            .filter(|v| &v.organization_id == org && v.state != VolumeState::Deleted);
-        let v = match by_id {
-            Some(v) => v,
-            None => state
-                .volumes
-                .volume_by_name(org, &m.volume_id)
-                .await?
-                .ok_or_else(|| not_found(&format!("with ID or name {}", m.volume_id)))?,
-        };
-        if v.state != VolumeState::Ready {
-            return Err(ApiError::bad_request(format!(
-                "volume {} is {}, not ready",
-                v.name,
-                v.state.as_str()
-            ))
-            .with_code("VOLUME_NOT_READY"));
-        }
-        m.volume_id = v.id;
-    }
-    for m in mounts.iter() {
-        state.volumes.touch_volume(&m.volume_id, now).await?;
-    }
-    Ok(Some(guard))
 }
 
 /// Records what a runtime step on a volume did: `success` state, or `error` with the reason

@@ -385,37 +385,41 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         store.clone(),
         events.clone(),
     ));
+    let engine = corral_engine::Engine::new(
+        corral_engine::EngineConfig {
+            organization_id: "corral".into(),
+            lifecycle_minute: std::time::Duration::from_millis(args.lifecycle_minute_ms.max(1)),
+            build_log_dir: data_dir.join("builds"),
+        },
+        corral_engine::Ports {
+            store: sandboxes,
+            runtime: runtime.clone(),
+            snapshots: store.clone(),
+            volumes: store.clone(),
+            images,
+            object_storage: Arc::new(corral_s3::ObjectStorage::new(
+                data_dir.join("object-storage"),
+            )),
+        },
+        args.pool_size,
+    );
     let state = AppState {
-        store: sandboxes,
+        engine,
         keys: Arc::new(keys),
-        runtime: runtime.clone(),
         config: Arc::new(ApiConfig {
             organization_id: "corral".into(),
             public_url: args.public_url,
-            lifecycle_minute: std::time::Duration::from_millis(args.lifecycle_minute_ms.max(1)),
             preview_domain: args.preview_domain.trim_matches('.').to_ascii_lowercase(),
-            build_log_dir: data_dir.join("builds"),
             object_storage_dir: data_dir.join("object-storage"),
             storage_url: args.storage_url,
             tls: tls.is_some(),
         }),
         metrics,
-        locks: Default::default(),
-        pool: Arc::new(corral_api::pool::WarmPool::new(args.pool_size)),
-        agents: corral_api::agent_client::client(runtime.clone()),
-        activity: Default::default(),
-        teardowns: Default::default(),
+        agents: corral_engine::agent_client::client(runtime.clone()),
         previews: store.clone(),
-        volumes: store.clone(),
-        snapshots: store.clone(),
-        images,
         events,
-        object_storage: Arc::new(corral_s3::ObjectStorage::new(
-            data_dir.join("object-storage"),
-        )),
-        building: Default::default(),
     };
-    corral_api::reconciler::on_start(&state)
+    corral_engine::reconciler::on_start(&state)
         .await
         .map_err(|e| anyhow::anyhow!("reconciling recorded sandboxes: {}", e.message))?;
     let with_tls = tls.is_some();
@@ -431,8 +435,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .release_memory_after_bursts(corral_runtime::memory::release_free_memory);
     // Background work starts only once the port is ours, so a failed start leaves nothing.
     let tick = std::time::Duration::from_secs_f64(args.reconcile_seconds.clamp(0.05, 3600.0));
-    tokio::spawn(corral_api::reconciler::run(state.clone(), tick));
-    let filler = tokio::spawn(corral_api::pool::WarmPool::fill_forever(state.clone()));
+    tokio::spawn(corral_engine::reconciler::run(state.engine.clone(), tick));
+    let filler = tokio::spawn(corral_engine::pool::WarmPool::fill_forever(
+        state.engine.clone(),
+    ));
     tokio::spawn(corral_api::object_storage::collect_unused_forever(
         state.clone(),
     ));
@@ -453,7 +459,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Deletes already answered finish before the server exits.
     state.teardowns.wait().await;
     // Whatever ended serving, unclaimed pooled sandboxes must not outlive the server.
-    corral_api::pool::WarmPool::drain(&state, filler).await;
+    corral_engine::pool::WarmPool::drain(&state, filler).await;
     runtime.shutdown();
     store.close().await;
     tracing::info!("corral stopped; sandboxes keep running");

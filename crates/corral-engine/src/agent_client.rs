@@ -11,19 +11,55 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::Uri;
+use bytes::Bytes;
 use corral_core::Runtime;
+use http::Uri;
+use http_body_util::BodyExt as _;
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::UnixStream;
 
-/// The client type.
-pub type AgentClient = Client<AgentConnector, Body>;
+/// A request body sent to an agent by the engine.
+pub type AgentBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
-/// Builds the pooled client.
-pub fn client(runtime: Arc<dyn Runtime>) -> AgentClient {
+/// The engine's client type.
+pub type AgentClient = Client<AgentConnector, AgentBody>;
+
+/// A body of `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> AgentBody {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> AgentBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A body streamed from `chunks`.
+pub fn stream<S>(chunks: S) -> AgentBody
+where
+    S: futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static,
+{
+    use futures_util::StreamExt as _;
+    http_body_util::StreamBody::new(
+        chunks.map(|c| c.map(|b| hyper::body::Frame::data(Bytes::from(b)))),
+    )
+    .boxed_unsync()
+}
+
+/// Builds a pooled client, with request bodies of type `B`.
+pub fn client<B>(runtime: Arc<dyn Runtime>) -> Client<AgentConnector, B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(4)

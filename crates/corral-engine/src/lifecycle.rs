@@ -14,8 +14,8 @@ use corral_core::{DesiredState, Sandbox, SandboxSpec, SandboxState};
 use time::OffsetDateTime;
 use tokio::sync::OwnedMutexGuard;
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::Engine;
+use crate::error::EngineError;
 
 /// One async lock per sandbox, so lifecycle operations on a sandbox never interleave.
 #[derive(Debug, Default)]
@@ -68,10 +68,10 @@ impl Teardowns {
 /// tears it down in the background, holding its lock until done. A teardown that fails
 /// leaves the sandbox `destroying`; the reconciler tries again.
 pub async fn delete_in_background(
-    state: &AppState,
+    state: &Engine,
     mut s: Sandbox,
     guard: OwnedMutexGuard<()>,
-) -> Result<Sandbox, ApiError> {
+) -> Result<Sandbox, EngineError> {
     if let Some(run) = plan(&s, s.state, Operation::Delete)? {
         s.desired_state = DesiredState::Destroyed;
         begin(state, &mut s, &run).await?;
@@ -133,10 +133,10 @@ pub fn spec_of(s: &Sandbox) -> SandboxSpec {
 
 /// Records `st` as the sandbox's state.
 pub(crate) async fn save(
-    state: &AppState,
+    state: &Engine,
     s: &mut Sandbox,
     st: SandboxState,
-) -> Result<(), ApiError> {
+) -> Result<(), EngineError> {
     s.state = st;
     s.updated_at = OffsetDateTime::now_utc();
     state.store.update(s).await?;
@@ -144,12 +144,12 @@ pub(crate) async fn save(
 }
 
 /// The API error for an operation the state table refuses.
-pub(crate) fn refusal(r: Refusal, s: &Sandbox, op: Operation) -> ApiError {
+pub(crate) fn refusal(r: Refusal, s: &Sandbox, op: Operation) -> EngineError {
     let message = r.message(&s.id, s.state, op);
     let e = if r.is_conflict() {
-        ApiError::conflict(message)
+        EngineError::conflict(message)
     } else {
-        ApiError::bad_request(message)
+        EngineError::bad_request(message)
     };
     match r.code() {
         Some(code) => e.with_code(code),
@@ -163,7 +163,7 @@ pub(crate) fn plan(
     s: &Sandbox,
     from: SandboxState,
     op: Operation,
-) -> Result<Option<Run>, ApiError> {
+) -> Result<Option<Run>, EngineError> {
     match transitions::plan(from, op) {
         Transition::Done => Ok(None),
         Transition::Run {
@@ -188,7 +188,7 @@ pub(crate) struct Run {
 }
 
 /// Records `run.during` unless the sandbox is in it already.
-pub(crate) async fn begin(state: &AppState, s: &mut Sandbox, run: &Run) -> Result<(), ApiError> {
+pub(crate) async fn begin(state: &Engine, s: &mut Sandbox, run: &Run) -> Result<(), EngineError> {
     if s.state != run.during {
         save(state, s, run.during).await?;
     }
@@ -196,7 +196,7 @@ pub(crate) async fn begin(state: &AppState, s: &mut Sandbox, run: &Run) -> Resul
 }
 
 /// Records `run.failure` unless the sandbox is in it already.
-async fn fail(state: &AppState, s: &mut Sandbox, run: &Run) -> Result<(), ApiError> {
+async fn fail(state: &Engine, s: &mut Sandbox, run: &Run) -> Result<(), EngineError> {
     if s.state != run.failure {
         save(state, s, run.failure).await?;
     }
@@ -204,7 +204,7 @@ async fn fail(state: &AppState, s: &mut Sandbox, run: &Run) -> Result<(), ApiErr
 }
 
 /// Starts a stopped, archived or errored sandbox (a no-op when it is started and running).
-pub async fn start(state: &AppState, s: &mut Sandbox) -> Result<(), ApiError> {
+pub async fn start(state: &Engine, s: &mut Sandbox) -> Result<(), EngineError> {
     let from = transitions::effective(s.state, state.runtime.is_running(&s.id));
     let Some(run) = plan(s, from, Operation::Start)? else {
         return Ok(());
@@ -213,7 +213,7 @@ pub async fn start(state: &AppState, s: &mut Sandbox) -> Result<(), ApiError> {
     s.desired_state = DesiredState::Started;
     save(state, s, run.during).await?;
     if let Err(e) = state.runtime.start(&spec_of(s)).await {
-        let err = ApiError::from(e);
+        let err = EngineError::from(e);
         s.error_reason = Some(format!("the sandbox failed to start: {}", err.message));
         save(state, s, run.failure).await?;
         return Err(err);
@@ -229,7 +229,7 @@ pub async fn start(state: &AppState, s: &mut Sandbox) -> Result<(), ApiError> {
 
 /// Stops a sandbox, keeping its files; deletes it instead when its auto-delete interval is 0.
 /// Returns whether the sandbox still exists.
-pub async fn stop(state: &AppState, s: &mut Sandbox) -> Result<bool, ApiError> {
+pub async fn stop(state: &Engine, s: &mut Sandbox) -> Result<bool, EngineError> {
     let Some(run) = plan(s, s.state, Operation::Stop)? else {
         return Ok(true);
     };
@@ -252,7 +252,7 @@ pub async fn stop(state: &AppState, s: &mut Sandbox) -> Result<bool, ApiError> {
 }
 
 /// Packs a stopped sandbox's files into an archive.
-pub async fn archive(state: &AppState, s: &mut Sandbox) -> Result<(), ApiError> {
+pub async fn archive(state: &Engine, s: &mut Sandbox) -> Result<(), EngineError> {
     let Some(run) = plan(s, s.state, Operation::Archive)? else {
         return Ok(());
     };
@@ -270,7 +270,7 @@ pub async fn archive(state: &AppState, s: &mut Sandbox) -> Result<(), ApiError> 
 }
 
 /// Kills everything in the sandbox, removes every trace of it and its record.
-pub async fn delete(state: &AppState, s: &mut Sandbox) -> Result<(), ApiError> {
+pub async fn delete(state: &Engine, s: &mut Sandbox) -> Result<(), EngineError> {
     let Some(run) = plan(s, s.state, Operation::Delete)? else {
         return Ok(());
     };

@@ -8,15 +8,15 @@ use corral_core::transitions::{self, AfterCrash, Operation};
 use corral_core::{ListQuery, Sandbox, SandboxState};
 use time::OffsetDateTime;
 
-use crate::error::ApiError;
+use crate::Engine;
+use crate::error::EngineError;
 use crate::lifecycle;
-use crate::state::AppState;
 
 /// Auto-archive interval 0 means "the maximum": 30 days.
 const MAX_AUTO_ARCHIVE_MINUTES: i64 = 30 * 24 * 60;
 
 /// Every recorded sandbox (all pages).
-async fn all(state: &AppState) -> Result<Vec<Sandbox>, ApiError> {
+async fn all(state: &Engine) -> Result<Vec<Sandbox>, EngineError> {
     let mut query = ListQuery {
         limit: 200,
         ..Default::default()
@@ -32,7 +32,7 @@ async fn all(state: &AppState) -> Result<Vec<Sandbox>, ApiError> {
     }
 }
 
-fn minutes(state: &AppState, n: i64) -> time::Duration {
+fn minutes(state: &Engine, n: i64) -> time::Duration {
     time::Duration::try_from(state.config.lifecycle_minute).unwrap_or(time::Duration::MINUTE)
         * (n as i32)
 }
@@ -41,7 +41,7 @@ fn minutes(state: &AppState, n: i64) -> time::Duration {
 /// running sandboxes are adopted (exec works at once), sandboxes whose init died are marked
 /// `error` (start or recover runs them again), interrupted operations are finished, and
 /// traces of sandboxes that no longer exist are removed.
-pub async fn on_start(state: &AppState) -> Result<(), ApiError> {
+pub async fn on_start(state: &Engine) -> Result<(), EngineError> {
     let recorded = all(state).await?;
     for mut s in recorded.iter().cloned() {
         // Processes may be running only in these states: adopt them, so exec works at once.
@@ -114,7 +114,7 @@ pub async fn on_start(state: &AppState) -> Result<(), ApiError> {
 }
 
 /// Runs the reconciler every `tick` until the process ends.
-pub async fn run(state: AppState, tick: Duration) {
+pub async fn run(state: Engine, tick: Duration) {
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -126,7 +126,7 @@ pub async fn run(state: AppState, tick: Duration) {
 }
 
 /// One pass: flush activity, then apply timers and reality to every sandbox.
-pub async fn reconcile_once(state: &AppState) -> Result<(), ApiError> {
+pub async fn reconcile_once(state: &Engine) -> Result<(), EngineError> {
     let activity = state.activity.drain();
     let now = OffsetDateTime::now_utc();
     for id in all(state).await?.into_iter().map(|s| s.id) {

@@ -21,14 +21,11 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
-use axum::response::Response;
 use corral_core::{
     CommitConfig, Egress, ImageInfo, Resources, SandboxSpec, Snapshot, SnapshotState,
 };
 use corral_dockerfile::{self as dockerfile, CopySource, Op};
+use http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 
@@ -38,19 +35,17 @@ mod context;
 pub use claim::Building;
 pub(crate) use claim::Claim;
 
-use crate::error::ApiError;
-use crate::extract::QueryPairs;
-use crate::state::AppState;
+use crate::Engine;
+use crate::agent_client::{self, AgentBody};
+use crate::error::EngineError;
 
 /// The longest a single `RUN` step may take.
 const STEP_TIMEOUT_SECS: i64 = 3600;
 /// The largest step output kept in the log (the rest is cut, with a note).
 const MAX_STEP_LOG: usize = 1 << 20;
-/// How often a followed log is polled for more.
-const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 /// Where a snapshot's build log is.
-pub fn log_path(state: &AppState, snapshot_id: &str) -> PathBuf {
+pub fn log_path(state: &Engine, snapshot_id: &str) -> PathBuf {
     state
         .config
         .build_log_dir
@@ -69,7 +64,7 @@ struct LogFile {
 
 impl Log {
     /// Starts the log of snapshot `snapshot_id` afresh.
-    pub(crate) fn create(state: &AppState, snapshot_id: &str) -> Self {
+    pub(crate) fn create(state: &Engine, snapshot_id: &str) -> Self {
         let path = log_path(state, snapshot_id);
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
@@ -129,11 +124,11 @@ pub fn needs_build(dockerfile: &str) -> bool {
 /// Builds snapshot `snap` (recorded `pending`) from `dockerfile`: `building`, then `active`
 /// with its size, or `build_failed` with the reason (also the last line of the log).
 pub async fn build(
-    state: &AppState,
+    state: &Engine,
     snap: &mut Snapshot,
     dockerfile: &str,
     context: &[String],
-) -> Result<ImageInfo, ApiError> {
+) -> Result<ImageInfo, EngineError> {
     let log = Log::create(state, &snap.id);
     snap.state = SnapshotState::Building;
     snap.updated_at_ms = crate::snapshots::now_ms();
@@ -162,26 +157,26 @@ pub async fn build(
             snap.updated_at_ms = crate::snapshots::now_ms();
             state.snapshots.update_snapshot(snap).await?;
             tracing::warn!(snapshot = %snap.name, error = %e.message, "snapshot build failed");
-            Err(ApiError::bad_request(e.message).with_code("BUILD_FAILED"))
+            Err(EngineError::bad_request(e.message).with_code("BUILD_FAILED"))
         }
     }
 }
 
-fn invalid(e: dockerfile::DockerfileError) -> ApiError {
-    ApiError::bad_request(e.to_string())
+fn invalid(e: dockerfile::DockerfileError) -> EngineError {
+    EngineError::bad_request(e.to_string())
 }
 
 async fn run_build(
-    state: &AppState,
+    state: &Engine,
     snap: &Snapshot,
     content: &str,
     context: &[String],
     log: &Log,
-) -> Result<ImageInfo, ApiError> {
+) -> Result<ImageInfo, EngineError> {
     let no_args = BTreeMap::new();
     let first = dockerfile::parse(content, &no_args).map_err(invalid)?;
     if first.base == "scratch" {
-        return Err(ApiError::bad_request(
+        return Err(EngineError::bad_request(
             "FROM scratch is not supported: a build needs a base image to run its steps in",
         ));
     }
@@ -233,7 +228,7 @@ async fn run_build(
                 .runtime
                 .snapshot(&id, &snap.id, &config)
                 .await
-                .map_err(ApiError::from)
+                .map_err(EngineError::from)
         }
         Err(e) => Err(e),
     };
@@ -260,14 +255,14 @@ impl Context {
 }
 
 async fn run_steps(
-    state: &AppState,
+    state: &Engine,
     id: &str,
     parsed: &dockerfile::Dockerfile,
     base: &ImageInfo,
     env: Vec<(String, String)>,
     hashes: &[String],
     log: &Log,
-) -> Result<CommitConfig, ApiError> {
+) -> Result<CommitConfig, EngineError> {
     // The uploaded context, read at its first use.
     let mut context: Option<std::sync::Arc<context::Index>> = None;
     let mut cx = Context {
@@ -283,7 +278,7 @@ async fn run_steps(
         let label = format!("Step {}/{n} : {}", i + 1, step.text());
         log.line(&label);
         let failed = |what: String| {
-            ApiError::bad_request(format!(
+            EngineError::bad_request(format!(
                 "step {}/{n} (Dockerfile line {}) `{}` {what}",
                 i + 1,
                 step.line,
@@ -398,13 +393,14 @@ fn q(s: &str) -> String {
 
 /// Lists the entries of a build's uploaded context archives.
 async fn read_context(
-    state: &AppState,
+    state: &Engine,
     hashes: &[String],
     log: &Log,
 ) -> Result<std::sync::Arc<context::Index>, String> {
     let mut archives = Vec::with_capacity(hashes.len());
     for h in hashes {
-        let path = crate::object_storage::context_archive(state, h)
+        let path = state
+            .context_archive(h)
             .filter(|p| p.is_file())
             .ok_or_else(|| format!("the build context {h} is missing from the object store"))?;
         archives.push(context::Archive {
@@ -425,7 +421,7 @@ async fn read_context(
 }
 
 /// Whether `path` is a directory (or a link to one) in the build sandbox.
-async fn is_dir(state: &AppState, id: &str, path: &str) -> Result<bool, String> {
+async fn is_dir(state: &Engine, id: &str, path: &str) -> Result<bool, String> {
     let (status, body) = agent(
         state,
         id,
@@ -444,7 +440,7 @@ async fn is_dir(state: &AppState, id: &str, path: &str) -> Result<bool, String> 
 /// `COPY` of `source` from the uploaded context to `dest`, with Docker's rules (see
 /// `context`), through the agent's `POST /corral/untar`.
 async fn copy_context(
-    state: &AppState,
+    state: &Engine,
     id: &str,
     index: std::sync::Arc<context::Index>,
     source: &str,
@@ -466,7 +462,7 @@ async fn copy_context(
 
 /// Streams one batch of context entries to the build sandbox's agent, which unpacks it.
 async fn untar(
-    state: &AppState,
+    state: &Engine,
     id: &str,
     index: std::sync::Arc<context::Index>,
     batch: context::Batch,
@@ -496,7 +492,7 @@ async fn untar(
         }
         r
     });
-    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+    let body = agent_client::stream(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     }));
     let req = Request::builder()
@@ -528,7 +524,7 @@ async fn untar(
 
 /// Runs one `RUN` command in the build sandbox; its output goes to the log.
 async fn run(
-    state: &AppState,
+    state: &Engine,
     id: &str,
     cx: &Context,
     argv: &[String],
@@ -566,7 +562,7 @@ async fn run(
         .uri(format!("http://{id}/corral/run"))
         .header(header::HOST, "agent")
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body.to_string()))
+        .body(agent_client::full(body.to_string()))
         .map_err(|e| e.to_string())?;
     let resp = state
         .agents
@@ -637,7 +633,7 @@ async fn run(
 }
 
 /// Creates a directory (and its parents) in the build sandbox, as root.
-async fn folder(state: &AppState, id: &str, path: &str) -> Result<(), String> {
+async fn folder(state: &Engine, id: &str, path: &str) -> Result<(), String> {
     let mut so_far = String::new();
     for part in path.split('/').filter(|p| !p.is_empty()) {
         so_far.push('/');
@@ -662,7 +658,7 @@ async fn folder(state: &AppState, id: &str, path: &str) -> Result<(), String> {
 }
 
 /// Writes a file in the build sandbox.
-async fn upload(state: &AppState, id: &str, path: &str, content: &[u8]) -> Result<(), String> {
+async fn upload(state: &Engine, id: &str, path: &str, content: &[u8]) -> Result<(), String> {
     const BOUNDARY: &str = "corral-build-7f3a9c1e5b";
     let mut body = Vec::with_capacity(content.len() + 256);
     body.extend_from_slice(
@@ -682,7 +678,7 @@ async fn upload(state: &AppState, id: &str, path: &str, content: &[u8]) -> Resul
             header::CONTENT_TYPE,
             format!("multipart/form-data; boundary={BOUNDARY}"),
         )
-        .body(Body::from(body))
+        .body(agent_client::full(body))
         .map_err(|e| e.to_string())?;
     let (status, answer) = send(state, req).await?;
     if status.is_success() {
@@ -697,7 +693,7 @@ async fn upload(state: &AppState, id: &str, path: &str, content: &[u8]) -> Resul
 
 /// Sets a file's owner (`user[:group]`) and mode in the build sandbox.
 async fn permissions(
-    state: &AppState,
+    state: &Engine,
     id: &str,
     path: &str,
     chown: Option<&str>,
@@ -734,7 +730,7 @@ async fn permissions(
 
 /// One request to the build sandbox's agent.
 async fn agent(
-    state: &AppState,
+    state: &Engine,
     id: &str,
     method: Method,
     path_and_query: &str,
@@ -747,14 +743,14 @@ async fn agent(
     let body = match json_body {
         Some(v) => {
             req = req.header(header::CONTENT_TYPE, "application/json");
-            Body::from(v.to_string())
+            agent_client::full(v.to_string())
         }
-        None => Body::empty(),
+        None => agent_client::empty(),
     };
     send(state, req.body(body).map_err(|e| e.to_string())?).await
 }
 
-async fn send(state: &AppState, req: Request<Body>) -> Result<(StatusCode, Vec<u8>), String> {
+async fn send(state: &Engine, req: Request<AgentBody>) -> Result<(StatusCode, Vec<u8>), String> {
     let resp = state
         .agents
         .request(req)
@@ -770,125 +766,18 @@ async fn send(state: &AppState, req: Request<Body>) -> Result<(StatusCode, Vec<u
     Ok((status, body.to_vec()))
 }
 
-// ---- build logs ----------------------------------------------------------------------------
-
-/// `GET /api/snapshots/{id}/build-logs-url` → `{url}`.
-pub async fn snapshot_logs_url(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id_or_name): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let s = snapshot(&state, &id_or_name).await?;
-    Ok(axum::Json(json!({
-        "url": format!("{}/api/snapshots/{}/build-logs", state.base_url(&headers), s.id)
-    })))
-}
-
-/// `GET /api/sandbox/{id}/build-logs-url` → `{url}`.
-pub async fn sandbox_logs_url(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id_or_name): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let sb = crate::sandboxes::find(&state, &id_or_name).await?;
-    Ok(axum::Json(json!({
-        "url": format!("{}/api/sandbox/{}/build-logs", state.base_url(&headers), sb.id)
-    })))
-}
-
-async fn snapshot(state: &AppState, id_or_name: &str) -> Result<Snapshot, ApiError> {
-    crate::snapshots::find(state, id_or_name)
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(format!("Snapshot {id_or_name} not found"))
-                .with_code("SNAPSHOT_NOT_FOUND")
-        })
-}
-
-/// `GET /api/snapshots/{id}/build-logs[?follow=true]`.
-pub async fn snapshot_logs(
-    State(state): State<AppState>,
-    Path(id_or_name): Path<String>,
-    query: QueryPairs,
-) -> Result<Response, ApiError> {
-    let s = snapshot(&state, &id_or_name).await?;
-    logs(state, s.id, follow(&query)?).await
-}
-
-/// `GET /api/sandbox/{id}/build-logs[?follow=true]`: the log of the snapshot the sandbox
-/// is built from.
-pub async fn sandbox_logs(
-    State(state): State<AppState>,
-    Path(id_or_name): Path<String>,
-    query: QueryPairs,
-) -> Result<Response, ApiError> {
-    let sb = crate::sandboxes::find(&state, &id_or_name).await?;
-    let s = snapshot(&state, &sb.snapshot)
-        .await
-        .map_err(|_| ApiError::not_found(format!("sandbox {} has no build logs", sb.id)))?;
-    logs(state, s.id, follow(&query)?).await
-}
-
-fn follow(query: &QueryPairs) -> Result<bool, ApiError> {
-    match query.get("follow") {
-        None | Some("" | "false" | "0") => Ok(false),
-        Some("true" | "1") => Ok(true),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "follow must be true or false, got {other:?}"
-        ))),
-    }
-}
-
 /// Whether a snapshot's build has ended (or it never builds).
-async fn build_over(state: &AppState, id: &str) -> bool {
+pub async fn build_over(state: &Engine, id: &str) -> bool {
     match state.snapshots.get_snapshot(id).await {
         Ok(Some(s)) => !matches!(s.state, SnapshotState::Pending | SnapshotState::Building),
         _ => true,
     }
 }
 
-async fn logs(state: AppState, id: String, follow: bool) -> Result<Response, ApiError> {
-    let path = log_path(&state, &id);
-    let text_plain = |body: Body| {
-        Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-            .body(body)
-            .map_err(|e| ApiError::internal("answering build logs", &e))
-    };
-    if !follow {
-        let bytes = tokio::fs::read(&path).await.unwrap_or_default();
-        return text_plain(Body::from(bytes));
-    }
-    // (bytes sent so far, whether the build was over at the last read)
-    let stream = futures_util::stream::unfold((0usize, false), move |(sent, done)| {
-        let (state, id, path) = (state.clone(), id.clone(), path.clone());
-        async move {
-            if done {
-                return None;
-            }
-            loop {
-                // The state first: a build that is over has written its whole log.
-                let over = build_over(&state, &id).await;
-                let bytes = tokio::fs::read(&path).await.unwrap_or_default();
-                if bytes.len() > sent {
-                    let chunk = bytes[sent..].to_vec();
-                    return Some((Ok::<_, std::io::Error>(chunk), (bytes.len(), over)));
-                }
-                if over {
-                    return None;
-                }
-                tokio::time::sleep(FOLLOW_POLL).await;
-            }
-        }
-    });
-    text_plain(Body::from_stream(stream))
-}
-
 // ---- build snapshots and sandboxes built from Dockerfiles ------------------------------------
 
 /// Where a build snapshot's Dockerfile is kept (so an interrupted build can run again).
-fn dockerfile_path(state: &AppState, snapshot_id: &str) -> PathBuf {
+fn dockerfile_path(state: &Engine, snapshot_id: &str) -> PathBuf {
     state
         .config
         .build_log_dir
@@ -896,7 +785,7 @@ fn dockerfile_path(state: &AppState, snapshot_id: &str) -> PathBuf {
 }
 
 /// Where a build snapshot's uploaded context hashes are kept (a JSON list; absent: none).
-fn context_path(state: &AppState, snapshot_id: &str) -> PathBuf {
+fn context_path(state: &Engine, snapshot_id: &str) -> PathBuf {
     state
         .config
         .build_log_dir
@@ -904,20 +793,20 @@ fn context_path(state: &AppState, snapshot_id: &str) -> PathBuf {
 }
 
 /// The uploaded context hashes a build snapshot was recorded with.
-async fn context_of(state: &AppState, snapshot_id: &str) -> Result<Vec<String>, ApiError> {
+async fn context_of(state: &Engine, snapshot_id: &str) -> Result<Vec<String>, EngineError> {
     match tokio::fs::read(context_path(state, snapshot_id)).await {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::bad_request(format!(
+            EngineError::bad_request(format!(
                 "the build context list of snapshot {snapshot_id} is unreadable: {e}"
             ))
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(ApiError::internal("reading a build's context list", &e)),
+        Err(e) => Err(EngineError::internal("reading a build's context list", &e)),
     }
 }
 
 /// Whether snapshot `id` is built from a Dockerfile (rather than pulled or committed).
-pub fn is_build(state: &AppState, snapshot_id: &str) -> bool {
+pub fn is_build(state: &Engine, snapshot_id: &str) -> bool {
     dockerfile_path(state, snapshot_id).is_file()
 }
 
@@ -925,21 +814,21 @@ pub fn is_build(state: &AppState, snapshot_id: &str) -> bool {
 /// parse, and uploaded context that is not there (a malformed hash, or no archive under it:
 /// `BUILD_CONTEXT_MISSING`).
 pub fn check(
-    state: &AppState,
+    state: &Engine,
     dockerfile: &str,
     context_hashes: Option<&[String]>,
-) -> Result<(), ApiError> {
+) -> Result<(), EngineError> {
     dockerfile::parse(dockerfile, &BTreeMap::new()).map_err(invalid)?;
     for hash in context_hashes.unwrap_or_default() {
-        let why = match crate::object_storage::context_archive(state, hash) {
+        let why = match state.context_archive(hash) {
             None => "is not a build context hash (32 hex digits, as the SDK computes them)",
             Some(p) if !p.is_file() => "was not uploaded",
             Some(p) => {
-                crate::object_storage::mark_used(&p);
+                corral_s3::mark_used(&p);
                 continue;
             }
         };
-        return Err(ApiError::bad_request(format!(
+        return Err(EngineError::bad_request(format!(
             "build context {hash:?} {why}: upload it first (the SDK does this through \
              /api/object-storage/push-access)"
         ))
@@ -951,12 +840,12 @@ pub fn check(
 /// Records snapshot `name`, to be built from `dockerfile` (`pending`) with the uploaded
 /// context `context` (hashes), with the resources its build sandbox gets.
 pub async fn record(
-    state: &AppState,
+    state: &Engine,
     name: String,
     dockerfile: &str,
     context: &[String],
     resources: Resources,
-) -> Result<Snapshot, ApiError> {
+) -> Result<Snapshot, EngineError> {
     let id = uuid::Uuid::new_v4().to_string();
     let now = crate::snapshots::now_ms();
     let snap = Snapshot {
@@ -979,19 +868,19 @@ pub async fn record(
     if let Some(dir) = path.parent() {
         tokio::fs::create_dir_all(dir)
             .await
-            .map_err(|e| ApiError::internal("creating the build dir", &e))?;
+            .map_err(|e| EngineError::internal("creating the build dir", &e))?;
     }
     let hashes_path = context_path(state, &snap.id);
     if !context.is_empty() {
         let list = serde_json::to_vec(context)
-            .map_err(|e| ApiError::internal("keeping the build context list", &e))?;
+            .map_err(|e| EngineError::internal("keeping the build context list", &e))?;
         tokio::fs::write(&hashes_path, list)
             .await
-            .map_err(|e| ApiError::internal("keeping the build context list", &e))?;
+            .map_err(|e| EngineError::internal("keeping the build context list", &e))?;
     }
     tokio::fs::write(&path, dockerfile)
         .await
-        .map_err(|e| ApiError::internal("keeping the Dockerfile", &e))?;
+        .map_err(|e| EngineError::internal("keeping the Dockerfile", &e))?;
     if let Err(e) = crate::snapshots::insert(state, &snap).await {
         let _ = tokio::fs::remove_file(&path).await;
         let _ = tokio::fs::remove_file(&hashes_path).await;
@@ -1003,14 +892,14 @@ pub async fn record(
 /// Makes snapshot `id` active: builds it from its Dockerfile or pulls its image, unless it
 /// is active already. When this process is doing that already, waits for it instead (and
 /// fails with its reason when it failed).
-pub async fn ensure_ready(state: &AppState, id: &str) -> Result<(), ApiError> {
+pub async fn ensure_ready(state: &Engine, id: &str) -> Result<(), EngineError> {
     let mut waited = false;
     loop {
         let mut snap = state
             .snapshots
             .get_snapshot(id)
             .await?
-            .ok_or_else(|| ApiError::bad_request(format!("snapshot {id} was deleted")))?;
+            .ok_or_else(|| EngineError::bad_request(format!("snapshot {id} was deleted")))?;
         if snap.state == SnapshotState::Active {
             return Ok(());
         }
@@ -1025,7 +914,7 @@ pub async fn ensure_ready(state: &AppState, id: &str) -> Result<(), ApiError> {
                 SnapshotState::BuildFailed | SnapshotState::Error
             )
         {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::bad_request(format!(
                 "snapshot {} failed: {}",
                 snap.name,
                 snap.error_reason.unwrap_or_default()
@@ -1041,7 +930,7 @@ pub async fn ensure_ready(state: &AppState, id: &str) -> Result<(), ApiError> {
                     let hashes = context_of(state, id).await?;
                     build(state, &mut snap, &c, &hashes).await.map(|_| ())
                 }
-                Err(e) => Err(ApiError::bad_request(format!(
+                Err(e) => Err(EngineError::bad_request(format!(
                     "the Dockerfile of snapshot {} is gone: {e}",
                     snap.name
                 ))),
@@ -1053,7 +942,7 @@ pub async fn ensure_ready(state: &AppState, id: &str) -> Result<(), ApiError> {
 }
 
 /// Removes a deleted snapshot's build files.
-pub async fn forget(state: &AppState, snapshot_id: &str) {
+pub async fn forget(state: &Engine, snapshot_id: &str) {
     for p in [
         dockerfile_path(state, snapshot_id),
         context_path(state, snapshot_id),
@@ -1065,7 +954,7 @@ pub async fn forget(state: &AppState, snapshot_id: &str) {
 
 /// Restarts, in the background, the builds and pulls a previous server process left
 /// unfinished.
-pub async fn resume(state: &AppState) -> Result<(), ApiError> {
+pub async fn resume(state: &Engine) -> Result<(), EngineError> {
     for s in state.snapshots.list_snapshots().await? {
         if matches!(
             s.state,
@@ -1106,11 +995,11 @@ fn build_name(dockerfile: &str, context: &[String], resources: Resources) -> Str
 /// The snapshot a Dockerfile that needs a build is built as: one per Dockerfile, uploaded
 /// context and build resources, so the same image is built once; recorded `pending` when new.
 pub async fn build_snapshot(
-    state: &AppState,
+    state: &Engine,
     dockerfile: &str,
     context: &[String],
     resources: Resources,
-) -> Result<Snapshot, ApiError> {
+) -> Result<Snapshot, EngineError> {
     let name = build_name(dockerfile, context, resources);
     if let Some(s) = state.snapshots.get_snapshot(&name).await? {
         return Ok(s);
@@ -1127,10 +1016,10 @@ pub async fn build_snapshot(
 /// yet, or a snapshot named in the request that is still pending, pulling or building.
 /// `None`: the sandbox can start at once (a stored image, an active snapshot, `host`).
 pub async fn snapshot_to_prepare(
-    state: &AppState,
+    state: &Engine,
     sandbox: &corral_core::Sandbox,
     build_info: Option<&Value>,
-) -> Result<Option<Snapshot>, ApiError> {
+) -> Result<Option<Snapshot>, EngineError> {
     let dockerfile = build_info.and_then(|b| b.get("dockerfileContent")?.as_str());
     let Some(dockerfile) = dockerfile else {
         if build_info.is_some() || sandbox.snapshot == crate::sandboxes::DEFAULT_SNAPSHOT {
@@ -1147,7 +1036,7 @@ pub async fn snapshot_to_prepare(
     let context: Option<Vec<String>> = match build_info.and_then(|b| b.get("contextHashes")) {
         None | Some(Value::Null) => None,
         Some(c) => Some(serde_json::from_value(c.clone()).map_err(|_| {
-            ApiError::bad_request("buildInfo.contextHashes must be a list of strings")
+            EngineError::bad_request("buildInfo.contextHashes must be a list of strings")
         })?),
     };
     let context = context.filter(|c| !c.is_empty());
@@ -1178,12 +1067,11 @@ pub async fn snapshot_to_prepare(
 /// in the background the snapshot is made ready, then the sandbox starts from it
 /// (`building_snapshot` → `creating` → `started`, or `build_failed` with the reason).
 pub async fn create_sandbox(
-    state: AppState,
-    headers: HeaderMap,
+    state: &Engine,
     mut sandbox: corral_core::Sandbox,
     snapshot: Snapshot,
     user_requested: bool,
-) -> Result<axum::Json<crate::wire::SandboxDto>, ApiError> {
+) -> Result<corral_core::Sandbox, EngineError> {
     sandbox.snapshot = snapshot.name;
     if !user_requested {
         // The image's user, known once it is ready.
@@ -1191,21 +1079,20 @@ pub async fn create_sandbox(
     }
     sandbox.state = corral_core::SandboxState::PendingBuild;
     state.store.insert(&sandbox).await?;
-    let answer = crate::sandboxes::dto(&state, &headers, &sandbox, true);
     let bg = state.clone();
     let id = sandbox.id.clone();
     tokio::spawn(async move { finish(bg, id).await });
-    Ok(axum::Json(answer))
+    Ok(sandbox)
 }
 
 /// Builds (or waits for) the snapshot of a `pending_build` sandbox, then starts it.
-pub async fn finish(state: AppState, id: String) {
+pub async fn finish(state: Engine, id: String) {
     if let Err(e) = try_finish(&state, &id).await {
         tracing::warn!(sandbox = %id, error = %e.message, "building a sandbox's image failed");
     }
 }
 
-async fn try_finish(state: &AppState, id: &str) -> Result<(), ApiError> {
+async fn try_finish(state: &Engine, id: &str) -> Result<(), EngineError> {
     use crate::lifecycle::save;
     use corral_core::SandboxState as S;
     // The sandbox's lock is not held during the build, so a delete meanwhile is not kept
@@ -1224,7 +1111,7 @@ async fn try_finish(state: &AppState, id: &str) -> Result<(), ApiError> {
     let snap = state.snapshots.get_snapshot(&snapshot).await?;
     let built = match &snap {
         Some(snap) => ensure_ready(state, &snap.id).await,
-        None => Err(ApiError::bad_request(format!(
+        None => Err(EngineError::bad_request(format!(
             "snapshot {snapshot} was deleted"
         ))),
     };

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Snapshots this server is making ready (a second request for one waits for it); each
-/// server has its own, in [`AppState::building`](crate::AppState::building).
+/// server has its own, in [`Engine::building`](crate::Engine::building).
 #[derive(Debug, Default)]
 pub struct Building(Mutex<BTreeSet<String>>);
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use corral_core::{Resources, SandboxSpec};
 use tokio::sync::Notify;
 
-use crate::state::AppState;
+use crate::Engine;
 
 /// Ids of started, unclaimed sandboxes.
 #[derive(Debug, Default)]
@@ -75,7 +75,7 @@ impl WarmPool {
     }
 
     /// Keeps the pool full until [`WarmPool::drain`] closes it.
-    pub async fn fill_forever(state: AppState) {
+    pub async fn fill_forever(state: Engine) {
         let pool = state.pool.clone();
         while !pool.is_closed() {
             while pool.len() < pool.size && !pool.is_closed() {
@@ -100,7 +100,7 @@ impl WarmPool {
 
     /// Closes the pool: waits for the filler (`filler`, the task running
     /// [`WarmPool::fill_forever`]) to stop, then destroys every unclaimed sandbox.
-    pub async fn drain(state: &AppState, filler: tokio::task::JoinHandle<()>) {
+    pub async fn drain(state: &Engine, filler: tokio::task::JoinHandle<()>) {
         state
             .pool
             .closed

@@ -1,0 +1,134 @@
+//! corral's control plane: everything that decides and records what happens to sandboxes and
+//! snapshots, behind one operation surface ([`Engine::apply`] with an [`Op`], plus create),
+//! over the core's ports (store, runtime, images). The HTTP edge (`corral-api`) parses a
+//! request, makes one engine call and shapes the answer; it writes no sandbox state itself.
+//!
+//! - [`lifecycle`]: the per-sandbox lock, start/stop/archive/delete by the transition table;
+//! - [`ops`]: the operation enum and its entry point;
+//! - [`sandboxes`]: find and create (warm pool, cold, from an image, after a build);
+//! - [`forks`]: snapshot and fork of a sandbox;
+//! - [`snapshots`], [`builds`]: named images, pulls and Dockerfile builds;
+//! - [`reconciler`]: timers and recovery at start; [`pool`]: the warm pool;
+//! - [`volumes`]: the volumes a create mounts.
+
+#![forbid(unsafe_code)]
+
+pub mod agent_client;
+pub mod builds;
+pub mod error;
+pub mod forks;
+pub mod lifecycle;
+pub mod ops;
+pub mod pool;
+pub mod reconciler;
+pub mod sandboxes;
+pub mod snapshots;
+pub mod volumes;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use corral_core::{Images, Runtime, SandboxStore, SnapshotStore, ports::VolumeStore};
+
+pub use error::{EngineError, ErrorKind};
+pub use ops::{NetworkChange, Op, Resize, Timer};
+
+/// Settings of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The organization every sandbox belongs to (one tenant per server for now).
+    pub organization_id: String,
+    /// How long a "minute" of the lifecycle intervals lasts (60 s; shorter only in tests).
+    pub lifecycle_minute: std::time::Duration,
+    /// Where image build logs are written (`<dir>/<snapshot id>.log`).
+    pub build_log_dir: PathBuf,
+}
+
+/// The control plane: its ports and the state it keeps in memory. Cheap to clone (every
+/// field is shared).
+#[derive(Clone)]
+pub struct Engine {
+    pub config: Arc<EngineConfig>,
+    pub store: Arc<dyn SandboxStore>,
+    pub runtime: Arc<dyn Runtime>,
+    /// Snapshots (named images).
+    pub snapshots: Arc<dyn SnapshotStore>,
+    /// Volumes sandboxes mount.
+    pub volumes: Arc<dyn VolumeStore>,
+    /// The images sandboxes run.
+    pub images: Arc<dyn Images>,
+    /// One lock per sandbox: operations on a sandbox never interleave.
+    pub locks: Arc<lifecycle::Locks>,
+    /// Sandboxes started ahead of demand.
+    pub pool: Arc<pool::WarmPool>,
+    /// Last activity per sandbox, flushed to the store by the reconciler.
+    pub activity: Arc<lifecycle::Activity>,
+    /// Deletes finishing in the background.
+    pub teardowns: Arc<lifecycle::Teardowns>,
+    /// Snapshots this server is building, pulling or committing.
+    pub building: Arc<builds::Building>,
+    /// The engine's client to sandbox agents (build steps).
+    pub agents: agent_client::AgentClient,
+    /// Uploaded build context (this server's own).
+    pub object_storage: Arc<corral_s3::ObjectStorage>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an [`Engine`] is built from.
+#[derive(Clone)]
+pub struct Ports {
+    pub store: Arc<dyn SandboxStore>,
+    pub runtime: Arc<dyn Runtime>,
+    pub snapshots: Arc<dyn SnapshotStore>,
+    pub volumes: Arc<dyn VolumeStore>,
+    pub images: Arc<dyn Images>,
+    pub object_storage: Arc<corral_s3::ObjectStorage>,
+}
+
+impl std::fmt::Debug for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ports").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine over `ports`, with a warm pool of `pool_size` sandboxes.
+    pub fn new(config: EngineConfig, ports: Ports, pool_size: usize) -> Self {
+        Self {
+            config: Arc::new(config),
+            agents: agent_client::client(ports.runtime.clone()),
+            store: ports.store,
+            runtime: ports.runtime,
+            snapshots: ports.snapshots,
+            volumes: ports.volumes,
+            images: ports.images,
+            locks: Arc::default(),
+            pool: Arc::new(pool::WarmPool::new(pool_size)),
+            activity: Arc::default(),
+            teardowns: Arc::default(),
+            building: Arc::default(),
+            object_storage: ports.object_storage,
+        }
+    }
+
+    /// Where the context archive with this hash (as the SDK computes it: 32 hex digits) is
+    /// kept, or `None` for a malformed hash. The file may not exist.
+    pub fn context_archive(&self, hash: &str) -> Option<PathBuf> {
+        self.object_storage
+            .context_archive(&self.config.organization_id, hash)
+    }
+
+    /// Records activity on sandbox `id` now (counts for auto-stop).
+    pub async fn touch(&self, id_or_name: &str) -> Result<(), EngineError> {
+        let s = sandboxes::find(self, id_or_name).await?;
+        self.activity.touch(&s.id);
+        Ok(())
+    }
+}

@@ -1,0 +1,222 @@
+//! Sandboxes: finding them, creating them (from the warm pool, cold, from an image, or after
+//! a build or pull) and starting a just-recorded one. Operations on an existing sandbox go
+//! through [`crate::ops`].
+
+use std::time::Instant;
+
+use corral_core::{Sandbox, SandboxState};
+use time::OffsetDateTime;
+
+use crate::Engine;
+use crate::error::EngineError;
+use crate::lifecycle;
+
+/// The image sandboxes get when the request names none.
+pub const DEFAULT_SNAPSHOT: &str = "host";
+/// The user sandboxes run as when the request names none.
+pub const DEFAULT_USER: &str = "daytona";
+
+fn not_found(id_or_name: &str) -> EngineError {
+    EngineError::not_found(format!("Sandbox with ID or name {id_or_name} not found"))
+        .with_code("SANDBOX_NOT_FOUND")
+}
+
+/// Finds a sandbox by id or name.
+pub async fn find(state: &Engine, id_or_name: &str) -> Result<Sandbox, EngineError> {
+    state
+        .store
+        .get(id_or_name)
+        .await?
+        .ok_or_else(|| not_found(id_or_name))
+}
+
+/// Checks a sandbox name.
+pub fn validate_name(name: &str) -> Result<(), EngineError> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::bad_request(
+            "name must be 1-255 characters of letters, digits, '-', '_' or '.'",
+        ))
+    }
+}
+
+/// Gives the new sandbox a running pooled sandbox when its shape matches the pool's.
+async fn claim_pooled(
+    state: &Engine,
+    sandbox: &mut Sandbox,
+) -> Result<Option<Sandbox>, EngineError> {
+    let shape = crate::pool::pooled_spec(String::new());
+    let matches = sandbox.snapshot == shape.image
+        && sandbox.user == shape.user
+        && sandbox.env.is_empty()
+        && sandbox.resources == shape.resources
+        && sandbox.egress() == shape.egress
+        && sandbox.volumes.is_empty();
+    if !matches {
+        return Ok(None);
+    }
+    while let Some(id) = state.pool.take() {
+        if !state.runtime.is_running(&id) {
+            state.runtime.destroy(&id).await?;
+            continue;
+        }
+        let fresh_name = sandbox.name == sandbox.id;
+        sandbox.id = id;
+        if fresh_name {
+            sandbox.name = sandbox.id.clone();
+        }
+        sandbox.state = SandboxState::Started;
+        if let Err(e) = state.store.insert(sandbox).await {
+            // E.g. a taken name: the pooled sandbox has no owner now; remove it.
+            state.runtime.destroy(&sandbox.id).await?;
+            return Err(e.into());
+        }
+        tracing::info!(sandbox = %sandbox.id, name = %sandbox.name, "sandbox created from the warm pool");
+        return Ok(Some(sandbox.clone()));
+    }
+    Ok(None)
+}
+
+/// Creates `sandbox` (a new record, state `creating`, checked by the caller) and starts it:
+/// from the warm pool when its shape matches, else cold, from an image, or (answered at once,
+/// `pending_build`) after the build or pull its snapshot needs. `user_requested`: the request
+/// named the user (else an image's own user is used).
+pub async fn create(
+    state: &Engine,
+    mut sandbox: Sandbox,
+    build_info: Option<serde_json::Value>,
+    user_requested: bool,
+) -> Result<Sandbox, EngineError> {
+    let started = Instant::now();
+    // Held until the record is stored: a volume cannot be deleted in between.
+    let volumes_guard = crate::volumes::resolve_mounts(state, &mut sandbox.volumes).await?;
+    if let Some(snap) =
+        crate::builds::snapshot_to_prepare(state, &sandbox, build_info.as_ref()).await?
+    {
+        // Built or pulled first: answered now, started when the snapshot is ready.
+        let r = crate::builds::create_sandbox(state, sandbox, snap, user_requested).await;
+        drop(volumes_guard);
+        return r;
+    }
+    if build_info.is_some() || sandbox.snapshot != DEFAULT_SNAPSHOT {
+        return create_from_image(state, sandbox, build_info, user_requested, volumes_guard).await;
+    }
+    let claim_started = Instant::now();
+    if let Some(claimed) = claim_pooled(state, &mut sandbox).await? {
+        metrics::histogram!("corral_create_phase_seconds", "phase" => "claim")
+            .record(claim_started.elapsed().as_secs_f64());
+        metrics::histogram!("corral_sandbox_create_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("corral_sandbox_create_total", "path" => "pool").increment(1);
+        return Ok(claimed);
+    }
+    metrics::counter!("corral_sandbox_create_total", "path" => "cold").increment(1);
+    let _guard = state.locks.lock(&sandbox.id).await;
+    // Recorded first: the store is the source of truth, so a crash during start leaves a
+    // record to reconcile rather than an orphan.
+    let t = Instant::now();
+    state.store.insert(&sandbox).await?;
+    drop(volumes_guard);
+    metrics::histogram!("corral_create_phase_seconds", "phase" => "record")
+        .record(t.elapsed().as_secs_f64());
+    let spec = lifecycle::spec_of(&sandbox);
+    start_recorded(state, &mut sandbox, &spec).await?;
+    metrics::histogram!("corral_sandbox_create_seconds").record(started.elapsed().as_secs_f64());
+    tracing::info!(sandbox = %sandbox.id, name = %sandbox.name, "sandbox created");
+    Ok(sandbox)
+}
+
+/// Starts a sandbox just recorded and records the outcome: `started`; or, when the start
+/// failed, the record removed with every trace (a client error: nothing of it stays) or
+/// `error`, recoverable, with its files kept (a host failure; see the server log).
+pub(crate) async fn start_recorded(
+    state: &Engine,
+    sandbox: &mut Sandbox,
+    spec: &corral_core::SandboxSpec,
+) -> Result<(), EngineError> {
+    if let Err(e) = state.runtime.start(spec).await {
+        let err = EngineError::from(e);
+        if err.is_client_error() {
+            state.runtime.destroy(&sandbox.id).await?;
+            state.store.remove(&sandbox.id).await?;
+        } else {
+            sandbox.state = SandboxState::Error;
+            sandbox.error_reason = Some("the sandbox failed to start; see the server log".into());
+            sandbox.updated_at = OffsetDateTime::now_utc();
+            state.store.update(sandbox).await?;
+        }
+        return Err(err);
+    }
+    sandbox.state = SandboxState::Started;
+    sandbox.updated_at = OffsetDateTime::now_utc();
+    state.store.update(sandbox).await?;
+    Ok(())
+}
+
+/// Creates a sandbox from a ready OCI snapshot or stored image (see
+/// `builds::snapshot_to_prepare` for the others) and starts it over the image's layers.
+async fn create_from_image(
+    state: &Engine,
+    mut sandbox: Sandbox,
+    build_info: Option<serde_json::Value>,
+    user_requested: bool,
+    volumes_guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+) -> Result<Sandbox, EngineError> {
+    let started = Instant::now();
+    let _guard = state.locks.lock(&sandbox.id).await;
+    let requested = (sandbox.snapshot != DEFAULT_SNAPSHOT).then(|| sandbox.snapshot.clone());
+    let source =
+        crate::snapshots::source_for(state, requested.as_deref(), build_info.as_ref()).await;
+    let (snapshot, image, image_user, entrypoint) = match source? {
+        crate::snapshots::Source::Image {
+            snapshot,
+            image,
+            user,
+            entrypoint,
+        } => (snapshot, image, user, entrypoint),
+        crate::snapshots::Source::Host => (
+            DEFAULT_SNAPSHOT.to_owned(),
+            DEFAULT_SNAPSHOT.to_owned(),
+            None,
+            None,
+        ),
+    };
+    sandbox.snapshot = snapshot;
+    if !user_requested && image != DEFAULT_SNAPSHOT {
+        // Daytona's default user rarely exists in an image: run as the image's user.
+        sandbox.user = image_user.unwrap_or_else(|| "root".into());
+    }
+    sandbox.state = SandboxState::Creating;
+    sandbox.updated_at = OffsetDateTime::now_utc();
+    state.store.insert(&sandbox).await?;
+    drop(volumes_guard);
+    let mut spec = lifecycle::spec_of(&sandbox);
+    spec.image = image;
+    spec.entrypoint = entrypoint;
+    start_recorded(state, &mut sandbox, &spec).await?;
+    metrics::histogram!("corral_sandbox_create_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!("corral_sandbox_create_total", "path" => "image").increment(1);
+    tracing::info!(sandbox = %sandbox.id, name = %sandbox.name, snapshot = %sandbox.snapshot, "sandbox created from an image");
+    Ok(sandbox)
+}
+
+/// Finds a sandbox and takes its lock, re-reading it under the lock.
+pub(crate) async fn locked(
+    state: &Engine,
+    id_or_name: &str,
+) -> Result<(Sandbox, tokio::sync::OwnedMutexGuard<()>), EngineError> {
+    let s = find(state, id_or_name).await?;
+    let guard = state.locks.lock(&s.id).await;
+    let s = state
+        .store
+        .get(&s.id)
+        .await?
+        .ok_or_else(|| not_found(id_or_name))?;
+    Ok((s, guard))
+}
