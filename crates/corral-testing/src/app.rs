@@ -90,6 +90,7 @@ impl TestAppBuilder {
     pub fn build(self) -> TestApp {
         let dir = tempfile::tempdir().expect("a temporary data dir");
         let data_dir = dir.path().to_owned();
+        self.runtime.attach_images(self.images.clone());
         let runtime: Arc<dyn corral_core::Runtime> = Arc::new(self.runtime.clone());
         let store = Arc::new(self.store.clone());
         let keys = Keys::new(store.clone());

@@ -72,6 +72,8 @@ struct Inner {
     failures: Vec<(Op, Option<String>, Failure, bool)>,
     hangs: HashMap<Op, watch::Receiver<bool>>,
     ready: bool,
+    /// Where committed snapshots are stored, as the real runtime stores them in its images.
+    images: Option<crate::FakeImages>,
 }
 
 /// The `Runtime` port in memory: sandboxes are records, every call is logged, and any
@@ -126,6 +128,12 @@ impl FakeRuntime {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Stores the images of committed sandbox snapshots in `images` (as the Linux runtime
+    /// does in its image store), so sandboxes can be created from them.
+    pub fn attach_images(&self, images: crate::FakeImages) {
+        self.lock().images = Some(images);
+    }
+
     /// Every call so far, in order.
     pub fn calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
@@ -149,6 +157,11 @@ impl FakeRuntime {
     /// What the fake holds of sandbox `id`.
     pub fn sandbox(&self, id: &str) -> Option<FakeSandbox> {
         self.lock().sandboxes.get(id).cloned()
+    }
+
+    /// Whether sandbox `id` runs (the port's `is_running`, without importing the trait).
+    pub fn running(&self, id: &str) -> bool {
+        self.lock().sandboxes.get(id).is_some_and(|s| s.running)
     }
 
     /// Whether volume `id` has storage.
@@ -328,9 +341,11 @@ impl Runtime for FakeRuntime {
         _config: &CommitConfig,
     ) -> Result<ImageInfo, RuntimeError> {
         self.enter(Op::Snapshot, id).await?;
-        Ok(crate::images::image_info(
-            &corral_core::sandbox_snapshot_reference(snapshot_id),
-        ))
+        let reference = corral_core::sandbox_snapshot_reference(snapshot_id);
+        if let Some(images) = self.lock().images.clone() {
+            images.store(&reference);
+        }
+        Ok(crate::images::image_info(&reference))
     }
 
     async fn fork(
