@@ -1239,7 +1239,7 @@ async fn toolbox_proxy() {
     // Nothing listens on the fake's agent socket: the edge says the agent is unreachable.
     for path in [
         format!("/toolbox/{id}/files"),
-        format!("/toolbox/tp/process/execute"),
+        "/toolbox/tp/process/execute".to_owned(),
     ] {
         let r = app.request(Method::GET, &path).send().await;
         let v = r.expect_error(502);
