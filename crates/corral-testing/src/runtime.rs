@@ -70,7 +70,7 @@ struct Inner {
     calls: Vec<Call>,
     /// Failures per operation: `None` id = any sandbox; `once` ones are removed when used.
     failures: Vec<(Op, Option<String>, Failure, bool)>,
-    hangs: HashMap<Op, watch::Receiver<bool>>,
+    hangs: HashMap<(Op, Option<String>), watch::Receiver<bool>>,
     ready: bool,
     /// Where committed snapshots are stored, as the real runtime stores them in its images.
     images: Option<crate::FakeImages>,
@@ -90,7 +90,7 @@ pub struct FakeRuntime {
 pub struct Hang {
     release: watch::Sender<bool>,
     runtime: FakeRuntime,
-    op: Op,
+    key: (Op, Option<String>),
 }
 
 impl Hang {
@@ -100,7 +100,7 @@ impl Hang {
 
 impl Drop for Hang {
     fn drop(&mut self) {
-        self.runtime.lock().hangs.remove(&self.op);
+        self.runtime.lock().hangs.remove(&self.key);
         let _ = self.release.send(true);
     }
 }
@@ -189,13 +189,27 @@ impl FakeRuntime {
     /// Makes every later `op` hang (after it is logged, before it acts) until the returned
     /// guard is released or dropped.
     pub fn hang(&self, op: Op) -> Hang {
+        self.hang_key((op, None))
+    }
+
+    /// Makes later `op` calls for sandbox `id` only hang until the guard is released.
+    pub fn hang_for(&self, op: Op, id: &str) -> Hang {
+        self.hang_key((op, Some(id.to_owned())))
+    }
+
+    fn hang_key(&self, key: (Op, Option<String>)) -> Hang {
         let (tx, rx) = watch::channel(false);
-        self.lock().hangs.insert(op, rx);
+        self.lock().hangs.insert(key.clone(), rx);
         Hang {
             release: tx,
             runtime: self.clone(),
-            op,
+            key,
         }
+    }
+
+    /// How many calls of `op` have been made so far (e.g. to see a hung call arrive).
+    pub fn count(&self, op: Op) -> usize {
+        self.lock().calls.iter().filter(|c| c.op == op).count()
     }
 
     /// Sets what `is_ready` answers.
@@ -229,7 +243,11 @@ impl FakeRuntime {
                 op,
                 id: id.to_owned(),
             });
-            inner.hangs.get(&op).cloned()
+            inner
+                .hangs
+                .get(&(op, Some(id.to_owned())))
+                .or_else(|| inner.hangs.get(&(op, None)))
+                .cloned()
         };
         if let Some(mut rx) = hang {
             // Released when the sender sends `true` or is dropped.
