@@ -34,7 +34,7 @@ async fn auto_stop_after_idle_minutes() {
     assert_eq!(state_of(&app, &idle).await, Some(SandboxState::Stopped));
     assert_eq!(state_of(&app, &never).await, Some(SandboxState::Started));
     assert_eq!(state_of(&app, &long).await, Some(SandboxState::Started));
-    assert_eq!(app.runtime.calls_of(Op::Stop), [idle.clone()]);
+    assert_eq!(app.runtime.calls_of(Op::Stop), std::slice::from_ref(&idle));
     assert!(!app.runtime.running(&idle));
 }
 
