@@ -170,7 +170,7 @@ fn stable(v: &Value) -> Value {
                     let x = match x {
                         Value::String(s)
                             if VOLATILE.contains(&k.as_str())
-                                && !(k == "imageName" && !s.starts_with("corral-snapshot:")) =>
+                                && (k != "imageName" || s.starts_with("corral-snapshot:")) =>
                         {
                             Value::String(format!("[{k}]"))
                         }
