@@ -29,7 +29,14 @@ LAYERS = {
                           "corral-agent", "corral-s3"},
     "corral-s3": {"corral-core", "corral-store", "corral-runtime", "corral-api",
                   "corral-agent", "corral-dockerfile"},
+    # Test seams: in-memory fakes, no kernel features (the store only as a dev-dependency,
+    # for the conformance test).
+    "corral-testing": {"corral-store", "corral-runtime", "corral-agent"},
 }
+# corral-testing is for tests only: no crate may depend on it except as a dev-dependency.
+for _crate in list(LAYERS) + ["corral"]:
+    if _crate != "corral-testing":
+        LAYERS.setdefault(_crate, set()).add("corral-testing")
 
 meta = json.loads(subprocess.check_output(
     ["cargo", "metadata", "--no-deps", "--format-version", "1"], text=True))

@@ -1,0 +1,525 @@
+//! The store ports' contract as checks any implementation must pass. `tests/store_conformance.rs`
+//! runs them against [`crate::MemoryStore`] and `corral_store::SqliteStore`, so the in-memory
+//! store cannot drift from the real one. Each check wants a fresh, empty store.
+
+use std::collections::BTreeMap;
+
+use corral_core::ports::{
+    PreviewTokenStore, SignedPreviewToken, Snapshot, SnapshotState, SnapshotStore, Volume,
+    VolumeState, VolumeStore,
+};
+use corral_core::{
+    ApiKeyStore, DesiredState, ListQuery, Resources, Sandbox, SandboxState, SandboxStore,
+    StoreError, VolumeMount,
+};
+use time::OffsetDateTime;
+
+/// Every port at once.
+pub trait AllStores:
+    SandboxStore + ApiKeyStore + PreviewTokenStore + VolumeStore + SnapshotStore
+{
+}
+impl<T: SandboxStore + ApiKeyStore + PreviewTokenStore + VolumeStore + SnapshotStore> AllStores
+    for T
+{
+}
+
+/// A sandbox record for tests.
+pub fn sandbox(id: &str, name: &str, labels: &[(&str, &str)]) -> Sandbox {
+    let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("a valid time");
+    Sandbox {
+        id: id.into(),
+        name: name.into(),
+        organization_id: "corral".into(),
+        snapshot: "host".into(),
+        user: "daytona".into(),
+        env: BTreeMap::new(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        public: false,
+        network_block_all: false,
+        network_allow_list: None,
+        resources: Resources::default(),
+        state: SandboxState::Started,
+        desired_state: DesiredState::Started,
+        error_reason: None,
+        auto_stop_interval: 15,
+        auto_archive_interval: 10080,
+        auto_delete_interval: -1,
+        created_at: now,
+        updated_at: now,
+        last_activity_at: now,
+        stopped_at: None,
+        volumes: Vec::new(),
+        signing_key: None,
+    }
+}
+
+fn volume(id: &str, name: &str, org: &str) -> Volume {
+    let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("a valid time");
+    Volume {
+        id: id.into(),
+        name: name.into(),
+        organization_id: org.into(),
+        state: VolumeState::Ready,
+        error_reason: None,
+        created_at: now,
+        updated_at: now,
+        last_used_at: None,
+    }
+}
+
+fn snapshot(id: &str, name: &str, created_at_ms: i64) -> Snapshot {
+    Snapshot {
+        id: id.into(),
+        name: name.into(),
+        image_name: Some(format!("docker.io/library/{name}:latest")),
+        state: SnapshotState::Pending,
+        size: None,
+        entrypoint: vec!["sleep".into(), "infinity".into()],
+        cpu: 1,
+        memory_gib: 1,
+        disk_gib: 3,
+        error_reason: None,
+        general: false,
+        created_at_ms,
+        updated_at_ms: created_at_ms,
+        last_used_at_ms: None,
+    }
+}
+
+fn ids(items: &[Sandbox]) -> Vec<&str> {
+    items.iter().map(|s| s.id.as_str()).collect()
+}
+
+/// Inserts, lookups by id before name, unique names on insert and update, removal.
+pub async fn sandboxes_by_id_or_name(store: &impl AllStores) {
+    store
+        .insert(&sandbox("a", "alpha", &[]))
+        .await
+        .expect("insert");
+    // A name that is another sandbox's id: the id wins.
+    store.insert(&sandbox("b", "a", &[])).await.expect("insert");
+    assert_eq!(
+        store.get("a").await.expect("get").map(|s| s.name),
+        Some("alpha".into())
+    );
+    assert_eq!(
+        store.get("alpha").await.expect("get").map(|s| s.id),
+        Some("a".into())
+    );
+    assert!(store.get("nope").await.expect("get").is_none());
+    assert!(matches!(
+        store.insert(&sandbox("c", "alpha", &[])).await,
+        Err(StoreError::NameTaken(n)) if n == "alpha"
+    ));
+    assert!(matches!(
+        store.insert(&sandbox("a", "other", &[])).await,
+        Err(StoreError::NameTaken(_))
+    ));
+    let mut b = sandbox("b", "alpha", &[]);
+    assert!(matches!(
+        store.update(&b).await,
+        Err(StoreError::NameTaken(_))
+    ));
+    b.name = "beta".into();
+    b.state = SandboxState::Stopped;
+    store.update(&b).await.expect("update");
+    assert_eq!(store.get("beta").await.expect("get"), Some(b.clone()));
+    // Updating a sandbox with no record is not an error (and records nothing).
+    store
+        .update(&sandbox("ghost", "ghost", &[]))
+        .await
+        .expect("update");
+    assert!(store.get("ghost").await.expect("get").is_none());
+    store.remove("a").await.expect("remove");
+    store.remove("a").await.expect("remove twice");
+    assert!(store.get("a").await.expect("get").is_none());
+    // The name is free again.
+    store
+        .insert(&sandbox("d", "alpha", &[]))
+        .await
+        .expect("insert");
+}
+
+/// Oldest first, label and state filters, cursor pages, `destroyed` hidden by default.
+pub async fn sandboxes_list_filters_and_pages(store: &impl AllStores) {
+    for i in 0..5 {
+        let team = if i % 2 == 0 { "a" } else { "b" };
+        let mut s = sandbox(
+            &format!("s{i}"),
+            &format!("n{i}"),
+            &[("team", team), ("k", "v")],
+        );
+        if i == 4 {
+            s.state = SandboxState::Destroyed;
+        }
+        if i == 3 {
+            s.state = SandboxState::Stopped;
+        }
+        store.insert(&s).await.expect("insert");
+    }
+    let mut q = ListQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    let all = store.list(&q).await.expect("list");
+    assert_eq!(ids(&all.items), ["s0", "s1", "s2", "s3"]);
+    assert!(all.next_cursor.is_none());
+
+    q.labels.insert("team".into(), "a".into());
+    assert_eq!(
+        ids(&store.list(&q).await.expect("list").items),
+        ["s0", "s2"]
+    );
+    q.labels.insert("k".into(), "other".into());
+    assert!(store.list(&q).await.expect("list").items.is_empty());
+    q.labels.clear();
+
+    q.states = vec![SandboxState::Destroyed, SandboxState::Stopped];
+    assert_eq!(
+        ids(&store.list(&q).await.expect("list").items),
+        ["s3", "s4"]
+    );
+    q.states.clear();
+
+    q.limit = 2;
+    let p1 = store.list(&q).await.expect("list");
+    assert_eq!(ids(&p1.items), ["s0", "s1"]);
+    q.cursor = p1.next_cursor.clone();
+    assert!(q.cursor.is_some());
+    let p2 = store.list(&q).await.expect("list");
+    assert_eq!(ids(&p2.items), ["s2", "s3"]);
+    // The destroyed one after s3 does not make another page.
+    assert!(p2.next_cursor.is_none(), "cursor {:?}", p2.next_cursor);
+
+    // A page boundary that falls exactly at the end of the matches.
+    q.limit = 4;
+    q.cursor = None;
+    let exact = store.list(&q).await.expect("list");
+    assert_eq!(exact.items.len(), 4);
+    assert!(exact.next_cursor.is_none());
+
+    // A cursor survives the removal of the sandbox it points at.
+    q.limit = 1;
+    let first = store.list(&q).await.expect("list");
+    store.remove("s0").await.expect("remove");
+    q.cursor = first.next_cursor;
+    assert_eq!(ids(&store.list(&q).await.expect("list").items), ["s1"]);
+
+    // A limit of 0 is read as 1.
+    q.limit = 0;
+    q.cursor = None;
+    assert_eq!(store.list(&q).await.expect("list").items.len(), 1);
+
+    q.cursor = Some("not-a-number".into());
+    assert!(matches!(store.list(&q).await, Err(StoreError::Corrupt(_))));
+}
+
+/// Keys are kept by hash, added once.
+pub async fn api_keys(store: &impl AllStores) {
+    assert_eq!(store.count_keys().await.expect("count"), 0);
+    store.add_key("ci", "h1").await.expect("add");
+    store.add_key("ci again", "h1").await.expect("add twice");
+    store.add_key("dev", "h2").await.expect("add");
+    assert_eq!(store.count_keys().await.expect("count"), 2);
+    assert!(store.has_key("h1").await.expect("has"));
+    assert!(!store.has_key("h3").await.expect("has"));
+}
+
+/// Preview tokens: stable, only for recorded sandboxes, expire, purge, go with the sandbox.
+pub async fn preview_tokens(store: &impl AllStores) {
+    assert_eq!(store.preview_token("s", "t1").await.expect("token"), None);
+    store.insert(&sandbox("s", "s", &[])).await.expect("insert");
+    assert_eq!(
+        store.preview_token("s", "t1").await.expect("token"),
+        Some("t1".into())
+    );
+    assert_eq!(
+        store.preview_token("s", "t2").await.expect("token"),
+        Some("t1".into())
+    );
+
+    let tok = SignedPreviewToken {
+        token: "sig".into(),
+        sandbox_id: "s".into(),
+        port: 3000,
+        expires_at_ms: 10_000,
+    };
+    store.add_signed_token(&tok).await.expect("add");
+    assert!(matches!(
+        store.add_signed_token(&tok).await,
+        Err(StoreError::Backend(_))
+    ));
+    let orphan = SignedPreviewToken {
+        token: "orphan".into(),
+        sandbox_id: "nobody".into(),
+        ..tok.clone()
+    };
+    assert!(store.add_signed_token(&orphan).await.is_err());
+    assert_eq!(
+        store.signed_token("sig").await.expect("get"),
+        Some(tok.clone())
+    );
+    assert!(store.signed_token("none").await.expect("get").is_none());
+
+    assert!(
+        !store
+            .expire_signed_token("s", 3001, "sig", 5)
+            .await
+            .expect("expire")
+    );
+    assert!(
+        !store
+            .expire_signed_token("other", 3000, "sig", 5)
+            .await
+            .expect("expire")
+    );
+    assert!(
+        store
+            .expire_signed_token("s", 3000, "sig", 20_000)
+            .await
+            .expect("expire")
+    );
+    // Never later than it was.
+    assert_eq!(
+        store
+            .signed_token("sig")
+            .await
+            .expect("get")
+            .map(|t| t.expires_at_ms),
+        Some(10_000)
+    );
+    assert!(
+        store
+            .expire_signed_token("s", 3000, "sig", 5_000)
+            .await
+            .expect("expire")
+    );
+    assert_eq!(
+        store
+            .signed_token("sig")
+            .await
+            .expect("get")
+            .map(|t| t.expires_at_ms),
+        Some(5_000)
+    );
+
+    store
+        .add_signed_token(&SignedPreviewToken {
+            token: "later".into(),
+            expires_at_ms: 9_000,
+            ..tok.clone()
+        })
+        .await
+        .expect("add");
+    assert_eq!(store.purge_signed_tokens(5_000).await.expect("purge"), 0);
+    assert_eq!(store.purge_signed_tokens(5_001).await.expect("purge"), 1);
+    assert!(store.signed_token("sig").await.expect("get").is_none());
+
+    store.remove("s").await.expect("remove");
+    assert!(store.signed_token("later").await.expect("get").is_none());
+    store
+        .insert(&sandbox("s", "s", &[]))
+        .await
+        .expect("insert again");
+    assert_eq!(
+        store.preview_token("s", "t3").await.expect("token"),
+        Some("t3".into())
+    );
+}
+
+/// Volumes: live names unique per organization, freed on delete; usage by sandboxes.
+pub async fn volumes(store: &impl AllStores) {
+    store
+        .insert_volume(&volume("v1", "data", "o"))
+        .await
+        .expect("insert");
+    store
+        .insert_volume(&volume("v2", "data", "other-org"))
+        .await
+        .expect("insert");
+    assert!(matches!(
+        store.insert_volume(&volume("v3", "data", "o")).await,
+        Err(StoreError::NameTaken(n)) if n == "data"
+    ));
+    assert_eq!(
+        store.volume("v1").await.expect("get").map(|v| v.name),
+        Some("data".into())
+    );
+    assert!(store.volume("nope").await.expect("get").is_none());
+    assert_eq!(
+        store
+            .volume_by_name("o", "data")
+            .await
+            .expect("get")
+            .map(|v| v.id),
+        Some("v1".into())
+    );
+
+    let mut v1 = volume("v1", "data", "o");
+    v1.state = VolumeState::Deleted;
+    v1.error_reason = Some("gone".into());
+    store.update_volume(&v1).await.expect("update");
+    assert!(
+        store
+            .volume_by_name("o", "data")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    store
+        .insert_volume(&volume("v3", "data", "o"))
+        .await
+        .expect("name freed");
+    let live: Vec<String> = store
+        .list_volumes("o", false)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(live, ["v3"]);
+    let every: Vec<String> = store
+        .list_volumes("o", true)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(every, ["v1", "v3"]);
+    assert_eq!(
+        store
+            .volume("v1")
+            .await
+            .expect("get")
+            .and_then(|v| v.error_reason),
+        Some("gone".into())
+    );
+
+    let at = OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("a valid time");
+    store.touch_volume("v3", at).await.expect("touch");
+    assert_eq!(
+        store
+            .volume("v3")
+            .await
+            .expect("get")
+            .and_then(|v| v.last_used_at),
+        Some(at)
+    );
+
+    let mount = |id: &str| VolumeMount {
+        volume_id: id.into(),
+        mount_path: "/data".into(),
+        subpath: None,
+    };
+    let mut a = sandbox("a", "a", &[]);
+    a.volumes = vec![mount("v3")];
+    let mut b = sandbox("b", "bee", &[]);
+    b.volumes = vec![mount("v2"), mount("v3")];
+    let mut c = sandbox("c", "c", &[]);
+    c.volumes = vec![mount("v3")];
+    c.state = SandboxState::Destroyed;
+    for s in [&a, &b, &c] {
+        store.insert(s).await.expect("insert");
+    }
+    assert_eq!(
+        store.sandboxes_using_volume("v3").await.expect("users"),
+        [
+            ("a".to_owned(), "a".to_owned()),
+            ("b".to_owned(), "bee".to_owned())
+        ]
+    );
+    assert!(
+        store
+            .sandboxes_using_volume("v1")
+            .await
+            .expect("users")
+            .is_empty()
+    );
+}
+
+/// Snapshots: unique names, lookups by id before name, oldest first, partial updates.
+pub async fn snapshots(store: &impl AllStores) {
+    store
+        .insert_snapshot(&snapshot("i2", "later", 2_000))
+        .await
+        .expect("insert");
+    store
+        .insert_snapshot(&snapshot("i1", "i2", 1_000))
+        .await
+        .expect("insert");
+    store
+        .insert_snapshot(&snapshot("i3", "tie", 2_000))
+        .await
+        .expect("insert");
+    assert!(matches!(
+        store.insert_snapshot(&snapshot("i4", "later", 3_000)).await,
+        Err(StoreError::NameTaken(n)) if n == "later"
+    ));
+    assert!(matches!(
+        store.insert_snapshot(&snapshot("i1", "fresh", 3_000)).await,
+        Err(StoreError::NameTaken(_))
+    ));
+    assert_eq!(
+        store.get_snapshot("i2").await.expect("get").map(|s| s.name),
+        Some("later".into())
+    );
+    assert_eq!(
+        store.get_snapshot("tie").await.expect("get").map(|s| s.id),
+        Some("i3".into())
+    );
+    let names: Vec<String> = store
+        .list_snapshots()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["i2", "later", "tie"]);
+
+    // `general` is never stored; only some fields change on update.
+    let mut s = snapshot("i3", "renamed", 2_000);
+    s.general = true;
+    s.state = SnapshotState::Active;
+    s.size = Some(42);
+    s.error_reason = Some("x".into());
+    s.updated_at_ms = 5_000;
+    s.last_used_at_ms = Some(6_000);
+    s.cpu = 9;
+    store.update_snapshot(&s).await.expect("update");
+    let got = store
+        .get_snapshot("i3")
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(got.name, "tie");
+    assert_eq!(got.cpu, 1);
+    assert!(!got.general);
+    assert_eq!(
+        (
+            got.state,
+            got.size,
+            got.error_reason,
+            got.updated_at_ms,
+            got.last_used_at_ms
+        ),
+        (
+            SnapshotState::Active,
+            Some(42),
+            Some("x".into()),
+            5_000,
+            Some(6_000)
+        )
+    );
+    assert_eq!(got.entrypoint, ["sleep", "infinity"]);
+
+    store.remove_snapshot("i3").await.expect("remove");
+    assert!(store.get_snapshot("tie").await.expect("get").is_none());
+    store
+        .insert_snapshot(&snapshot("i5", "tie", 1))
+        .await
+        .expect("name freed");
+}

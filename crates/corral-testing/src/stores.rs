@@ -1,0 +1,390 @@
+//! [`MemoryStore`]: every store port in memory, with the SQLite store's semantics (unique
+//! names as `StoreError::NameTaken`, lookups by id before name, cursor pages by insertion
+//! sequence, preview tokens that go with their sandbox). `tests/store_conformance.rs` runs
+//! the same checks against both so this cannot drift from `corral-store`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use corral_core::ports::{
+    PreviewTokenStore, SignedPreviewToken, Snapshot, SnapshotStore, Volume, VolumeState,
+    VolumeStore,
+};
+use corral_core::{ApiKeyStore, ListQuery, Page, Sandbox, SandboxState, SandboxStore, StoreError};
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Sandboxes by insertion sequence (never reused, like SQLite's AUTOINCREMENT).
+    sandboxes: BTreeMap<i64, Sandbox>,
+    seq: i64,
+    keys: BTreeMap<String, String>,
+    preview_tokens: BTreeMap<String, String>,
+    signed: BTreeMap<String, SignedPreviewToken>,
+    volumes: BTreeMap<i64, Volume>,
+    volume_seq: i64,
+    /// Snapshots in insertion order.
+    snapshots: Vec<Snapshot>,
+    /// When set, every call fails with `StoreError::Backend`.
+    broken: bool,
+}
+
+impl Inner {
+    fn seq_of(&self, id: &str) -> Option<i64> {
+        self.sandboxes
+            .iter()
+            .find(|(_, s)| s.id == id)
+            .map(|(k, _)| *k)
+    }
+    fn sandbox_exists(&self, id: &str) -> bool {
+        self.seq_of(id).is_some()
+    }
+}
+
+/// Every store port in memory. Clones share the data.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn backend(what: &str) -> StoreError {
+    StoreError::Backend(Box::new(std::io::Error::other(what.to_owned())))
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.broken {
+            return Err(backend("the in-memory store was told to fail"));
+        }
+        Ok(inner)
+    }
+
+    /// Makes every later call fail with `StoreError::Backend` (or work again).
+    pub fn set_broken(&self, broken: bool) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).broken = broken;
+    }
+}
+
+fn labels_match(s: &Sandbox, want: &BTreeMap<String, String>) -> bool {
+    want.iter().all(|(k, v)| s.labels.get(k) == Some(v))
+}
+
+#[async_trait]
+impl SandboxStore for MemoryStore {
+    async fn insert(&self, sandbox: &Sandbox) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        // Both `id` and `name` are UNIQUE columns; either violation reads as NameTaken.
+        if inner
+            .sandboxes
+            .values()
+            .any(|s| s.id == sandbox.id || s.name == sandbox.name)
+        {
+            return Err(StoreError::NameTaken(sandbox.name.clone()));
+        }
+        inner.seq += 1;
+        let seq = inner.seq;
+        inner.sandboxes.insert(seq, sandbox.clone());
+        Ok(())
+    }
+
+    async fn update(&self, sandbox: &Sandbox) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        let Some(seq) = inner.seq_of(&sandbox.id) else {
+            return Ok(()); // UPDATE of no row.
+        };
+        if inner
+            .sandboxes
+            .values()
+            .any(|s| s.id != sandbox.id && s.name == sandbox.name)
+        {
+            return Err(StoreError::NameTaken(sandbox.name.clone()));
+        }
+        inner.sandboxes.insert(seq, sandbox.clone());
+        Ok(())
+    }
+
+    async fn get(&self, id_or_name: &str) -> Result<Option<Sandbox>, StoreError> {
+        let inner = self.lock()?;
+        let by_id = inner.sandboxes.values().find(|s| s.id == id_or_name);
+        Ok(by_id
+            .or_else(|| inner.sandboxes.values().find(|s| s.name == id_or_name))
+            .cloned())
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page<Sandbox>, StoreError> {
+        let after: i64 = match &query.cursor {
+            None => 0,
+            Some(c) => c
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("bad cursor {c:?}")))?,
+        };
+        let limit = query.limit.max(1) as usize;
+        let inner = self.lock()?;
+        let mut hits = inner
+            .sandboxes
+            .range(after + 1..)
+            .filter(|(_, s)| labels_match(s, &query.labels))
+            .filter(|(_, s)| {
+                if query.states.is_empty() {
+                    s.state != SandboxState::Destroyed
+                } else {
+                    query.states.contains(&s.state)
+                }
+            });
+        let mut items = Vec::new();
+        let mut last = after;
+        for (seq, s) in hits.by_ref().take(limit) {
+            last = *seq;
+            items.push(s.clone());
+        }
+        let more = hits.next().is_some();
+        Ok(Page {
+            items,
+            next_cursor: more.then(|| last.to_string()),
+        })
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        if let Some(seq) = inner.seq_of(id) {
+            inner.sandboxes.remove(&seq);
+        }
+        // ON DELETE CASCADE.
+        inner.preview_tokens.remove(id);
+        inner.signed.retain(|_, t| t.sandbox_id != id);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ApiKeyStore for MemoryStore {
+    async fn add_key(&self, name: &str, hash: &str) -> Result<(), StoreError> {
+        // INSERT OR IGNORE.
+        self.lock()?
+            .keys
+            .entry(hash.to_owned())
+            .or_insert_with(|| name.to_owned());
+        Ok(())
+    }
+
+    async fn has_key(&self, hash: &str) -> Result<bool, StoreError> {
+        Ok(self.lock()?.keys.contains_key(hash))
+    }
+
+    async fn count_keys(&self) -> Result<u64, StoreError> {
+        Ok(self.lock()?.keys.len() as u64)
+    }
+}
+
+#[async_trait]
+impl PreviewTokenStore for MemoryStore {
+    async fn preview_token(
+        &self,
+        sandbox_id: &str,
+        candidate: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let mut inner = self.lock()?;
+        if let Some(t) = inner.preview_tokens.get(sandbox_id) {
+            return Ok(Some(t.clone()));
+        }
+        if !inner.sandbox_exists(sandbox_id) {
+            return Ok(None);
+        }
+        inner
+            .preview_tokens
+            .insert(sandbox_id.to_owned(), candidate.to_owned());
+        Ok(Some(candidate.to_owned()))
+    }
+
+    async fn add_signed_token(&self, token: &SignedPreviewToken) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        // PRIMARY KEY and FOREIGN KEY violations are backend errors in SQLite too.
+        if inner.signed.contains_key(&token.token) {
+            return Err(backend(
+                "UNIQUE constraint failed: signed_preview_tokens.token",
+            ));
+        }
+        if !inner.sandbox_exists(&token.sandbox_id) {
+            return Err(backend("FOREIGN KEY constraint failed"));
+        }
+        inner.signed.insert(token.token.clone(), token.clone());
+        Ok(())
+    }
+
+    async fn signed_token(&self, token: &str) -> Result<Option<SignedPreviewToken>, StoreError> {
+        Ok(self.lock()?.signed.get(token).cloned())
+    }
+
+    async fn expire_signed_token(
+        &self,
+        sandbox_id: &str,
+        port: u16,
+        token: &str,
+        at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock()?;
+        match inner.signed.get_mut(token) {
+            Some(t) if t.sandbox_id == sandbox_id && t.port == port => {
+                t.expires_at_ms = t.expires_at_ms.min(at_ms);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn purge_signed_tokens(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut inner = self.lock()?;
+        let n = inner.signed.len();
+        inner.signed.retain(|_, t| t.expires_at_ms >= before_ms);
+        Ok((n - inner.signed.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl VolumeStore for MemoryStore {
+    async fn insert_volume(&self, v: &Volume) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        let taken = inner.volumes.values().any(|o| {
+            o.id == v.id
+                || (v.state != VolumeState::Deleted
+                    && o.state != VolumeState::Deleted
+                    && o.organization_id == v.organization_id
+                    && o.name == v.name)
+        });
+        if taken {
+            return Err(StoreError::NameTaken(v.name.clone()));
+        }
+        inner.volume_seq += 1;
+        let seq = inner.volume_seq;
+        inner.volumes.insert(seq, v.clone());
+        Ok(())
+    }
+
+    async fn update_volume(&self, v: &Volume) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        if v.state != VolumeState::Deleted
+            && inner.volumes.values().any(|o| {
+                o.id != v.id
+                    && o.state != VolumeState::Deleted
+                    && o.organization_id == v.organization_id
+                    && o.name == v.name
+            })
+        {
+            return Err(backend(
+                "UNIQUE constraint failed: volumes.organization_id, volumes.name",
+            ));
+        }
+        if let Some(o) = inner.volumes.values_mut().find(|o| o.id == v.id) {
+            // The columns the SQLite UPDATE sets.
+            o.name = v.name.clone();
+            o.state = v.state;
+            o.error_reason = v.error_reason.clone();
+            o.updated_at = v.updated_at;
+            o.last_used_at = v.last_used_at;
+        }
+        Ok(())
+    }
+
+    async fn volume(&self, id: &str) -> Result<Option<Volume>, StoreError> {
+        Ok(self.lock()?.volumes.values().find(|v| v.id == id).cloned())
+    }
+
+    async fn volume_by_name(&self, org: &str, name: &str) -> Result<Option<Volume>, StoreError> {
+        Ok(self
+            .lock()?
+            .volumes
+            .values()
+            .find(|v| v.organization_id == org && v.name == name && v.state != VolumeState::Deleted)
+            .cloned())
+    }
+
+    async fn list_volumes(
+        &self,
+        org: &str,
+        include_deleted: bool,
+    ) -> Result<Vec<Volume>, StoreError> {
+        Ok(self
+            .lock()?
+            .volumes
+            .values()
+            .filter(|v| v.organization_id == org)
+            .filter(|v| include_deleted || v.state != VolumeState::Deleted)
+            .cloned()
+            .collect())
+    }
+
+    async fn touch_volume(&self, id: &str, at: time::OffsetDateTime) -> Result<(), StoreError> {
+        if let Some(v) = self.lock()?.volumes.values_mut().find(|v| v.id == id) {
+            v.last_used_at = Some(at);
+        }
+        Ok(())
+    }
+
+    async fn sandboxes_using_volume(&self, id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .lock()?
+            .sandboxes
+            .values()
+            .filter(|s| s.state != SandboxState::Destroyed)
+            .filter(|s| s.volumes.iter().any(|m| m.volume_id == id))
+            .map(|s| (s.id.clone(), s.name.clone()))
+            .collect())
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for MemoryStore {
+    async fn insert_snapshot(&self, s: &Snapshot) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        if inner
+            .snapshots
+            .iter()
+            .any(|o| o.id == s.id || o.name == s.name)
+        {
+            return Err(StoreError::NameTaken(s.name.clone()));
+        }
+        // `general` is not a column: only the built-in snapshot, never stored, has it.
+        inner.snapshots.push(Snapshot {
+            general: false,
+            ..s.clone()
+        });
+        Ok(())
+    }
+
+    async fn update_snapshot(&self, s: &Snapshot) -> Result<(), StoreError> {
+        if let Some(o) = self.lock()?.snapshots.iter_mut().find(|o| o.id == s.id) {
+            // The columns the SQLite UPDATE sets.
+            o.state = s.state;
+            o.size = s.size;
+            o.error_reason = s.error_reason.clone();
+            o.updated_at_ms = s.updated_at_ms;
+            o.last_used_at_ms = s.last_used_at_ms;
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot(&self, id_or_name: &str) -> Result<Option<Snapshot>, StoreError> {
+        let inner = self.lock()?;
+        let by_id = inner.snapshots.iter().find(|s| s.id == id_or_name);
+        Ok(by_id
+            .or_else(|| inner.snapshots.iter().find(|s| s.name == id_or_name))
+            .cloned())
+    }
+
+    async fn list_snapshots(&self) -> Result<Vec<Snapshot>, StoreError> {
+        let mut all = self.lock()?.snapshots.clone();
+        // ORDER BY created_at_ms, rowid (a stable sort keeps insertion order on ties).
+        all.sort_by_key(|s| s.created_at_ms);
+        Ok(all)
+    }
+
+    async fn remove_snapshot(&self, id: &str) -> Result<(), StoreError> {
+        self.lock()?.snapshots.retain(|s| s.id != id);
+        Ok(())
+    }
+}
