@@ -104,35 +104,39 @@ impl TestAppBuilder {
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
             .build_recorder()
             .handle();
+        let engine = corral_engine::Engine::new(
+            corral_engine::EngineConfig {
+                organization_id: "corral".into(),
+                lifecycle_minute: self.lifecycle_minute,
+                build_log_dir: data_dir.join("builds"),
+            },
+            corral_engine::Ports {
+                store: sandboxes,
+                runtime: runtime.clone(),
+                snapshots: store.clone(),
+                volumes: store.clone(),
+                images: Arc::new(self.images.clone()),
+                object_storage: Arc::new(corral_s3::ObjectStorage::new(
+                    data_dir.join("object-storage"),
+                )),
+            },
+            self.pool_size,
+        );
         let state = AppState {
-            store: sandboxes,
+            engine,
             keys: Arc::new(keys),
-            runtime: runtime.clone(),
             config: Arc::new(ApiConfig {
                 organization_id: "corral".into(),
                 public_url: self.public_url,
-                lifecycle_minute: self.lifecycle_minute,
                 preview_domain: "localhost".into(),
-                build_log_dir: data_dir.join("builds"),
                 object_storage_dir: data_dir.join("object-storage"),
                 storage_url: self.storage_url,
                 tls: false,
             }),
             metrics,
-            locks: Default::default(),
-            pool: Arc::new(corral_api::pool::WarmPool::new(self.pool_size)),
-            agents: corral_api::agent_client::client(runtime),
-            activity: Default::default(),
-            teardowns: Default::default(),
-            previews: store.clone(),
-            volumes: store.clone(),
-            snapshots: store,
-            images: Arc::new(self.images.clone()),
+            agents: corral_engine::agent_client::client(runtime),
+            previews: store,
             events,
-            object_storage: Arc::new(corral_s3::ObjectStorage::new(
-                data_dir.join("object-storage"),
-            )),
-            building: Default::default(),
         };
         TestApp {
             state,

@@ -1,10 +1,10 @@
-//! The control plane through corral-api's public API (`lifecycle::*`, `reconciler::*`) over
+//! The control plane through corral-engine's public API (`lifecycle::*`, `reconciler::*`) over
 //! the fakes: lifecycle timers with short minutes, failures, hangs, start-up reconciliation.
 
 use std::time::Duration;
 
-use corral_api::{lifecycle, reconciler};
 use corral_core::{SandboxState, SandboxStore};
+use corral_engine::{lifecycle, reconciler};
 use corral_testing::{Failure, FakeRuntime, MemoryStore, Op, TestApp};
 use serde_json::json;
 
@@ -105,7 +105,7 @@ async fn a_start_the_runtime_fails_is_error_with_its_reason() {
     let err = lifecycle::start(app.state(), &mut s)
         .await
         .expect_err("start fails");
-    assert_eq!(err.status.as_u16(), 400);
+    assert_eq!(err.kind, corral_engine::ErrorKind::Invalid);
     let rec = app.store.get(&id).await.expect("store").expect("record");
     assert_eq!(rec.state, SandboxState::Error);
     assert_eq!(
@@ -244,8 +244,8 @@ async fn restart_reconciles_recorded_sandboxes() {
 #[tokio::test]
 async fn the_warm_pool_serves_a_default_create() {
     let app = TestApp::builder().pool_size(1).build();
-    let filler = tokio::spawn(corral_api::pool::WarmPool::fill_forever(
-        app.state().clone(),
+    let filler = tokio::spawn(corral_engine::pool::WarmPool::fill_forever(
+        app.state().engine.clone(),
     ));
     tokio::time::timeout(Duration::from_secs(5), async {
         while app.state().pool.is_empty() {
@@ -260,6 +260,6 @@ async fn the_warm_pool_serves_a_default_create() {
     // A create of another shape starts its own.
     let other = app.create_sandbox(&json!({"env": {"A": "1"}})).await;
     assert_ne!(other["id"], pooled.as_str());
-    corral_api::pool::WarmPool::drain(app.state(), filler).await;
+    corral_engine::pool::WarmPool::drain(app.state(), filler).await;
     assert!(app.state().pool.is_empty());
 }
