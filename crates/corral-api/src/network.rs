@@ -3,7 +3,6 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use corral_core::Egress;
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -20,29 +19,7 @@ pub struct NetworkSettings {
     pub domain_allow_list: Option<String>,
 }
 
-/// Validates Daytona's network fields and returns the allow list to store (normalised:
-/// sorted, deduplicated CIDRs; `None` when empty). Domain allow lists are refused: corral
-/// filters by address, and a silently ignored domain list would leave egress open.
-pub fn checked_allow_list(
-    allow_list: Option<String>,
-    domain_allow_list: Option<&str>,
-) -> Result<Option<String>, ApiError> {
-    if domain_allow_list.is_some_and(|d| !d.trim().is_empty()) {
-        return Err(ApiError::bad_request(
-            "domainAllowList is not supported by this server; use networkAllowList with IPv4 CIDRs",
-        ));
-    }
-    let Some(list) = allow_list.filter(|l| !l.trim().is_empty()) else {
-        return Ok(None);
-    };
-    let nets = Egress::parse_allow_list(&list).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok(Some(
-        nets.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(","),
-    ))
-}
+pub use corral_engine::ops::checked_allow_list;
 
 /// `POST /sandbox/{id}/network-settings`: `networkBlockAll: true` blocks all egress;
 /// `false` opens it again and clears the allow list; `networkAllowList` limits egress to

@@ -61,7 +61,7 @@ fn new_sandbox(state: &AppState, req: CreateSandbox) -> Result<Sandbox, ApiError
     // Images and other snapshots are resolved by `create` (see `snapshots::source_for`).
     let snapshot = req.snapshot.unwrap_or_else(|| DEFAULT_SNAPSHOT.into());
     let network_block_all = req.network_block_all.unwrap_or(false);
-    let network_allow_list = crate::network::checked_allow_list(
+    let network_allow_list = corral_engine::ops::checked_allow_list(
         req.network_allow_list,
         req.domain_allow_list.as_deref(),
     )?;

@@ -72,7 +72,7 @@ pub async fn create(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<CreateSnapshot>,
 ) -> Result<Json<Value>, ApiError> {
-    let snap = corral_engine::snapshots::create(
+    let snap = corral_engine::catalog::create(
         &state,
         NewSnapshot {
             name: req.name,
@@ -166,7 +166,7 @@ pub async fn delete(
     State(state): State<AppState>,
     Path(id_or_name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    corral_engine::snapshots::delete(&state, &id_or_name).await?;
+    corral_engine::catalog::delete(&state, &id_or_name).await?;
     Ok(Json(json!({})))
 }
 
@@ -176,6 +176,6 @@ pub async fn activate(
     State(state): State<AppState>,
     Path(id_or_name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let s = corral_engine::snapshots::activate(&state, &id_or_name).await?;
+    let s = corral_engine::catalog::activate(&state, &id_or_name).await?;
     Ok(Json(dto(&state, &s)))
 }

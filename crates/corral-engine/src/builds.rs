@@ -17,7 +17,6 @@
 //! `?follow=true` the answer streams until the build ends).
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,91 +28,20 @@ use http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 
-mod claim;
 mod context;
 
-pub use claim::Building;
-pub(crate) use claim::Claim;
+pub use crate::claims::{Building, Claim};
 
 use crate::Engine;
 use crate::agent_client::{self, AgentBody};
+use crate::build_log::Log;
+pub use crate::build_log::log_path;
 use crate::error::EngineError;
 
 /// The longest a single `RUN` step may take.
 const STEP_TIMEOUT_SECS: i64 = 3600;
 /// The largest step output kept in the log (the rest is cut, with a note).
 const MAX_STEP_LOG: usize = 1 << 20;
-
-/// Where a snapshot's build log is.
-pub fn log_path(state: &Engine, snapshot_id: &str) -> PathBuf {
-    state
-        .config
-        .build_log_dir
-        .join(format!("{snapshot_id}.log"))
-}
-
-/// A snapshot's build (or pull) log being written; clones share it.
-#[derive(Clone)]
-pub(crate) struct Log(std::sync::Arc<std::sync::Mutex<LogFile>>);
-
-struct LogFile {
-    file: Option<std::fs::File>,
-    /// Whether the last text written did not end its line.
-    open_line: bool,
-}
-
-impl Log {
-    /// Starts the log of snapshot `snapshot_id` afresh.
-    pub(crate) fn create(state: &Engine, snapshot_id: &str) -> Self {
-        let path = log_path(state, snapshot_id);
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let file = std::fs::File::create(&path)
-            .map_err(
-                |e| tracing::warn!(log = %path.display(), error = %e, "cannot write a build log"),
-            )
-            .ok();
-        Self(std::sync::Arc::new(std::sync::Mutex::new(LogFile {
-            file,
-            open_line: false,
-        })))
-    }
-
-    fn with<R>(&self, f: impl FnOnce(&mut LogFile) -> R) -> R {
-        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Appends a whole line.
-    pub(crate) fn line(&self, text: &str) {
-        self.write(text);
-        self.end_line();
-    }
-
-    /// Appends text as it comes (no newline added).
-    fn write(&self, text: &str) {
-        self.with(|l| {
-            if let Some(f) = &mut l.file
-                && !text.is_empty()
-            {
-                let _ = f.write_all(text.as_bytes());
-                l.open_line = !text.ends_with('\n');
-            }
-        });
-    }
-
-    /// Ends the current line, if text left it open.
-    fn end_line(&self) {
-        self.with(|l| {
-            if let Some(f) = &mut l.file
-                && l.open_line
-            {
-                let _ = f.write_all(b"\n");
-                l.open_line = false;
-            }
-        });
-    }
-}
 
 /// Whether a Dockerfile is more than `FROM` (plus JSON `ENTRYPOINT`/`CMD`), which is used
 /// as the image itself; anything else is built (or refused by [`check`]).
@@ -1022,7 +950,7 @@ pub async fn snapshot_to_prepare(
 ) -> Result<Option<Snapshot>, EngineError> {
     let dockerfile = build_info.and_then(|b| b.get("dockerfileContent")?.as_str());
     let Some(dockerfile) = dockerfile else {
-        if build_info.is_some() || sandbox.snapshot == crate::sandboxes::DEFAULT_SNAPSHOT {
+        if build_info.is_some() || sandbox.snapshot == crate::DEFAULT_SNAPSHOT {
             return Ok(None);
         }
         let snap = state.snapshots.get_snapshot(&sandbox.snapshot).await?;
@@ -1148,7 +1076,7 @@ async fn try_finish(state: &Engine, id: &str) -> Result<(), EngineError> {
     let mut spec = crate::lifecycle::spec_of(&s);
     spec.image = info.reference;
     spec.entrypoint = entrypoint;
-    crate::sandboxes::start_recorded(state, &mut s, &spec).await
+    crate::lifecycle::start_recorded(state, &mut s, &spec).await
 }
 
 #[cfg(test)]

@@ -12,10 +12,11 @@ use corral_core::{
 };
 use time::OffsetDateTime;
 
+use crate::DEFAULT_SNAPSHOT;
 use crate::Engine;
 use crate::error::EngineError;
+use crate::lifecycle::locked;
 use crate::lifecycle::save;
-use crate::sandboxes::{DEFAULT_SNAPSHOT, locked};
 
 /// Commits the sandbox's files as snapshot
 /// `name` (an `active` snapshot when this answers) and answers the sandbox, back in the
@@ -114,7 +115,7 @@ pub(crate) async fn fork(
     let id = uuid::Uuid::new_v4().to_string();
     let name = match name.filter(|n| !n.is_empty()) {
         Some(n) => {
-            crate::sandboxes::validate_name(&n)?;
+            crate::lifecycle::validate_name(&n)?;
             n
         }
         None => id.clone(),
@@ -153,7 +154,7 @@ pub(crate) async fn fork(
     }
     let copy_ms = began.elapsed().as_millis() as u64;
     let spec = crate::lifecycle::spec_of(&fork);
-    crate::sandboxes::start_recorded(state, &mut fork, &spec).await?;
+    crate::lifecycle::start_recorded(state, &mut fork, &spec).await?;
     tracing::info!(
         sandbox = %fork.id,
         source = %src.id,

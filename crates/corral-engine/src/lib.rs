@@ -14,7 +14,10 @@
 #![forbid(unsafe_code)]
 
 pub mod agent_client;
+pub mod build_log;
 pub mod builds;
+pub mod catalog;
+pub mod claims;
 pub mod error;
 pub mod forks;
 pub mod lifecycle;
@@ -31,6 +34,11 @@ use std::sync::Arc;
 use corral_core::{Images, Runtime, SandboxStore, SnapshotStore, ports::VolumeStore};
 
 pub use error::{EngineError, ErrorKind};
+
+/// The image sandboxes get when the request names none.
+pub const DEFAULT_SNAPSHOT: &str = "host";
+/// The user sandboxes run as when the request names none.
+pub const DEFAULT_USER: &str = "daytona";
 pub use ops::{NetworkChange, Op, Resize, Timer};
 
 /// Settings of the engine.

@@ -286,3 +286,75 @@ pub async fn delete(state: &Engine, s: &mut Sandbox) -> Result<(), EngineError> 
     tracing::info!(sandbox = %s.id, "sandbox deleted");
     Ok(())
 }
+
+pub fn not_found(id_or_name: &str) -> EngineError {
+    EngineError::not_found(format!("Sandbox with ID or name {id_or_name} not found"))
+        .with_code("SANDBOX_NOT_FOUND")
+}
+
+/// Finds a sandbox by id or name.
+pub async fn find(state: &Engine, id_or_name: &str) -> Result<Sandbox, EngineError> {
+    state
+        .store
+        .get(id_or_name)
+        .await?
+        .ok_or_else(|| not_found(id_or_name))
+}
+
+/// Finds a sandbox and takes its lock, re-reading it under the lock.
+pub async fn locked(
+    state: &Engine,
+    id_or_name: &str,
+) -> Result<(Sandbox, tokio::sync::OwnedMutexGuard<()>), EngineError> {
+    let s = find(state, id_or_name).await?;
+    let guard = state.locks.lock(&s.id).await;
+    let s = state
+        .store
+        .get(&s.id)
+        .await?
+        .ok_or_else(|| not_found(id_or_name))?;
+    Ok((s, guard))
+}
+
+/// Starts a sandbox just recorded and records the outcome: `started`; or, when the start
+/// failed, the record removed with every trace (a client error: nothing of it stays) or
+/// `error`, recoverable, with its files kept (a host failure; see the server log).
+pub async fn start_recorded(
+    state: &Engine,
+    sandbox: &mut Sandbox,
+    spec: &corral_core::SandboxSpec,
+) -> Result<(), EngineError> {
+    if let Err(e) = state.runtime.start(spec).await {
+        let err = EngineError::from(e);
+        if err.is_client_error() {
+            state.runtime.destroy(&sandbox.id).await?;
+            state.store.remove(&sandbox.id).await?;
+        } else {
+            sandbox.state = SandboxState::Error;
+            sandbox.error_reason = Some("the sandbox failed to start; see the server log".into());
+            sandbox.updated_at = OffsetDateTime::now_utc();
+            state.store.update(sandbox).await?;
+        }
+        return Err(err);
+    }
+    sandbox.state = SandboxState::Started;
+    sandbox.updated_at = OffsetDateTime::now_utc();
+    state.store.update(sandbox).await?;
+    Ok(())
+}
+
+/// Checks a sandbox name.
+pub fn validate_name(name: &str) -> Result<(), EngineError> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::bad_request(
+            "name must be 1-255 characters of letters, digits, '-', '_' or '.'",
+        ))
+    }
+}

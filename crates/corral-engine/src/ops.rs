@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use corral_core::transitions::Operation;
-use corral_core::{Resources, Sandbox};
+use corral_core::{Egress, Resources, Sandbox};
 use time::OffsetDateTime;
 
 use crate::Engine;
@@ -97,7 +97,7 @@ impl Engine {
         if let Op::Fork { name } = op {
             return crate::forks::fork(state, id_or_name, name).await;
         }
-        let (mut s, guard) = crate::sandboxes::locked(state, id_or_name).await?;
+        let (mut s, guard) = crate::lifecycle::locked(state, id_or_name).await?;
         match op {
             Op::Start => lifecycle::start(state, &mut s).await?,
             Op::Stop => {
@@ -228,4 +228,29 @@ async fn set_network(
     touch_record(state, s).await?;
     tracing::info!(sandbox = %s.id, block_all = s.network_block_all, allow_list = ?s.network_allow_list, "network settings changed");
     Ok(())
+}
+
+/// Validates Daytona's network fields and returns the allow list to store (normalised:
+/// sorted, deduplicated CIDRs; `None` when empty). Domain allow lists are refused: corral
+/// filters by address, and a silently ignored domain list would leave egress open.
+pub fn checked_allow_list(
+    allow_list: Option<String>,
+    domain_allow_list: Option<&str>,
+) -> Result<Option<String>, EngineError> {
+    if domain_allow_list.is_some_and(|d| !d.trim().is_empty()) {
+        return Err(EngineError::bad_request(
+            "domainAllowList is not supported by this server; use networkAllowList with IPv4 CIDRs",
+        ));
+    }
+    let Some(list) = allow_list.filter(|l| !l.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let nets =
+        Egress::parse_allow_list(&list).map_err(|e| EngineError::bad_request(e.to_string()))?;
+    Ok(Some(
+        nets.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+    ))
 }

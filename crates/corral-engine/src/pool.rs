@@ -28,8 +28,8 @@ pub struct WarmPool {
 pub fn pooled_spec(id: String) -> SandboxSpec {
     SandboxSpec {
         id,
-        image: crate::sandboxes::DEFAULT_SNAPSHOT.into(),
-        user: crate::sandboxes::DEFAULT_USER.into(),
+        image: crate::DEFAULT_SNAPSHOT.into(),
+        user: crate::DEFAULT_USER.into(),
         env: BTreeMap::new(),
         resources: Resources::default(),
         egress: corral_core::Egress::Open,

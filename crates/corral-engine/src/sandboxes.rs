@@ -10,41 +10,8 @@ use time::OffsetDateTime;
 use crate::Engine;
 use crate::error::EngineError;
 use crate::lifecycle;
-
-/// The image sandboxes get when the request names none.
-pub const DEFAULT_SNAPSHOT: &str = "host";
-/// The user sandboxes run as when the request names none.
-pub const DEFAULT_USER: &str = "daytona";
-
-fn not_found(id_or_name: &str) -> EngineError {
-    EngineError::not_found(format!("Sandbox with ID or name {id_or_name} not found"))
-        .with_code("SANDBOX_NOT_FOUND")
-}
-
-/// Finds a sandbox by id or name.
-pub async fn find(state: &Engine, id_or_name: &str) -> Result<Sandbox, EngineError> {
-    state
-        .store
-        .get(id_or_name)
-        .await?
-        .ok_or_else(|| not_found(id_or_name))
-}
-
-/// Checks a sandbox name.
-pub fn validate_name(name: &str) -> Result<(), EngineError> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(EngineError::bad_request(
-            "name must be 1-255 characters of letters, digits, '-', '_' or '.'",
-        ))
-    }
-}
+pub use crate::lifecycle::{find, locked, start_recorded, validate_name};
+pub use crate::{DEFAULT_SNAPSHOT, DEFAULT_USER};
 
 /// Gives the new sandbox a running pooled sandbox when its shape matches the pool's.
 async fn claim_pooled(
@@ -132,33 +99,6 @@ pub async fn create(
     Ok(sandbox)
 }
 
-/// Starts a sandbox just recorded and records the outcome: `started`; or, when the start
-/// failed, the record removed with every trace (a client error: nothing of it stays) or
-/// `error`, recoverable, with its files kept (a host failure; see the server log).
-pub(crate) async fn start_recorded(
-    state: &Engine,
-    sandbox: &mut Sandbox,
-    spec: &corral_core::SandboxSpec,
-) -> Result<(), EngineError> {
-    if let Err(e) = state.runtime.start(spec).await {
-        let err = EngineError::from(e);
-        if err.is_client_error() {
-            state.runtime.destroy(&sandbox.id).await?;
-            state.store.remove(&sandbox.id).await?;
-        } else {
-            sandbox.state = SandboxState::Error;
-            sandbox.error_reason = Some("the sandbox failed to start; see the server log".into());
-            sandbox.updated_at = OffsetDateTime::now_utc();
-            state.store.update(sandbox).await?;
-        }
-        return Err(err);
-    }
-    sandbox.state = SandboxState::Started;
-    sandbox.updated_at = OffsetDateTime::now_utc();
-    state.store.update(sandbox).await?;
-    Ok(())
-}
-
 /// Creates a sandbox from a ready OCI snapshot or stored image (see
 /// `builds::snapshot_to_prepare` for the others) and starts it over the image's layers.
 async fn create_from_image(
@@ -171,16 +111,15 @@ async fn create_from_image(
     let started = Instant::now();
     let _guard = state.locks.lock(&sandbox.id).await;
     let requested = (sandbox.snapshot != DEFAULT_SNAPSHOT).then(|| sandbox.snapshot.clone());
-    let source =
-        crate::snapshots::source_for(state, requested.as_deref(), build_info.as_ref()).await;
+    let source = crate::catalog::source_for(state, requested.as_deref(), build_info.as_ref()).await;
     let (snapshot, image, image_user, entrypoint) = match source? {
-        crate::snapshots::Source::Image {
+        crate::catalog::Source::Image {
             snapshot,
             image,
             user,
             entrypoint,
         } => (snapshot, image, user, entrypoint),
-        crate::snapshots::Source::Host => (
+        crate::catalog::Source::Host => (
             DEFAULT_SNAPSHOT.to_owned(),
             DEFAULT_SNAPSHOT.to_owned(),
             None,
@@ -204,19 +143,4 @@ async fn create_from_image(
     metrics::counter!("corral_sandbox_create_total", "path" => "image").increment(1);
     tracing::info!(sandbox = %sandbox.id, name = %sandbox.name, snapshot = %sandbox.snapshot, "sandbox created from an image");
     Ok(sandbox)
-}
-
-/// Finds a sandbox and takes its lock, re-reading it under the lock.
-pub(crate) async fn locked(
-    state: &Engine,
-    id_or_name: &str,
-) -> Result<(Sandbox, tokio::sync::OwnedMutexGuard<()>), EngineError> {
-    let s = find(state, id_or_name).await?;
-    let guard = state.locks.lock(&s.id).await;
-    let s = state
-        .store
-        .get(&s.id)
-        .await?
-        .ok_or_else(|| not_found(id_or_name))?;
-    Ok((s, guard))
 }

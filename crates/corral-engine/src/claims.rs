@@ -22,7 +22,8 @@ impl Building {
 
 /// A snapshot being made ready (built, pulled or committed) by this server; others wait
 /// for it. Released however the work ends (a dropped future included).
-pub(crate) struct Claim(Arc<Building>, String);
+#[derive(Debug)]
+pub struct Claim(Arc<Building>, String);
 
 impl Claim {
     /// Claims snapshot `id`, unless this server is at work on it already.
