@@ -1115,12 +1115,16 @@ mod tests {
     use super::*;
     use crate::oci::Platform;
 
+    /// A layer of regular files owned by the user running the test, so importing it needs
+    /// no root (the unpacker's ownership handling is tested in `unpack.rs`).
     fn layer_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for (name, data) in files {
             let mut h = tar::Header::new_gnu();
             h.set_size(data.len() as u64);
             h.set_mode(0o644);
+            h.set_uid(nix::unistd::geteuid().as_raw().into());
+            h.set_gid(nix::unistd::getegid().as_raw().into());
             h.set_entry_type(tar::EntryType::Regular);
             h.set_cksum();
             b.append_data(&mut h, name, *data).expect("append");
