@@ -1,5 +1,5 @@
-use super::*;
 use super::install::Manifests;
+use super::*;
 use crate::oci::Platform;
 
 /// A layer of regular files owned by the user running the test, so importing it needs
