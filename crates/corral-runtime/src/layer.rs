@@ -271,11 +271,8 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root (whiteouts, trusted.* xattrs): run by scripts/test.sh as root"]
     fn round_trip_keeps_files_links_whiteouts_and_opaque_dirs() {
-        // Whiteouts and trusted.* xattrs need root (the e2e suite runs this path too).
-        if !nix::unistd::geteuid().is_root() {
-            return;
-        }
         let src = tempfile::tempdir().expect("tempdir");
         let root = src.path().join("root");
         fs::create_dir_all(root.join("home/daytona/sub")).expect("mkdir");

@@ -488,12 +488,23 @@ mod tests {
     use std::io::Write;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
-    /// Builds a tar with raw headers (so unsafe names can be written).
-    struct T(Vec<u8>);
+    /// Builds a tar with raw headers (so unsafe names can be written), every entry owned by
+    /// the given uid and gid.
+    struct T(Vec<u8>, (u32, u32));
 
     impl T {
+        /// Entries owned by 1234:4321: unpacking them needs root (chown).
         fn new() -> Self {
-            Self(Vec::new())
+            Self(Vec::new(), (1234, 4321))
+        }
+        /// Entries owned by the user running the test, for tests where the owner does not
+        /// matter: they run without root.
+        fn mine() -> Self {
+            let ids = (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            );
+            Self(Vec::new(), ids)
         }
         fn entry(mut self, name: &str, kind: tar::EntryType, link: &str, data: &[u8]) -> Self {
             let mut h = tar::Header::new_ustar();
@@ -509,8 +520,8 @@ mod tests {
             } else {
                 0o4755
             });
-            h.set_uid(1234);
-            h.set_gid(4321);
+            h.set_uid(self.1.0.into());
+            h.set_gid(self.1.1.into());
             h.set_mtime(1_000_000);
             h.set_cksum();
             self.0.extend_from_slice(h.as_bytes());
@@ -584,6 +595,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root (chown to the layer's owners, trusted.* xattrs): run by scripts/test.sh as root"]
     fn plain_gzip_and_zstd_layers_unpack_with_whiteouts_and_diff_id() {
         let tar = sample();
         let want = super::super::sha256_digest(&tar);
@@ -621,7 +633,7 @@ mod tests {
     fn writing_through_a_symlink_is_refused() {
         let outside = tempfile::tempdir().expect("tempdir");
         let target = outside.path().to_str().expect("utf8").to_owned();
-        let tar = T::new()
+        let tar = T::mine()
             .entry("evil", tar::EntryType::Symlink, &target, b"")
             .file("evil/passwd", b"pwned")
             .done();
@@ -646,7 +658,7 @@ mod tests {
         );
         // Through a symlinked directory inside the layer: refused as well.
         refused(
-            T::new()
+            T::mine()
                 .entry("d", tar::EntryType::Symlink, "/etc", b"")
                 .entry("x", tar::EntryType::Link, "d/passwd", b"")
                 .done(),
@@ -655,6 +667,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root (chown to the layer's owners): run by scripts/test.sh as root"]
     fn device_nodes_are_skipped_except_whiteouts() {
         let mut tar = T::new();
         tar = tar.entry("dev/", tar::EntryType::Directory, "", b"");
