@@ -263,3 +263,121 @@ async fn the_warm_pool_serves_a_default_create() {
     corral_engine::pool::WarmPool::drain(app.state(), filler).await;
     assert!(app.state().pool.is_empty());
 }
+
+/// Every operation of the engine's one entry point, applied directly (no HTTP): each
+/// records what the table says and calls the runtime as expected.
+#[tokio::test]
+async fn every_operation_goes_through_apply() {
+    use corral_engine::{NetworkChange, Op as E, Resize, Timer};
+    let app = TestApp::new();
+    let engine = &app.state().engine;
+    let id = create(&app, json!({"labels": {"a": "1"}})).await;
+    let apply = |op: E| engine.apply(&id, op);
+
+    let s = apply(E::SetLabels([("b".into(), "2".into())].into()))
+        .await
+        .expect("labels");
+    assert_eq!(s.labels.get("b").map(String::as_str), Some("2"));
+    assert!(!s.labels.contains_key("a"));
+    let s = apply(E::SetTimer(Timer::Stop, 7)).await.expect("timer");
+    assert_eq!(s.auto_stop_interval, 7);
+    let s = apply(E::SetTimer(Timer::Delete, -5)).await.expect("timer");
+    assert_eq!(
+        s.auto_delete_interval, -1,
+        "any negative interval means never"
+    );
+    let s = apply(E::SetPublic(true)).await.expect("public");
+    assert!(s.public);
+    let s = apply(E::SigningKey {
+        key: "k1".into(),
+        rotate: false,
+    })
+    .await
+    .expect("key");
+    assert_eq!(s.signing_key.as_deref(), Some("k1"));
+    let s = apply(E::SigningKey {
+        key: "k2".into(),
+        rotate: false,
+    })
+    .await
+    .expect("key");
+    assert_eq!(s.signing_key.as_deref(), Some("k1"), "kept until rotated");
+    let s = apply(E::SigningKey {
+        key: "k3".into(),
+        rotate: true,
+    })
+    .await
+    .expect("rotate");
+    assert_eq!(s.signing_key.as_deref(), Some("k3"));
+    let s = apply(E::SetNetwork(NetworkChange {
+        block_all: Some(true),
+        allow_list: None,
+    }))
+    .await
+    .expect("network");
+    assert!(s.network_block_all);
+    assert_eq!(app.runtime.count(Op::SetEgress), 1);
+    let s = apply(E::Resize(Resize {
+        cpu: Some(2),
+        ..Resize::default()
+    }))
+    .await
+    .expect("resize");
+    assert_eq!(s.resources.cpu, 2);
+    let err = apply(E::Resize(Resize {
+        disk: Some(1),
+        ..Resize::default()
+    }))
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.kind,
+        corral_engine::ErrorKind::Invalid,
+        "{}",
+        err.message
+    );
+
+    let s = apply(E::Snapshot {
+        name: "snap-1".into(),
+    })
+    .await
+    .expect("snapshot");
+    assert_eq!(
+        s.state,
+        SandboxState::Started,
+        "back in the state it was in"
+    );
+    let fork = apply(E::Fork {
+        name: Some("the-fork".into()),
+    })
+    .await
+    .expect("fork");
+    assert_eq!(
+        (fork.name.as_str(), fork.state),
+        ("the-fork", SandboxState::Started)
+    );
+    assert_ne!(fork.id, id);
+
+    let s = apply(E::Stop).await.expect("stop");
+    assert_eq!(s.state, SandboxState::Stopped);
+    let s = apply(E::Archive).await.expect("archive");
+    assert_eq!(s.state, SandboxState::Archived);
+    let s = apply(E::Start).await.expect("start");
+    assert_eq!(s.state, SandboxState::Started);
+    // Recover is refused outside `error` with the table's reason.
+    let err = apply(E::Recover { skip_start: false }).await.unwrap_err();
+    assert_eq!(
+        err.kind,
+        corral_engine::ErrorKind::Invalid,
+        "{}",
+        err.message
+    );
+    let s = apply(E::Delete).await.expect("delete");
+    assert_eq!(s.state, SandboxState::Destroying);
+    app.state().engine.teardowns.wait().await;
+    assert_eq!(state_of(&app, &id).await, None);
+    assert_eq!(app.runtime.calls_of(Op::Destroy), std::slice::from_ref(&id));
+    // An unknown sandbox is a not-found for every operation.
+    let err = engine.apply("nope", E::Start).await.unwrap_err();
+    assert_eq!(err.kind, corral_engine::ErrorKind::NotFound);
+}
