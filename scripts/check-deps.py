@@ -64,6 +64,55 @@ for path in sorted(api.rglob("*.rs")):
         if WRITES.search(line):
             errors.append(f"{path.relative_to(api.parent.parent.parent)}:{n} writes a sandbox record; "
                           "do it in corral-engine")
+
+def module_cycles(src):
+    """Loops among a crate's top-level modules (`crate::a` used in b and `crate::b` in a, or
+    longer), from `crate::<module>` paths outside comments and unit tests."""
+    uses = {}
+    for path in sorted(src.glob("*.rs")):
+        if path.stem in ("lib", "main"):
+            continue
+        files = [path] + (sorted((src / path.stem).rglob("*.rs")) if (src / path.stem).is_dir() else [])
+        text = "\n".join(
+            line for f in files for line in f.read_text().split("#[cfg(test)]", 1)[0].splitlines()
+            if not line.strip().startswith("//"))
+        uses[path.stem] = {m for m in re.findall(r"crate::([a-z_][a-z0-9_]*)", text) if m != path.stem}
+    for mod in uses:
+        uses[mod] &= set(uses)
+    # Tarjan's strongly connected components.
+    index, low, stack, on, out, n = {}, {}, [], set(), [], [0]
+    def visit(v):
+        index[v] = low[v] = n[0]
+        n[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(uses[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+    for v in sorted(uses):
+        if v not in index:
+            visit(v)
+    return out
+
+
+crates = pathlib.Path(__file__).resolve().parent.parent / "crates"
+for src in sorted(crates.glob("*/src")):
+    for comp in module_cycles(src):
+        errors.append(f"{src.parent.name}: modules {', '.join(comp)} import each other in a loop")
+
 for e in errors:
     print(f"check-deps: {e}", file=sys.stderr)
 sys.exit(1 if errors else 0)
