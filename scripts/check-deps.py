@@ -51,10 +51,14 @@ for pkg in meta["packages"]:
             errors.append(f"{name} depends on {dep['name']} (only {', '.join(sorted(allowed))} may)")
         if dep["name"] in LAYERS.get(name, set()):
             errors.append(f"{name} depends on {dep['name']}, a crate of another layer")
-# The edge writes no sandbox record: every change goes through the engine's operations.
+# The edge writes no sandbox, snapshot or volume record and drives no lifecycle step of the
+# runtime: every change goes through the engine's operations.
 import pathlib
 import re
-WRITES = re.compile(r"\.store\s*\.\s*(update|insert|remove)\s*\(|SandboxState::\w+\s*;")
+WRITES = re.compile(
+    r"\.store\s*\.\s*(update|insert|remove)\s*\(|SandboxState::\w+\s*;"
+    r"|\.(update|insert|remove)_(snapshot|volume)\s*\("
+    r"|\.runtime\s*\.\s*(start|stop|destroy|archive|fork|snapshot|resize|set_egress|create_volume|delete_volume)\s*\(")
 api = pathlib.Path(__file__).resolve().parent.parent / "crates" / "corral-api" / "src"
 for path in sorted(api.rglob("*.rs")):
     text = path.read_text()
@@ -62,7 +66,7 @@ for path in sorted(api.rglob("*.rs")):
     code = text.split("#[cfg(test)]", 1)[0]
     for n, line in enumerate(code.splitlines(), 1):
         if WRITES.search(line):
-            errors.append(f"{path.relative_to(api.parent.parent.parent)}:{n} writes a sandbox record; "
+            errors.append(f"{path.relative_to(api.parent.parent.parent)}:{n} changes a record or a sandbox; "
                           "do it in corral-engine")
 
 def module_cycles(src):

@@ -10,9 +10,8 @@ use std::collections::BTreeSet;
 use axum::Json;
 use axum::extract::{Path, State};
 use corral_core::VolumeMount;
-use corral_core::ports::{Volume, VolumeState};
+use corral_core::ports::Volume;
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryPairs};
@@ -21,9 +20,6 @@ use crate::wire::timestamp;
 
 /// The most volumes one sandbox may mount.
 pub const MAX_MOUNTS: usize = 16;
-
-/// The lock key serialising volume deletes with sandbox creates that mount volumes.
-use corral_engine::volumes::LOCK_KEY;
 
 /// Where the agent binary lives in every sandbox; a volume may not hide it.
 const AGENT_PATH: &str = corral_core::agent::AGENT_PATH_IN_SANDBOX;
@@ -113,37 +109,14 @@ pub async fn create(
     JsonBody(req): JsonBody<CreateVolume>,
 ) -> Result<Json<VolumeDto>, ApiError> {
     validate_name(&req.name)?;
-    let now = OffsetDateTime::now_utc();
-    let mut v = Volume {
-        id: uuid::Uuid::new_v4().to_string(),
-        name: req.name,
-        organization_id: state.config.organization_id.clone(),
-        state: VolumeState::Creating,
-        error_reason: None,
-        created_at: now,
-        updated_at: now,
-        last_used_at: None,
-    };
-    if let Err(e) = state.volumes.insert_volume(&v).await {
-        return Err(match e {
-            corral_core::StoreError::NameTaken(n) => {
-                ApiError::conflict(format!("a volume named {n:?} already exists"))
-                    .with_code("VOLUME_NAME_TAKEN")
-            }
-            other => other.into(),
-        });
-    }
-    let done = state.runtime.create_volume(&v.id).await;
-    record_outcome(&state, &mut v, done, VolumeState::Ready, "creating").await?;
-    tracing::info!(volume = %v.id, name = %v.name, "volume created");
+    let v = corral_engine::volumes::create(&state, req.name).await?;
     Ok(Json(VolumeDto::from(&v)))
 }
 
-async fn find(state: &AppState, id: &str) -> Result<Volume, ApiError> {
-    match state.volumes.volume(id).await? {
-        Some(v) if v.organization_id == state.config.organization_id => Ok(v),
-        _ => Err(not_found(&format!("with ID {id}"))),
-    }
+/// `DELETE /volumes/{volumeId}`: refused (409) while a sandbox that is not destroyed mounts
+/// the volume; otherwise removes its files and records it `deleted`. Idempotent.
+pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<(), ApiError> {
+    Ok(corral_engine::volumes::delete(&state, &id).await?)
 }
 
 /// `GET /volumes/{volumeId}`.
@@ -151,7 +124,9 @@ pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<VolumeDto>, ApiError> {
-    Ok(Json(VolumeDto::from(&find(&state, &id).await?)))
+    Ok(Json(VolumeDto::from(
+        &corral_engine::volumes::find(&state, &id).await?,
+    )))
 }
 
 /// `GET /volumes/by-name/{name}`: the live volume of that name (404 lets the SDK's
@@ -168,78 +143,6 @@ pub async fn get_by_name(
     Ok(Json(VolumeDto::from(&v)))
 }
 
-/// How long a volume delete waits for sandboxes being deleted to finish their teardown.
-const TEARDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// The sandboxes (id, name, being deleted) whose records mount the volume.
-async fn in_use_by(state: &AppState, v: &Volume) -> Result<Vec<(String, String, bool)>, ApiError> {
-    let mut users = Vec::new();
-    for (id, name) in state.volumes.sandboxes_using_volume(&v.id).await? {
-        let going = state
-            .store
-            .get(&id)
-            .await?
-            .is_none_or(|s| s.state == corral_core::SandboxState::Destroying);
-        users.push((id, name, going));
-    }
-    Ok(users)
-}
-
-/// The 409 for a volume still mounted by `users` (not empty).
-fn in_use(v: &Volume, users: &[(String, String, bool)]) -> ApiError {
-    let shown = users
-        .first()
-        .map(|(id, name, _)| {
-            if id == name {
-                id.clone()
-            } else {
-                format!("{name} ({id})")
-            }
-        })
-        .unwrap_or_default();
-    let more = match users.len() {
-        0 | 1 => String::new(),
-        n => format!(" and {} more", n - 1),
-    };
-    ApiError::conflict(format!(
-        "volume {} is in use by sandbox {shown}{more}; delete the sandbox{} first",
-        v.name,
-        if users.len() > 1 { "es" } else { "" },
-    ))
-    .with_code("VOLUME_IN_USE")
-}
-
-/// `DELETE /volumes/{volumeId}`: refused (409) while a sandbox that is not destroyed mounts
-/// the volume; otherwise removes its files and records it `deleted`. Idempotent.
-pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<(), ApiError> {
-    // Sandboxes being deleted release the volume when their teardown ends: wait a little.
-    let deadline = tokio::time::Instant::now() + TEARDOWN_WAIT;
-    let (mut v, _guard) = loop {
-        let guard = state.locks.lock(LOCK_KEY).await;
-        let v = find(&state, &id).await?;
-        if v.state == VolumeState::Deleted {
-            return Ok(());
-        }
-        let users = in_use_by(&state, &v).await?;
-        if users.is_empty() {
-            break (v, guard);
-        }
-        if users.iter().any(|(_, _, going)| !going) || tokio::time::Instant::now() >= deadline {
-            return Err(in_use(&v, &users));
-        }
-        drop(guard);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
-    v.state = VolumeState::Deleting;
-    v.updated_at = OffsetDateTime::now_utc();
-    state.volumes.update_volume(&v).await?;
-    let done = state.runtime.delete_volume(&v.id).await;
-    record_outcome(&state, &mut v, done, VolumeState::Deleted, "deleting").await?;
-    tracing::info!(volume = %v.id, name = %v.name, "volume deleted");
-    Ok(())
-}
-
-/// A mount path made absolute and normalised (`/a/b`), or a clear 400.
 fn mount_path(raw: &str) -> Result<String, ApiError> {
     let bad = |why: &str| ApiError::bad_request(format!("invalid volume mountPath {raw:?}: {why}"));
     if !raw.starts_with('/') {
@@ -336,28 +239,6 @@ pub fn parse_mounts(raw: &[serde_json::Value]) -> Result<Vec<VolumeMount>, ApiEr
         });
     }
     Ok(mounts)
-}
-
-/// Records what a runtime step on a volume did: `success` state, or `error` with the reason
-/// (the error is returned too).
-async fn record_outcome(
-    state: &AppState,
-    v: &mut Volume,
-    done: Result<(), corral_core::RuntimeError>,
-    success: VolumeState,
-    doing: &str,
-) -> Result<(), ApiError> {
-    let failed = done.err().map(ApiError::from);
-    match &failed {
-        Some(err) => {
-            v.state = VolumeState::Error;
-            v.error_reason = Some(format!("{doing} the volume failed: {}", err.message));
-        }
-        None => v.state = success,
-    }
-    v.updated_at = OffsetDateTime::now_utc();
-    state.volumes.update_volume(v).await?;
-    failed.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
