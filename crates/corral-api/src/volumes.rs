@@ -143,6 +143,7 @@ pub async fn get_by_name(
     Ok(Json(VolumeDto::from(&v)))
 }
 
+/// A mount path made absolute and normalised (`/a/b`), or a clear 400.
 fn mount_path(raw: &str) -> Result<String, ApiError> {
     let bad = |why: &str| ApiError::bad_request(format!("invalid volume mountPath {raw:?}: {why}"));
     if !raw.starts_with('/') {

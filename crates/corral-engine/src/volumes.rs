@@ -168,8 +168,6 @@ pub async fn delete(state: &Engine, id: &str) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// A mount path made absolute and normalised (`/a/b`), or a clear 400.
-
 /// Records what a runtime step on a volume did: `success` state, or `error` with the reason
 /// (the error is returned too).
 async fn record_outcome(

@@ -329,7 +329,7 @@ async fn every_operation_goes_through_apply() {
         ..Resize::default()
     }))
     .await
-    .unwrap_err();
+    .expect_err("a smaller disk is refused");
     assert_eq!(
         err.kind,
         corral_engine::ErrorKind::Invalid,
@@ -365,7 +365,9 @@ async fn every_operation_goes_through_apply() {
     let s = apply(E::Start).await.expect("start");
     assert_eq!(s.state, SandboxState::Started);
     // Recover is refused outside `error` with the table's reason.
-    let err = apply(E::Recover { skip_start: false }).await.unwrap_err();
+    let err = apply(E::Recover { skip_start: false })
+        .await
+        .expect_err("recover is refused outside error");
     assert_eq!(
         err.kind,
         corral_engine::ErrorKind::Invalid,
@@ -378,6 +380,9 @@ async fn every_operation_goes_through_apply() {
     assert_eq!(state_of(&app, &id).await, None);
     assert_eq!(app.runtime.calls_of(Op::Destroy), std::slice::from_ref(&id));
     // An unknown sandbox is a not-found for every operation.
-    let err = engine.apply("nope", E::Start).await.unwrap_err();
+    let err = engine
+        .apply("nope", E::Start)
+        .await
+        .expect_err("no such sandbox");
     assert_eq!(err.kind, corral_engine::ErrorKind::NotFound);
 }
