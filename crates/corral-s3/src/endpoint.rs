@@ -703,4 +703,18 @@ mod tests {
             (Some("b"), Some("k/x"))
         );
     }
+
+    #[test]
+    fn an_oversized_declared_length_is_refused_early() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-length", HeaderValue::from(MAX_OBJECT_SIZE + 1));
+        assert_eq!(
+            check_length(&headers, MAX_OBJECT_SIZE)
+                .expect_err("too large")
+                .code,
+            "EntityTooLarge"
+        );
+        headers.insert("content-length", HeaderValue::from(MAX_OBJECT_SIZE));
+        assert!(check_length(&headers, MAX_OBJECT_SIZE).is_ok());
+    }
 }
