@@ -24,8 +24,8 @@
 //!
 //! Modules: `sigv4` (the signature check) and `credentials` (the issuer), `wire` (keys, upload
 //! ids, the XML bodies and answers), `endpoint` (which operation a request is, and its
-//! answer), `storage` (objects and multipart uploads on disk) and `gc` (removing unused
-//! uploads).
+//! answer), `storage` (objects and multipart uploads on disk), `gc` (removing unused
+//! uploads) and `sidecar` (the paths of the files kept beside an object).
 //!
 //! # Why not `s3s`
 //!
@@ -66,6 +66,7 @@ mod credentials;
 mod endpoint;
 mod error;
 mod gc;
+mod sidecar;
 mod sigv4;
 mod storage;
 mod wire;

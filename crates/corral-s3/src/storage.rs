@@ -15,7 +15,8 @@ use sha2::Sha256;
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{io_error, too_large};
-use crate::gc::{mark_used, used_sidecar};
+use crate::gc::mark_used;
+use crate::sidecar::{etag_sidecar, used_sidecar};
 use crate::sigv4::Payload;
 use crate::wire::{CompletedPart, ObjectKey, UploadId};
 use crate::{
@@ -170,14 +171,6 @@ fn is_conflict(e: &std::io::Error) -> bool {
             | std::io::ErrorKind::IsADirectory
             | std::io::ErrorKind::DirectoryNotEmpty
     )
-}
-
-pub(crate) fn etag_sidecar(object: &Path) -> PathBuf {
-    let name = object
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    object.with_file_name(format!(".{name}~etag"))
 }
 
 /// What identifies a version of an object file: inode, size and modification time.

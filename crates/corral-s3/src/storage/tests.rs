@@ -4,7 +4,8 @@ use std::time::{Duration, SystemTime};
 use axum::http::StatusCode;
 
 use super::*;
-use crate::gc::{mark_used, remove_unused, used_sidecar};
+use crate::gc::{mark_used, remove_unused};
+use crate::sidecar::used_sidecar;
 use crate::testing::*;
 use crate::{UNUSED_OBJECT_AGE, UPLOADS_DIR};
 
