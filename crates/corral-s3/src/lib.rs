@@ -87,8 +87,8 @@ pub use endpoint::S3Endpoint;
 pub use error::S3Error;
 pub use gc::{mark_used, remove_unused};
 pub use sigv4::{Payload, authenticate};
-pub use storage::{ObjectMeta, Objects};
-pub use wire::{CompletedPart, ObjectKey, UploadId, parse_complete};
+pub use storage::Objects;
+pub use wire::{CompletedPart, ObjectKey, ObjectMeta, UploadId, parse_complete};
 
 /// The bucket build context is uploaded to.
 pub const CONTEXT_BUCKET: &str = "corral-build-context";

@@ -1,5 +1,5 @@
-//! The wire: validated keys and upload ids, the `CompleteMultipartUpload` body, and the XML
-//! documents, dates and headers of answers.
+//! The wire: validated keys and upload ids, what HEAD and GET tell of an object, the
+//! `CompleteMultipartUpload` body, and the XML documents, dates and headers of answers.
 
 use std::time::SystemTime;
 
@@ -9,7 +9,6 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use crate::error::truncate;
-use crate::storage::ObjectMeta;
 use crate::{MAX_KEY_LEN, S3Error};
 
 /// The namespace of S3's XML documents.
@@ -50,6 +49,16 @@ impl ObjectKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// What HEAD and GET tell of an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub size: u64,
+    /// Without quotes: the MD5 hex of the content, or for a multipart upload S3's
+    /// `<md5 of the parts' md5s>-<number of parts>`.
+    pub etag: String,
+    pub last_modified: SystemTime,
 }
 
 /// A multipart upload id: 32 lowercase hex digits (random).
