@@ -10,13 +10,12 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::credentials::CredentialIssuer;
-use crate::error::{too_large, truncate};
+use crate::error::{too_large, truncate, xml_escape};
 use crate::gc::mark_used;
 use crate::sigv4::{Payload, authenticate, content_md5, header_str, payload_mode};
 use crate::storage::Objects;
 use crate::wire::{
-    ObjectKey, S3_XMLNS, UploadId, iso8601, object_headers, parse_complete, quoted, xml_escape,
-    xml_response,
+    ObjectKey, S3_XMLNS, UploadId, iso8601, object_headers, parse_complete, quoted, xml_response,
 };
 use crate::{
     CONTEXT_BUCKET, MAX_OBJECT_SIZE, MAX_PART_NUMBER, MAX_PART_SIZE, MAX_XML_BODY, S3Error,
