@@ -27,7 +27,7 @@ use corral_core::RuntimeError;
 use serde::{Deserialize, Serialize};
 
 use crate::disk::Disk;
-use crate::linux::{mkdirs, remove_dir_if_exists, remove_file_if_exists};
+use crate::fsutil::{mkdirs, remove_dir_if_exists, remove_file_if_exists};
 use crate::oci::images::{self as bound, BoundImage};
 
 use corral_core::ports::{SANDBOX_SNAPSHOT_PREFIX as REFERENCE_PREFIX, sandbox_snapshot_reference};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use corral_core::RuntimeError;
 
-use crate::linux::{mkdirs, remove_dir_if_exists};
+use crate::fsutil::{mkdirs, remove_dir_if_exists};
 
 /// The writable-layer store in use.
 #[derive(Debug, Clone)]

@@ -12,6 +12,7 @@ pub mod caps;
 pub mod cgroup;
 mod commit;
 mod disk;
+mod fsutil;
 pub mod host_image;
 pub mod layer;
 mod linux;

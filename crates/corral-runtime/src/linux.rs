@@ -5,7 +5,6 @@ use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::cgroup::{Cgroups, Limits};
 use crate::disk::Disk;
+use crate::fsutil::{mkdirs, remove_dir_if_exists, remove_file_if_exists};
 use crate::host_image::{self, HostImage};
 use crate::oci::images::{self as bound, BoundImage};
 use crate::spawn::{Spawner, pidfd_kill};
@@ -155,13 +155,6 @@ impl std::fmt::Debug for LinuxRuntime {
             .field("cfg", &self.cfg)
             .finish_non_exhaustive()
     }
-}
-
-pub(crate) fn mkdirs(path: &Path, mode: u32) -> io::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(path)
 }
 
 fn cstr(s: impl AsRef<[u8]>) -> Result<CString, RuntimeError> {
@@ -433,20 +426,6 @@ impl RuntimeTraces {
             }
         }
         remove_file_if_exists(&self.sock).map_err(|e| RuntimeError::host("removing socket", e))
-    }
-}
-
-pub(crate) fn remove_file_if_exists(p: &Path) -> io::Result<()> {
-    match fs::remove_file(p) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
-pub(crate) fn remove_dir_if_exists(p: &Path) -> io::Result<()> {
-    match fs::remove_dir_all(p) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
     }
 }
 

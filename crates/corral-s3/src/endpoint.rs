@@ -10,13 +10,12 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::credentials::CredentialIssuer;
-use crate::error::{too_large, truncate};
+use crate::error::{too_large, truncate, xml_escape};
 use crate::gc::mark_used;
 use crate::sigv4::{Payload, authenticate, content_md5, header_str, payload_mode};
 use crate::storage::Objects;
 use crate::wire::{
-    ObjectKey, S3_XMLNS, UploadId, iso8601, object_headers, parse_complete, quoted, xml_escape,
-    xml_response,
+    ObjectKey, S3_XMLNS, UploadId, iso8601, object_headers, parse_complete, quoted, xml_response,
 };
 use crate::{
     CONTEXT_BUCKET, MAX_OBJECT_SIZE, MAX_PART_NUMBER, MAX_PART_SIZE, MAX_XML_BODY, S3Error,
@@ -702,5 +701,19 @@ mod tests {
             split_path("/object-storage/b/k/x"),
             (Some("b"), Some("k/x"))
         );
+    }
+
+    #[test]
+    fn an_oversized_declared_length_is_refused_early() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-length", HeaderValue::from(MAX_OBJECT_SIZE + 1));
+        assert_eq!(
+            check_length(&headers, MAX_OBJECT_SIZE)
+                .expect_err("too large")
+                .code,
+            "EntityTooLarge"
+        );
+        headers.insert("content-length", HeaderValue::from(MAX_OBJECT_SIZE));
+        assert!(check_length(&headers, MAX_OBJECT_SIZE).is_ok());
     }
 }

@@ -3,8 +3,6 @@
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::wire::{ObjectKey, xml_escape};
-
 /// An S3 error answer: `<Error><Code>..</Code><Message>..</Message></Error>` with its status.
 #[derive(Debug, thiserror::Error)]
 #[error("{code}: {message}")]
@@ -35,13 +33,6 @@ impl S3Error {
     pub(crate) fn malformed_auth(message: impl Into<String>) -> Self {
         Self::bad_request("AuthorizationHeaderMalformed", message)
     }
-    pub(crate) fn no_such_key(key: &ObjectKey) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "NoSuchKey",
-            format!("no object with key {:?}", key.as_str()),
-        )
-    }
     pub(crate) fn no_such_upload(id: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
@@ -50,16 +41,6 @@ impl S3Error {
                 "no multipart upload {:?} for this key (it was completed, aborted, never \
                  started, or left unfinished for more than a day)",
                 truncate(id)
-            ),
-        )
-    }
-    pub(crate) fn key_conflict(key: &ObjectKey) -> Self {
-        Self::bad_request(
-            "InvalidArgument",
-            format!(
-                "key {:?} clashes with another object: here a key cannot be both an object \
-                 and the prefix of other keys",
-                key.as_str()
             ),
         )
     }
@@ -89,6 +70,10 @@ impl IntoResponse for S3Error {
         )
             .into_response()
     }
+}
+
+pub(crate) fn xml_escape(s: &str) -> std::borrow::Cow<'_, str> {
+    quick_xml::escape::escape(s)
 }
 
 /// At most 200 characters of client-supplied text, for error messages.

@@ -5,17 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::storage::etag_sidecar;
+use crate::sidecar::{etag_sidecar, used_sidecar};
 use crate::{UNUSED_OBJECT_AGE, UPLOADS_DIR};
-
-/// Where an object's last use is recorded (its modification time).
-pub(crate) fn used_sidecar(object: &Path) -> PathBuf {
-    let name = object
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    object.with_file_name(format!(".{name}~used"))
-}
 
 /// Records that an object was just used (found by a HEAD, or read by a build), so
 /// [`remove_unused`] keeps it. Best effort.

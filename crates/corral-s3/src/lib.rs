@@ -24,8 +24,8 @@
 //!
 //! Modules: `sigv4` (the signature check) and `credentials` (the issuer), `wire` (keys, upload
 //! ids, the XML bodies and answers), `endpoint` (which operation a request is, and its
-//! answer), `storage` (objects and multipart uploads on disk) and `gc` (removing unused
-//! uploads).
+//! answer), `storage` (objects and multipart uploads on disk), `gc` (removing unused
+//! uploads) and `sidecar` (the paths of the files kept beside an object).
 //!
 //! # Why not `s3s`
 //!
@@ -66,6 +66,7 @@ mod credentials;
 mod endpoint;
 mod error;
 mod gc;
+mod sidecar;
 mod sigv4;
 mod storage;
 mod wire;
@@ -86,8 +87,8 @@ pub use endpoint::S3Endpoint;
 pub use error::S3Error;
 pub use gc::{mark_used, remove_unused};
 pub use sigv4::{Payload, authenticate};
-pub use storage::{ObjectMeta, Objects};
-pub use wire::{CompletedPart, ObjectKey, UploadId, parse_complete};
+pub use storage::Objects;
+pub use wire::{CompletedPart, ObjectKey, ObjectMeta, UploadId, parse_complete};
 
 /// The bucket build context is uploaded to.
 pub const CONTEXT_BUCKET: &str = "corral-build-context";

@@ -15,22 +15,13 @@ use sha2::Sha256;
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{io_error, too_large};
-use crate::gc::{mark_used, used_sidecar};
+use crate::gc::mark_used;
+use crate::sidecar::{etag_sidecar, used_sidecar};
 use crate::sigv4::Payload;
-use crate::wire::{CompletedPart, ObjectKey, UploadId};
+use crate::wire::{CompletedPart, ObjectKey, ObjectMeta, UploadId};
 use crate::{
     MAX_OBJECT_SIZE, MAX_PART_NUMBER, MAX_PART_SIZE, S3Error, STALE_UPLOAD_AGE, UPLOADS_DIR,
 };
-
-/// What HEAD and GET tell of an object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectMeta {
-    pub size: u64,
-    /// Without quotes: the MD5 hex of the content, or for a multipart upload S3's
-    /// `<md5 of the parts' md5s>-<number of parts>`.
-    pub etag: String,
-    pub last_modified: SystemTime,
-}
 
 /// The objects on disk: `<root>/<bucket>/<key>`, unfinished multipart uploads in
 /// `<root>/.uploads/<id>/` (a `key` file naming `<bucket>/<key>`, parts `part-<N>`).
@@ -170,14 +161,6 @@ fn is_conflict(e: &std::io::Error) -> bool {
             | std::io::ErrorKind::IsADirectory
             | std::io::ErrorKind::DirectoryNotEmpty
     )
-}
-
-pub(crate) fn etag_sidecar(object: &Path) -> PathBuf {
-    let name = object
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    object.with_file_name(format!(".{name}~etag"))
 }
 
 /// What identifies a version of an object file: inode, size and modification time.

@@ -1,5 +1,6 @@
-//! The wire: validated keys and upload ids, the `CompleteMultipartUpload` body, and the XML
-//! documents, dates and headers of answers.
+//! The wire: validated keys (and the errors naming one) and upload ids, what HEAD and GET
+//! tell of an object, the `CompleteMultipartUpload` body, and the XML documents, dates and
+//! headers of answers.
 
 use std::time::SystemTime;
 
@@ -9,16 +10,11 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use crate::error::truncate;
-use crate::storage::ObjectMeta;
 use crate::{MAX_KEY_LEN, S3Error};
 
 /// The namespace of S3's XML documents.
 pub(crate) const S3_XMLNS: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
 pub(crate) const OCTET_STREAM: &str = "application/octet-stream";
-
-pub(crate) fn xml_escape(s: &str) -> std::borrow::Cow<'_, str> {
-    quick_xml::escape::escape(s)
-}
 
 /// A validated object key: `/`-separated segments of `[A-Za-z0-9._-]`, none `.` or `..`, at
 /// most [`MAX_KEY_LEN`] bytes. Safe to join to a directory.
@@ -50,6 +46,37 @@ impl ObjectKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Errors about a key.
+impl S3Error {
+    pub(crate) fn no_such_key(key: &ObjectKey) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NoSuchKey",
+            format!("no object with key {:?}", key.as_str()),
+        )
+    }
+    pub(crate) fn key_conflict(key: &ObjectKey) -> Self {
+        Self::bad_request(
+            "InvalidArgument",
+            format!(
+                "key {:?} clashes with another object: here a key cannot be both an object \
+                 and the prefix of other keys",
+                key.as_str()
+            ),
+        )
+    }
+}
+
+/// What HEAD and GET tell of an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub size: u64,
+    /// Without quotes: the MD5 hex of the content, or for a multipart upload S3's
+    /// `<md5 of the parts' md5s>-<number of parts>`.
+    pub etag: String,
+    pub last_modified: SystemTime,
 }
 
 /// A multipart upload id: 32 lowercase hex digits (random).
