@@ -16,17 +16,22 @@ ALLOWED = {
     "axum": {"corral-api", "corral-agent", "corral", "corral-s3"},
 }
 # Workspace crates a crate must not depend on (the layering of docs/ARCHITECTURE.md).
+# corral-agent-proto is the server <-> agent contract: the agent and the API (and only they)
+# use it, and it depends on corral-core alone.
 LAYERS = {
-    "corral-core": {"corral-store", "corral-runtime", "corral-api", "corral-agent"},
-    "corral-store": {"corral-runtime", "corral-api", "corral-agent"},
-    "corral-runtime": {"corral-store", "corral-api", "corral-agent"},
+    "corral-core": {"corral-store", "corral-runtime", "corral-api", "corral-agent",
+                    "corral-agent-proto"},
+    "corral-store": {"corral-runtime", "corral-api", "corral-agent", "corral-agent-proto"},
+    "corral-runtime": {"corral-store", "corral-api", "corral-agent", "corral-agent-proto"},
     "corral-agent": {"corral-store", "corral-runtime", "corral-api"},
     "corral-api": {"corral-store", "corral-runtime", "corral-agent"},
+    "corral-agent-proto": {"corral-store", "corral-runtime", "corral-api", "corral-agent",
+                           "corral-dockerfile", "corral-s3"},
     # Leaves: no workspace crate at all.
     "corral-dockerfile": {"corral-core", "corral-store", "corral-runtime", "corral-api",
-                          "corral-agent", "corral-s3"},
+                          "corral-agent", "corral-agent-proto", "corral-s3"},
     "corral-s3": {"corral-core", "corral-store", "corral-runtime", "corral-api",
-                  "corral-agent", "corral-dockerfile"},
+                  "corral-agent", "corral-agent-proto", "corral-dockerfile"},
 }
 
 meta = json.loads(subprocess.check_output(

@@ -3,7 +3,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod agent_client;
 pub mod auth;
 pub mod builds;
 pub mod error;

@@ -8,6 +8,10 @@ use corral_core::{ApiKeyStore, Runtime, SandboxStore, StoreError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sha2::{Digest, Sha256};
 
+/// The client of sandbox agents (`corral_agent_proto`), with axum's body type so proxied
+/// bodies pass as they are.
+pub type Agents = corral_agent_proto::AgentClient<axum::body::Body>;
+
 /// Settings of the API layer.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -42,8 +46,8 @@ pub struct AppState {
     pub locks: Arc<crate::lifecycle::Locks>,
     /// Sandboxes started ahead of demand.
     pub pool: Arc<crate::pool::WarmPool>,
-    /// Pooled connections to sandbox agents.
-    pub agents: crate::agent_client::AgentClient,
+    /// The client of sandbox agents (pooled connections, typed agent routes).
+    pub agents: Agents,
     pub activity: Arc<crate::lifecycle::Activity>,
     /// Deletes finishing in the background.
     pub teardowns: Arc<crate::lifecycle::Teardowns>,

@@ -402,7 +402,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics,
         locks: Default::default(),
         pool: Arc::new(corral_api::pool::WarmPool::new(args.pool_size)),
-        agents: corral_api::agent_client::client(runtime.clone()),
+        agents: corral_api::state::Agents::new(runtime.clone()),
         activity: Default::default(),
         teardowns: Default::default(),
         previews: store.clone(),
