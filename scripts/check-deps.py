@@ -16,19 +16,25 @@ ALLOWED = {
     "axum": {"corral-api", "corral-agent", "corral", "corral-s3"},
 }
 # Workspace crates a crate must not depend on (the layering of docs/ARCHITECTURE.md).
+# corral-agent-proto is the server <-> agent contract: the agent and the API (and only they)
+# use it, and it depends on corral-core alone.
 LAYERS = {
-    "corral-core": {"corral-store", "corral-runtime", "corral-api", "corral-agent"},
-    "corral-store": {"corral-runtime", "corral-api", "corral-agent"},
-    "corral-runtime": {"corral-store", "corral-api", "corral-agent"},
+    "corral-core": {"corral-store", "corral-runtime", "corral-api", "corral-agent",
+                    "corral-agent-proto"},
+    "corral-store": {"corral-runtime", "corral-api", "corral-agent", "corral-agent-proto"},
+    "corral-runtime": {"corral-store", "corral-api", "corral-agent", "corral-agent-proto"},
     "corral-agent": {"corral-store", "corral-runtime", "corral-api"},
     "corral-api": {"corral-store", "corral-runtime", "corral-agent"},
     # The control plane: over the core's ports only, and no HTTP (axum is not allowed above).
-    "corral-engine": {"corral-store", "corral-runtime", "corral-api", "corral-agent"},
+    "corral-engine": {"corral-store", "corral-runtime", "corral-api", "corral-agent",
+                      "corral-testing"},
+    "corral-agent-proto": {"corral-store", "corral-runtime", "corral-api", "corral-agent",
+                           "corral-dockerfile", "corral-s3", "corral-engine"},
     # Leaves: no workspace crate at all.
     "corral-dockerfile": {"corral-core", "corral-store", "corral-runtime", "corral-api",
-                          "corral-agent", "corral-s3"},
+                          "corral-agent", "corral-agent-proto", "corral-s3"},
     "corral-s3": {"corral-core", "corral-store", "corral-runtime", "corral-api",
-                  "corral-agent", "corral-dockerfile"},
+                  "corral-agent", "corral-agent-proto", "corral-dockerfile"},
     # Test seams: in-memory fakes, no kernel features (the store only as a dev-dependency,
     # for the conformance test).
     "corral-testing": {"corral-store", "corral-runtime", "corral-agent"},

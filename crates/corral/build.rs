@@ -29,6 +29,7 @@ fn main() {
 
     for p in [
         "crates/corral-agent",
+        "crates/corral-agent-proto",
         "crates/corral-core",
         "Cargo.lock",
         "Cargo.toml",

@@ -17,24 +17,29 @@
 //! WebSocket buffers ([`READ_BUFFER_SIZE`]; tungstenite's default zero-fills 128 KiB per socket
 //! on its first read, which was nearly all of the ≈135 KiB an idle socket held; now ≈11 KiB).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::extract::ws::{
     Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use corral_core::{ListQuery, Page, Sandbox, SandboxState, SandboxStore, StoreError};
+use corral_core::{Sandbox, SandboxState};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio::time::{Instant, sleep_until};
 
 use crate::error::ApiError;
-use crate::state::{AppState, Keys};
-use crate::wire::SandboxDto;
+use crate::keys::Keys;
+
+mod packet;
+mod publishing;
+
+pub use packet::{
+    EnginePacket, PacketError, SocketKind, SocketPacket, connect_error_packet, connect_packet,
+    event_packet, open_packet, sandbox_event_packet,
+};
+pub use publishing::PublishingStore;
 
 /// How many events a slow connection may fall behind before it skips some.
 pub const DEFAULT_CAPACITY: usize = 1024;
@@ -164,282 +169,6 @@ impl Events {
     }
 }
 
-/// A [`SandboxStore`] that publishes what changes: `insert` as created, `update` when the
-/// state differs from the last one it saw for that id (the first sight counts as a change),
-/// `remove` as a change to `destroyed`. Reads pass through; it never reads the store itself.
-pub struct PublishingStore {
-    inner: Arc<dyn SandboxStore>,
-    events: Events,
-    /// The last state written per sandbox id.
-    states: Mutex<HashMap<String, SandboxState>>,
-}
-
-impl std::fmt::Debug for PublishingStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PublishingStore").finish_non_exhaustive()
-    }
-}
-
-impl PublishingStore {
-    pub fn new(inner: Arc<dyn SandboxStore>, events: Events) -> Self {
-        Self {
-            inner,
-            events,
-            states: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Records `new_state` for `id`; returns the change, if it is one.
-    fn record(
-        &self,
-        id: &str,
-        new_state: Option<SandboxState>,
-    ) -> Option<(Option<SandboxState>, SandboxState)> {
-        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        match new_state {
-            Some(new) => {
-                let old = states.insert(id.to_owned(), new);
-                (old != Some(new)).then_some((old, new))
-            }
-            None => {
-                let old = states.remove(id);
-                (old != Some(SandboxState::Destroyed)).then_some((old, SandboxState::Destroyed))
-            }
-        }
-    }
-
-    fn publish_change(&self, id: &str, new_state: Option<SandboxState>) {
-        if let Some((old_state, new_state)) = self.record(id, new_state) {
-            // Both SDKs take only the state from an event and raise on an error state with
-            // the error reason they hold, which an event does not refresh ("error reason:
-            // None"). Left unannounced, an error state reaches them by their next poll (at
-            // most a second later), with the reason.
-            if matches!(new_state, SandboxState::Error | SandboxState::BuildFailed) {
-                return;
-            }
-            self.events.publish(SandboxEvent::StateUpdated {
-                id: id.to_owned(),
-                old_state,
-                new_state,
-            });
-        }
-    }
-}
-
-#[async_trait]
-impl SandboxStore for PublishingStore {
-    async fn insert(&self, sandbox: &Sandbox) -> Result<(), StoreError> {
-        self.inner.insert(sandbox).await?;
-        self.states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(sandbox.id.clone(), sandbox.state);
-        if self.events.has_listeners() {
-            self.events
-                .publish(SandboxEvent::Created(Arc::new(sandbox.clone())));
-        }
-        Ok(())
-    }
-
-    async fn update(&self, sandbox: &Sandbox) -> Result<(), StoreError> {
-        self.inner.update(sandbox).await?;
-        self.publish_change(&sandbox.id, Some(sandbox.state));
-        Ok(())
-    }
-
-    async fn get(&self, id_or_name: &str) -> Result<Option<Sandbox>, StoreError> {
-        self.inner.get(id_or_name).await
-    }
-
-    async fn list(&self, query: &ListQuery) -> Result<Page<Sandbox>, StoreError> {
-        self.inner.list(query).await
-    }
-
-    async fn remove(&self, id: &str) -> Result<(), StoreError> {
-        self.inner.remove(id).await?;
-        self.publish_change(id, None);
-        Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Packets. Engine.IO v4: one packet per WebSocket text frame, a type digit then the data.
-// Socket.IO v5 inside Engine.IO message packets (`4`):
-// `<type>[<attachments>-][<namespace>,][<ack id>][<JSON>]`.
-
-/// A packet that could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PacketError {
-    #[error("empty packet")]
-    Empty,
-    #[error("unknown Engine.IO packet type {0:?}")]
-    EngineType(char),
-    #[error("unknown Socket.IO packet type {0:?}")]
-    SocketType(char),
-    #[error("the namespace is not followed by a comma")]
-    Namespace,
-}
-
-/// An Engine.IO packet from a client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EnginePacket<'a> {
-    Open,
-    Close,
-    /// A ping with its data (`probe` during upgrades).
-    Ping(&'a str),
-    Pong(&'a str),
-    /// A Socket.IO packet.
-    Message(&'a str),
-    Upgrade,
-    Noop,
-}
-
-impl<'a> EnginePacket<'a> {
-    pub fn parse(text: &'a str) -> Result<Self, PacketError> {
-        let mut chars = text.chars();
-        let kind = chars.next().ok_or(PacketError::Empty)?;
-        let data = chars.as_str();
-        Ok(match kind {
-            '0' => Self::Open,
-            '1' => Self::Close,
-            '2' => Self::Ping(data),
-            '3' => Self::Pong(data),
-            '4' => Self::Message(data),
-            '5' => Self::Upgrade,
-            '6' => Self::Noop,
-            other => return Err(PacketError::EngineType(other)),
-        })
-    }
-}
-
-/// Socket.IO packet types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SocketKind {
-    Connect,
-    Disconnect,
-    Event,
-    Ack,
-    ConnectError,
-    BinaryEvent,
-    BinaryAck,
-}
-
-/// A Socket.IO packet from a client; `data` is the JSON payload as sent, if any.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SocketPacket<'a> {
-    pub kind: SocketKind,
-    pub namespace: &'a str,
-    pub data: Option<&'a str>,
-}
-
-impl<'a> SocketPacket<'a> {
-    pub fn parse(text: &'a str) -> Result<Self, PacketError> {
-        let mut chars = text.chars();
-        let kind = match chars.next().ok_or(PacketError::Empty)? {
-            '0' => SocketKind::Connect,
-            '1' => SocketKind::Disconnect,
-            '2' => SocketKind::Event,
-            '3' => SocketKind::Ack,
-            '4' => SocketKind::ConnectError,
-            '5' => SocketKind::BinaryEvent,
-            '6' => SocketKind::BinaryAck,
-            other => return Err(PacketError::SocketType(other)),
-        };
-        let mut rest = chars.as_str();
-        if matches!(kind, SocketKind::BinaryEvent | SocketKind::BinaryAck)
-            && let Some((count, after)) = rest.split_once('-')
-            && !count.is_empty()
-            && count.bytes().all(|b| b.is_ascii_digit())
-        {
-            rest = after;
-        }
-        let mut namespace = "/";
-        if rest.starts_with('/') {
-            match rest.split_once(',') {
-                Some((ns, after)) => {
-                    namespace = ns;
-                    rest = after;
-                }
-                // `41/admin` has no payload, hence no comma.
-                None if !rest.contains(['{', '[']) => {
-                    namespace = rest;
-                    rest = "";
-                }
-                None => return Err(PacketError::Namespace),
-            }
-        }
-        let rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
-        Ok(Self {
-            kind,
-            namespace,
-            data: (!rest.is_empty()).then_some(rest),
-        })
-    }
-}
-
-/// The Engine.IO open packet.
-pub fn open_packet(sid: &str, timing: &Timing) -> String {
-    let body = serde_json::json!({
-        "sid": sid,
-        "upgrades": [],
-        "pingInterval": timing.ping_interval.as_millis() as u64,
-        "pingTimeout": timing.ping_timeout.as_millis() as u64,
-        "maxPayload": MAX_PAYLOAD,
-    });
-    format!("0{body}")
-}
-
-/// The namespace prefix of a Socket.IO packet (`/` is implied).
-fn namespace_prefix(namespace: &str) -> String {
-    if namespace == "/" {
-        String::new()
-    } else {
-        format!("{namespace},")
-    }
-}
-
-/// The frame of a Socket.IO CONNECT (accepted): an Engine.IO message (`4`) holding it.
-pub fn connect_packet(sid: &str) -> String {
-    format!("40{}", serde_json::json!({ "sid": sid }))
-}
-
-/// The frame of a Socket.IO CONNECT_ERROR.
-pub fn connect_error_packet(namespace: &str, message: &str) -> String {
-    format!(
-        "44{}{}",
-        namespace_prefix(namespace),
-        serde_json::json!({ "message": message })
-    )
-}
-
-/// The frame of a Socket.IO EVENT on the default namespace.
-pub fn event_packet(name: &str, data: &serde_json::Value) -> String {
-    format!("42{}", serde_json::json!([name, data]))
-}
-
-/// The packet a sandbox event becomes; `toolbox_url` goes into the sandbox DTO as in
-/// `GET /api/sandbox/{id}`.
-pub fn sandbox_event_packet(event: &SandboxEvent, toolbox_url: &str) -> String {
-    match event {
-        SandboxEvent::Created(s) => event_packet(
-            "sandbox.created",
-            &serde_json::json!({ "sandbox": SandboxDto::from_sandbox(s, toolbox_url, true) }),
-        ),
-        SandboxEvent::StateUpdated {
-            id,
-            old_state,
-            new_state,
-        } => event_packet(
-            "sandbox.state.updated",
-            &serde_json::json!({
-                "sandbox": { "id": id, "state": new_state.as_str() },
-                "oldState": old_state.map(SandboxState::as_str),
-                "newState": new_state.as_str(),
-            }),
-        ),
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // The gateway.
 
@@ -453,12 +182,14 @@ fn engine_error(code: u8, message: &str) -> Response {
         .into_response()
 }
 
-/// `GET /api/socket.io/?EIO=4&transport=websocket`: the event stream. Not behind the bearer
-/// middleware: the client sends its API key in the Socket.IO CONNECT packet.
-pub async fn socket(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
+/// `GET /api/socket.io/?EIO=4&transport=websocket`: the event stream (routed by
+/// `crate::router` with the server's keys and events). Not behind the bearer middleware: the
+/// client sends its API key in the Socket.IO CONNECT packet.
+pub fn socket(
+    keys: Arc<Keys>,
+    events: Events,
+    toolbox_url: String,
+    query: Option<String>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let pairs: Vec<(String, String)> =
@@ -481,9 +212,9 @@ pub async fn socket(
     };
     let session = Session {
         sid: uuid::Uuid::new_v4().simple().to_string(),
-        keys: state.keys.clone(),
-        events: state.events.clone(),
-        toolbox_url: state.toolbox_url(&headers),
+        keys,
+        events,
+        toolbox_url,
     };
     session.accept(upgrade)
 }
@@ -747,12 +478,15 @@ mod tests {
 
     use std::collections::BTreeMap;
 
+    use async_trait::async_trait;
+    use corral_core::StoreError;
+
     use corral_core::sandbox::{DesiredState, Resources};
     use futures_util::{SinkExt, StreamExt};
     use time::OffsetDateTime;
     use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-    fn sandbox(id: &str, state: SandboxState) -> Sandbox {
+    pub(super) fn sandbox(id: &str, state: SandboxState) -> Sandbox {
         let now = OffsetDateTime::UNIX_EPOCH;
         Sandbox {
             id: id.into(),
@@ -781,76 +515,7 @@ mod tests {
         }
     }
 
-    /// An in-memory store that counts reads.
-    #[derive(Default)]
-    struct MemStore {
-        rows: Mutex<HashMap<String, Sandbox>>,
-        reads: std::sync::atomic::AtomicUsize,
-        fail_writes: bool,
-    }
-
-    fn boom() -> StoreError {
-        StoreError::Backend("disk on fire".into())
-    }
-
-    #[async_trait]
-    impl SandboxStore for MemStore {
-        async fn insert(&self, s: &Sandbox) -> Result<(), StoreError> {
-            if self.fail_writes {
-                return Err(boom());
-            }
-            self.rows
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(s.id.clone(), s.clone());
-            Ok(())
-        }
-        async fn update(&self, s: &Sandbox) -> Result<(), StoreError> {
-            self.insert(s).await
-        }
-        async fn get(&self, id: &str) -> Result<Option<Sandbox>, StoreError> {
-            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Ok(self
-                .rows
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(id)
-                .cloned())
-        }
-        async fn list(&self, _: &ListQuery) -> Result<Page<Sandbox>, StoreError> {
-            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Ok(Page {
-                items: self
-                    .rows
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .values()
-                    .cloned()
-                    .collect(),
-                next_cursor: None,
-            })
-        }
-        async fn remove(&self, id: &str) -> Result<(), StoreError> {
-            if self.fail_writes {
-                return Err(boom());
-            }
-            self.rows
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(id);
-            Ok(())
-        }
-    }
-
-    fn drain(rx: &mut broadcast::Receiver<SandboxEvent>) -> Vec<SandboxEvent> {
-        let mut out = Vec::new();
-        while let Ok(e) = rx.try_recv() {
-            out.push(e);
-        }
-        out
-    }
-
-    fn changed(id: &str, old: Option<SandboxState>, new: SandboxState) -> SandboxEvent {
+    pub(super) fn changed(id: &str, old: Option<SandboxState>, new: SandboxState) -> SandboxEvent {
         SandboxEvent::StateUpdated {
             id: id.into(),
             old_state: old,
@@ -858,282 +523,12 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn insert_publishes_created_and_writes_through() {
-        let inner = Arc::new(MemStore::default());
-        let events = Events::new(16);
-        let mut rx = events.subscribe();
-        let store = PublishingStore::new(inner.clone(), events);
-        let s = sandbox("a", SandboxState::Creating);
-        store.insert(&s).await.expect("insert");
-        assert_eq!(drain(&mut rx), vec![SandboxEvent::Created(Arc::new(s))]);
-        assert!(inner.rows.lock().expect("lock").contains_key("a"));
-        assert_eq!(inner.reads.load(std::sync::atomic::Ordering::SeqCst), 0);
-    }
-
-    #[tokio::test]
-    async fn update_publishes_only_state_changes() {
-        let inner = Arc::new(MemStore::default());
-        let events = Events::new(16);
-        let mut rx = events.subscribe();
-        let store = PublishingStore::new(inner.clone(), events);
-        let mut s = sandbox("a", SandboxState::Creating);
-        store.insert(&s).await.expect("insert");
-        drain(&mut rx);
-
-        // Same state, other fields changed: nothing.
-        s.labels.insert("k".into(), "v".into());
-        s.auto_stop_interval = 5;
-        store.update(&s).await.expect("update");
-        assert_eq!(drain(&mut rx), vec![]);
-
-        s.state = SandboxState::Started;
-        store.update(&s).await.expect("update");
-        s.state = SandboxState::Stopping;
-        store.update(&s).await.expect("update");
-        store.update(&s).await.expect("update");
-        assert_eq!(
-            drain(&mut rx),
-            vec![
-                changed("a", Some(SandboxState::Creating), SandboxState::Started),
-                changed("a", Some(SandboxState::Started), SandboxState::Stopping),
-            ]
-        );
-        assert_eq!(inner.reads.load(std::sync::atomic::Ordering::SeqCst), 0);
-        let stored = inner.rows.lock().expect("lock").get("a").cloned();
-        assert_eq!(stored.map(|s| s.auto_stop_interval), Some(5));
-    }
-
-    #[tokio::test]
-    async fn error_states_are_left_to_polling() {
-        let inner = Arc::new(MemStore::default());
-        let events = Events::new(16);
-        let mut rx = events.subscribe();
-        let store = PublishingStore::new(inner.clone(), events);
-        let mut s = sandbox("a", SandboxState::BuildingSnapshot);
-        store.insert(&s).await.expect("insert");
-        drain(&mut rx);
-        s.state = SandboxState::BuildFailed;
-        s.error_reason = Some("step 2 failed".into());
-        store.update(&s).await.expect("update");
-        assert_eq!(drain(&mut rx), vec![]);
-        // What comes after is announced, from the error state.
-        s.state = SandboxState::Destroying;
-        store.update(&s).await.expect("update");
-        assert_eq!(
-            drain(&mut rx),
-            vec![SandboxEvent::StateUpdated {
-                id: "a".into(),
-                old_state: Some(SandboxState::BuildFailed),
-                new_state: SandboxState::Destroying,
-            }]
-        );
-    }
-
-    #[tokio::test]
-    async fn first_sight_counts_as_a_change() {
-        // E.g. a sandbox created before the server restarted.
-        let events = Events::new(16);
-        let mut rx = events.subscribe();
-        let store = PublishingStore::new(Arc::new(MemStore::default()), events);
-        store
-            .update(&sandbox("old", SandboxState::Stopped))
-            .await
-            .expect("update");
-        assert_eq!(
-            drain(&mut rx),
-            vec![changed("old", None, SandboxState::Stopped)]
-        );
-    }
-
-    #[tokio::test]
-    async fn remove_publishes_destroyed_once() {
-        let events = Events::new(16);
-        let mut rx = events.subscribe();
-        let store = PublishingStore::new(Arc::new(MemStore::default()), events);
-        let mut s = sandbox("a", SandboxState::Started);
-        store.insert(&s).await.expect("insert");
-        s.state = SandboxState::Destroying;
-        store.update(&s).await.expect("update");
-        drain(&mut rx);
-        store.remove("a").await.expect("remove");
-        assert_eq!(
-            drain(&mut rx),
-            vec![changed(
-                "a",
-                Some(SandboxState::Destroying),
-                SandboxState::Destroyed
-            )]
-        );
-
-        // Already reported destroyed: removing adds nothing.
-        let mut b = sandbox("b", SandboxState::Started);
-        store.insert(&b).await.expect("insert");
-        b.state = SandboxState::Destroyed;
-        store.update(&b).await.expect("update");
-        drain(&mut rx);
-        store.remove("b").await.expect("remove");
-        assert_eq!(drain(&mut rx), vec![]);
-        // Forgotten after removal.
-        assert!(store.states.lock().expect("lock").get("a").is_none());
-    }
-
-    #[tokio::test]
-    async fn failed_writes_publish_nothing() {
-        let events = Events::new(16);
-        let mut rx = events.subscribe();
-        let inner = Arc::new(MemStore {
-            fail_writes: true,
-            ..Default::default()
-        });
-        let store = PublishingStore::new(inner, events);
-        assert!(
-            store
-                .insert(&sandbox("a", SandboxState::Creating))
-                .await
-                .is_err()
-        );
-        assert!(
-            store
-                .update(&sandbox("a", SandboxState::Started))
-                .await
-                .is_err()
-        );
-        assert!(store.remove("a").await.is_err());
-        assert_eq!(drain(&mut rx), vec![]);
-    }
-
-    #[test]
-    fn engine_packets_parse() {
-        assert_eq!(
-            EnginePacket::parse("2probe"),
-            Ok(EnginePacket::Ping("probe"))
-        );
-        assert_eq!(EnginePacket::parse("3"), Ok(EnginePacket::Pong("")));
-        assert_eq!(EnginePacket::parse("1"), Ok(EnginePacket::Close));
-        assert_eq!(
-            EnginePacket::parse("40{\"token\":\"k\"}"),
-            Ok(EnginePacket::Message("0{\"token\":\"k\"}"))
-        );
-        assert_eq!(EnginePacket::parse(""), Err(PacketError::Empty));
-        assert_eq!(EnginePacket::parse("9x"), Err(PacketError::EngineType('9')));
-        assert_eq!(EnginePacket::parse("é"), Err(PacketError::EngineType('é')));
-    }
-
-    #[test]
-    fn socket_packets_parse() {
-        assert_eq!(
-            SocketPacket::parse("0{\"token\":\"k\"}"),
-            Ok(SocketPacket {
-                kind: SocketKind::Connect,
-                namespace: "/",
-                data: Some("{\"token\":\"k\"}"),
-            })
-        );
-        assert_eq!(
-            SocketPacket::parse("0"),
-            Ok(SocketPacket {
-                kind: SocketKind::Connect,
-                namespace: "/",
-                data: None,
-            })
-        );
-        assert_eq!(
-            SocketPacket::parse("0/admin,{\"token\":\"k\"}"),
-            Ok(SocketPacket {
-                kind: SocketKind::Connect,
-                namespace: "/admin",
-                data: Some("{\"token\":\"k\"}"),
-            })
-        );
-        assert_eq!(
-            SocketPacket::parse("1/admin"),
-            Ok(SocketPacket {
-                kind: SocketKind::Disconnect,
-                namespace: "/admin",
-                data: None,
-            })
-        );
-        assert_eq!(
-            SocketPacket::parse("212[\"hello\",1]"),
-            Ok(SocketPacket {
-                kind: SocketKind::Event,
-                namespace: "/",
-                data: Some("[\"hello\",1]"),
-            })
-        );
-        assert_eq!(
-            SocketPacket::parse("51-/chat,7[\"up\",{\"_placeholder\":true,\"num\":0}]"),
-            Ok(SocketPacket {
-                kind: SocketKind::BinaryEvent,
-                namespace: "/chat",
-                data: Some("[\"up\",{\"_placeholder\":true,\"num\":0}]"),
-            })
-        );
-        assert_eq!(SocketPacket::parse(""), Err(PacketError::Empty));
-        assert_eq!(SocketPacket::parse("x"), Err(PacketError::SocketType('x')));
-        assert_eq!(
-            SocketPacket::parse("0/admin{\"token\":1}"),
-            Err(PacketError::Namespace)
-        );
-    }
-
-    fn json_of(packet: &str, prefix: &str) -> serde_json::Value {
+    /// The JSON after `prefix` in `packet`.
+    pub(super) fn json_of(packet: &str, prefix: &str) -> serde_json::Value {
         let body = packet
             .strip_prefix(prefix)
             .unwrap_or_else(|| panic!("{packet:?} does not start with {prefix:?}"));
         serde_json::from_str(body).unwrap_or_else(|e| panic!("{body:?}: {e}"))
-    }
-
-    #[test]
-    fn packets_encode() {
-        let open = open_packet("abc", &Timing::default());
-        assert_eq!(
-            json_of(&open, "0"),
-            serde_json::json!({"sid": "abc", "upgrades": [], "pingInterval": 25000,
-                "pingTimeout": 20000, "maxPayload": 1000000})
-        );
-        assert_eq!(connect_packet("abc"), "40{\"sid\":\"abc\"}");
-        assert_eq!(
-            connect_error_packet("/", "no \"key\""),
-            "44{\"message\":\"no \\\"key\\\"\"}"
-        );
-        assert_eq!(
-            connect_error_packet("/admin", "Invalid namespace"),
-            "44/admin,{\"message\":\"Invalid namespace\"}"
-        );
-    }
-
-    #[test]
-    fn sandbox_events_encode_as_the_sdk_reads_them() {
-        let updated = sandbox_event_packet(
-            &changed("a", Some(SandboxState::Started), SandboxState::Stopped),
-            "http://h/toolbox",
-        );
-        assert_eq!(
-            json_of(&updated, "42"),
-            serde_json::json!(["sandbox.state.updated", {
-                "sandbox": {"id": "a", "state": "stopped"},
-                "oldState": "started", "newState": "stopped"}])
-        );
-        let first = sandbox_event_packet(&changed("a", None, SandboxState::Destroyed), "x");
-        assert_eq!(
-            json_of(&first, "42")[1]["oldState"],
-            serde_json::Value::Null
-        );
-
-        let s = sandbox("a", SandboxState::Started);
-        let created = sandbox_event_packet(
-            &SandboxEvent::Created(Arc::new(s.clone())),
-            "http://h/toolbox",
-        );
-        let expected = serde_json::to_value(SandboxDto::from_sandbox(&s, "http://h/toolbox", true))
-            .expect("dto");
-        let v = json_of(&created, "42");
-        assert_eq!(v[0], "sandbox.created");
-        assert_eq!(v[1]["sandbox"], expected);
-        assert_eq!(v[1]["sandbox"]["env"]["A"], "b");
-        assert_eq!(v[1]["sandbox"]["toolboxProxyUrl"], "http://h/toolbox");
     }
 
     // ---- The gateway over a real WebSocket ----

@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod forks;
+pub mod keys;
 pub mod listener;
 pub mod metrics;
 pub mod network;
@@ -70,6 +71,25 @@ async fn connection_scheme(mut req: Request, next: middleware::Next) -> axum::re
         );
     }
     next.run(req).await
+}
+
+/// `GET /api/socket.io/`: the Socket.IO event stream ([`events::socket`]).
+async fn event_stream(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    upgrade: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> axum::response::Response {
+    events::socket(
+        state.keys.clone(),
+        state.events.clone(),
+        state.toolbox_url(&headers),
+        query,
+        upgrade,
+    )
 }
 
 /// SSH access (Daytona's SSH gateway) is not offered: say so, and what to use instead.
@@ -215,7 +235,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         // Outside `protected`: the Socket.IO client sends its key in the CONNECT packet. A
         // static path wins over the `/api` nest's catch-all whatever the order.
-        .route("/api/socket.io/", get(events::socket))
+        .route("/api/socket.io/", get(event_stream))
         .route("/object-storage", any(object_storage::s3))
         .route("/object-storage/{bucket}", any(object_storage::s3))
         .route("/object-storage/{bucket}/", any(object_storage::s3))

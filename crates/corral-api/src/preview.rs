@@ -16,16 +16,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use corral_agent_proto::AgentError;
 use corral_core::ports::SignedPreviewToken;
 use corral_core::{Sandbox, SandboxState};
-use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio::net::UnixStream;
 
 use crate::error::ApiError;
 use crate::extract::QueryPairs;
@@ -35,16 +33,12 @@ use crate::wire::SandboxDto;
 
 /// The header carrying a private sandbox's preview token.
 pub const PREVIEW_TOKEN_HEADER: &str = "x-daytona-preview-token";
-/// The agent's tunnel protocol (see the agent's `api/tunnel.rs`).
-const TUNNEL_PROTOCOL: &str = "corral-tunnel";
 /// A signed preview URL lives this long unless asked otherwise.
 const DEFAULT_SIGNED_SECONDS: i64 = 60;
 /// The longest a signed preview URL may live: 30 days.
 const MAX_SIGNED_SECONDS: i64 = 30 * 24 * 3600;
 /// Signed tokens expired this long ago are forgotten (until then they answer 410).
 const SIGNED_RETENTION_MS: i64 = 24 * 3600 * 1000;
-/// The largest agent error body read when a tunnel is refused.
-const AGENT_ERROR_LIMIT: usize = 64 << 10;
 /// How long opening a tunnel through the agent may take.
 const TUNNEL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -240,47 +234,13 @@ async fn open_tunnel(
     let unreachable = |e: &dyn std::fmt::Display| {
         bad_gateway(format!("the agent of sandbox {id} is unreachable: {e}"))
     };
-    let stream = UnixStream::connect(state.runtime.agent_socket(id))
-        .await
-        .map_err(|e| unreachable(&e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
-        .await
-        .map_err(|e| unreachable(&e))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "agent tunnel connection ended with an error");
+    // A refusal (`AgentError::Status`) says why: nothing listens on the port, say.
+    state.agents.tunnel(id, port).await.map_err(|e| match e {
+        AgentError::Status { .. } => {
+            bad_gateway(format!("cannot reach port {port} of sandbox {id}: {e}"))
         }
-    });
-    let req = Request::builder()
-        .method(Method::GET)
-        .uri(format!("/port/{port}/tunnel"))
-        .header(header::HOST, "agent")
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, TUNNEL_PROTOCOL)
-        .body(Body::empty())
-        .map_err(|e| unreachable(&e))?;
-    let mut resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| unreachable(&e))?;
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let status = resp.status();
-        let body = http_body_util::Limited::new(resp.into_body(), AGENT_ERROR_LIMIT)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let message = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| format!("the agent answered {status}"));
-        return Err(bad_gateway(format!(
-            "cannot reach port {port} of sandbox {id}: {message}"
-        )));
-    }
-    hyper::upgrade::on(&mut resp)
-        .await
-        .map_err(|e| unreachable(&e))
+        e => unreachable(&e),
+    })
 }
 
 /// `http` or `https`: how clients reach this server.

@@ -1,14 +1,17 @@
 //! Shared state of the HTTP handlers: the engine, and what only the edge needs (keys,
 //! settings, metrics, the toolbox's agent client, preview tokens, events).
 
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::http::HeaderMap;
-use corral_core::{ApiKeyStore, StoreError};
 use corral_engine::Engine;
+
+pub use crate::keys::{Keys, hash_key};
 use metrics_exporter_prometheus::PrometheusHandle;
-use sha2::{Digest, Sha256};
+
+/// The client of sandbox agents (`corral_agent_proto`), with axum's body type so proxied
+/// bodies pass as they are.
+pub type Agents = corral_agent_proto::AgentClient<axum::body::Body>;
 
 /// Settings of the API layer.
 #[derive(Debug, Clone)]
@@ -37,19 +40,14 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     pub config: Arc<ApiConfig>,
     pub metrics: PrometheusHandle,
-    /// Pooled connections to sandbox agents for the toolbox proxy and previews.
-    pub agents: AgentClient,
+    /// The client of sandbox agents (pooled connections, typed agent routes) for the toolbox
+    /// proxy and previews.
+    pub agents: Agents,
     /// Preview tokens and signed preview URLs.
     pub previews: Arc<dyn corral_core::ports::PreviewTokenStore>,
     /// Sandbox events (fed by `events::PublishingStore`), streamed to SDKs over Socket.IO.
     pub events: crate::events::Events,
 }
-
-/// The edge's client to sandbox agents (request bodies straight from axum).
-pub type AgentClient = hyper_util::client::legacy::Client<
-    corral_engine::agent_client::AgentConnector,
-    axum::body::Body,
->;
 
 impl std::ops::Deref for AppState {
     type Target = Engine;
@@ -87,60 +85,5 @@ impl AppState {
     /// The `toolboxProxyUrl` of every sandbox.
     pub fn toolbox_url(&self, headers: &HeaderMap) -> String {
         format!("{}/toolbox", self.base_url(headers))
-    }
-}
-
-/// API keys: hashes in the store, with a cache of the valid ones.
-pub struct Keys {
-    store: Arc<dyn ApiKeyStore>,
-    valid: RwLock<HashSet<String>>,
-}
-
-impl std::fmt::Debug for Keys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keys").finish_non_exhaustive()
-    }
-}
-
-/// The stored form of a key: its SHA-256, hex.
-pub fn hash_key(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
-}
-
-impl Keys {
-    pub fn new(store: Arc<dyn ApiKeyStore>) -> Self {
-        Self {
-            store,
-            valid: RwLock::new(HashSet::new()),
-        }
-    }
-
-    /// Accepts a key hash that is not stored (e.g. `CORRAL_API_KEY`, valid while it is set).
-    pub fn allow(&self, hash: &str) {
-        self.valid
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(hash.to_owned());
-    }
-
-    /// Whether `key` is a valid API key.
-    pub async fn check(&self, key: &str) -> Result<bool, StoreError> {
-        let h = hash_key(key);
-        if self
-            .valid
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&h)
-        {
-            return Ok(true);
-        }
-        let ok = self.store.has_key(&h).await?;
-        if ok {
-            self.valid
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(h);
-        }
-        Ok(ok)
     }
 }

@@ -11,7 +11,6 @@ use corral_core::SandboxState;
 use corral_core::ports::Usage;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
 
 use crate::error::ApiError;
 use crate::sandboxes::find;
@@ -204,19 +203,9 @@ pub async fn proxy(
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     parts.headers.insert(header::UPGRADE, u);
-    let stream = UnixStream::connect(state.runtime.agent_socket(&id))
-        .await
-        .map_err(|e| bad_gateway(&e.to_string()))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
-        .await
-        .map_err(|e| bad_gateway(&e.to_string()))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "agent connection ended with an error");
-        }
-    });
-    let resp = sender
-        .send_request(Request::from_parts(parts, body))
+    let resp = state
+        .agents
+        .upgrade(&id, Request::from_parts(parts, body))
         .await
         .map_err(|e| bad_gateway(&e.to_string()))?;
     relay_response(resp, client_upgrade, "the agent", HOP_BY_HOP)

@@ -20,23 +20,24 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use corral_agent_proto::{
+    AgentError, DeleteQuery, FolderQuery, PermissionsQuery, RunFrame, RunRequest, UntarQuery,
+};
 use corral_core::{
     CommitConfig, Egress, ImageInfo, Resources, SandboxSpec, Snapshot, SnapshotState,
 };
 use corral_dockerfile::{self as dockerfile, CopySource, Op};
-use http::{Method, Request, StatusCode, header};
-use http_body_util::BodyExt as _;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 mod context;
 
 pub use crate::claims::{Building, Claim};
 
 use crate::Engine;
-use crate::agent_client::{self, AgentBody};
 use crate::build_log::Log;
 pub use crate::build_log::log_path;
 use crate::error::EngineError;
+use corral_agent_proto::RequestBody;
 
 /// The longest a single `RUN` step may take.
 const STEP_TIMEOUT_SECS: i64 = 3600;
@@ -228,14 +229,11 @@ async fn run_steps(
                     .await
                     .map_err(failed)?;
                 let r = run(state, id, &cx, std::slice::from_ref(&path), build_args, log).await;
-                let _ = agent(
-                    state,
-                    id,
-                    Method::DELETE,
-                    &format!("/files?path={}", q(&path)),
-                    None,
-                )
-                .await;
+                let delete = DeleteQuery {
+                    path: Some(path.clone()),
+                    recursive: None,
+                };
+                let _ = state.agents.delete(id, &delete).await;
                 r.map_err(failed)?;
             }
             Op::Env { vars } => {
@@ -312,13 +310,6 @@ async fn run_steps(
     })
 }
 
-/// Percent-encodes a query value.
-fn q(s: &str) -> String {
-    serde_urlencoded::to_string([("", s)])
-        .map(|e| e.trim_start_matches('=').to_owned())
-        .unwrap_or_default()
-}
-
 /// Lists the entries of a build's uploaded context archives.
 async fn read_context(
     state: &Engine,
@@ -350,19 +341,11 @@ async fn read_context(
 
 /// Whether `path` is a directory (or a link to one) in the build sandbox.
 async fn is_dir(state: &Engine, id: &str, path: &str) -> Result<bool, String> {
-    let (status, body) = agent(
-        state,
-        id,
-        Method::GET,
-        &format!("/files/info?path={}", q(path)),
-        None,
-    )
-    .await?;
-    if !status.is_success() {
-        return Ok(false);
+    match state.agents.file_info(id, path).await {
+        Ok(info) => Ok(info.is_dir),
+        Err(AgentError::Status { .. } | AgentError::Decode(_)) => Ok(false),
+        Err(e) => Err(unanswered(e)),
     }
-    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    Ok(v.get("isDir").and_then(Value::as_bool).unwrap_or(false))
 }
 
 /// `COPY` of `source` from the uploaded context to `dest`, with Docker's rules (see
@@ -398,17 +381,16 @@ async fn untar(
     chmod: Option<u32>,
 ) -> Result<(), String> {
     let dir = batch.dir.clone();
-    let mut query = format!("dest={}", q(&dir));
+    let mut query = UntarQuery {
+        dest: Some(dir.clone()),
+        ..UntarQuery::default()
+    };
     if let Some(c) = chown {
         let (u, g) = c.split_once(':').unwrap_or((c, ""));
-        query.push_str(&format!("&owner={}", q(u)));
-        if !g.is_empty() {
-            query.push_str(&format!("&group={}", q(g)));
-        }
+        query.owner = Some(u.to_owned());
+        query.group = Some(g.to_owned()).filter(|g| !g.is_empty());
     }
-    if let Some(m) = chmod {
-        query.push_str(&format!("&mode={m:o}"));
-    }
+    query.mode = chmod.map(|m| format!("{m:o}"));
     // The tar is written as it is sent: a blocking task reads the archives into a channel
     // the request body streams from.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
@@ -420,33 +402,22 @@ async fn untar(
         }
         r
     });
-    let body = agent_client::stream(futures_util::stream::unfold(rx, |mut rx| async move {
+    let body = RequestBody::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     }));
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(format!("http://{id}/corral/untar?{query}"))
-        .header(header::HOST, "agent")
-        .header(header::CONTENT_TYPE, "application/x-tar")
-        .body(body)
-        .map_err(|e| e.to_string())?;
-    let sent = send(state, req).await;
+    let sent = state.agents.untar(id, &query, body).await;
     let produced = producer
         .await
         .map_err(|e| format!("reading the build context failed: {e}"))?;
     match (sent, produced) {
-        (Ok((status, _)), Ok(())) if status.is_success() => Ok(()),
-        (Ok((status, answer)), _) if !status.is_success() => {
-            let v: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
-            let why = v.get("message").and_then(Value::as_str).map_or_else(
-                || String::from_utf8_lossy(&answer).into_owned(),
-                str::to_owned,
-            );
+        (Ok(_), Ok(())) => Ok(()),
+        (Err(AgentError::Status { body, .. }), _) => {
+            let why = corral_agent_proto::client::error_message(&body)
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
             Err(format!("could not copy into {dir}: {why}"))
         }
         (_, Err(e)) => Err(e.to_string()),
-        (Err(e), Ok(())) => Err(e),
-        (Ok(_), Ok(())) => Err("the build sandbox did not unpack the files".into()),
+        (Err(e), Ok(())) => Err(unanswered(e)),
     }
 }
 
@@ -477,86 +448,56 @@ async fn run(
     for (k, v) in build_args {
         envs.entry(k.clone()).or_insert_with(|| v.clone());
     }
-    let body = json!({
-        "argv": full,
-        "cwd": cx.workdir,
-        "envs": envs,
-        "timeout": STEP_TIMEOUT_SECS,
-    });
+    let request = RunRequest {
+        argv: full,
+        cwd: Some(cx.workdir.clone()),
+        envs: Some(envs),
+        timeout: Some(STEP_TIMEOUT_SECS),
+    };
     // The agent streams the output as it comes (`{"output"}` lines, then `{"exitCode"}`),
     // so a long step shows its progress in the log.
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(format!("http://{id}/corral/run"))
-        .header(header::HOST, "agent")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(agent_client::full(body.to_string()))
-        .map_err(|e| e.to_string())?;
-    let resp = state
-        .agents
-        .request(req)
-        .await
-        .map_err(|e| format!("the build sandbox did not answer: {e}"))?;
-    if resp.status() != StatusCode::OK {
-        let status = resp.status();
-        let answer = resp.into_body().collect().await.map(|b| b.to_bytes());
-        let v: Value = answer
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null);
-        return Err(format!(
-            "could not run ({status}): {}",
-            v.get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("agent error")
-        ));
-    }
-    let mut body = resp.into_body();
-    let mut buf: Vec<u8> = Vec::new();
+    let mut frames = match state.agents.run(id, &request).await {
+        Ok(frames) => frames,
+        Err(AgentError::Status { status, body }) => {
+            return Err(format!(
+                "could not run ({status}): {}",
+                corral_agent_proto::client::error_message(&body)
+                    .as_deref()
+                    .unwrap_or("agent error")
+            ));
+        }
+        Err(e) => return Err(format!("the build sandbox did not answer: {e}")),
+    };
     let mut logged = 0usize;
     let mut last_line = String::new();
-    let mut end: Option<Value> = None;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("the build sandbox's output broke off: {e}"))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        buf.extend_from_slice(&data);
-        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=nl).collect();
-            let Ok(v) = serde_json::from_slice::<Value>(&line) else {
-                continue;
-            };
-            if let Some(text) = v.get("output").and_then(Value::as_str) {
+    let mut end: Option<(i64, Option<String>)> = None;
+    while let Some(frame) = frames.next().await {
+        match frame.map_err(|e| format!("the build sandbox's output broke off: {e}"))? {
+            RunFrame::Output { output: text } => {
                 if let Some(l) = text.lines().rev().find(|l| !l.trim().is_empty()) {
                     last_line = l.trim().chars().take(300).collect();
                 }
                 if logged < MAX_STEP_LOG {
-                    log.write(text);
+                    log.write(&text);
                     logged += text.len();
                     if logged >= MAX_STEP_LOG {
                         log.line("\n[... output cut ...]");
                     }
                 }
-            } else if v.get("exitCode").is_some() {
-                end = Some(v);
             }
+            RunFrame::Exit { exit_code, error } => end = Some((exit_code, error)),
         }
     }
     log.end_line();
-    let end = end.ok_or("the build sandbox stopped answering before the step ended")?;
-    let why = match (
-        end.get("error").and_then(Value::as_str),
-        last_line.is_empty(),
-    ) {
+    let (code, error) = end.ok_or("the build sandbox stopped answering before the step ended")?;
+    let why = match (error, last_line.is_empty()) {
         (Some(e), _) => format!(" ({e})"),
         (None, false) => format!(" ({last_line})"),
         (None, true) => String::new(),
     };
-    match end.get("exitCode").and_then(Value::as_i64) {
-        Some(0) => Ok(()),
-        Some(code) => Err(format!("returned a non-zero code: {code}{why}")),
-        None => Err(format!("ended without an exit code{why}")),
+    match code {
+        0 => Ok(()),
+        code => Err(format!("returned a non-zero code: {code}{why}")),
     }
 }
 
@@ -566,20 +507,21 @@ async fn folder(state: &Engine, id: &str, path: &str) -> Result<(), String> {
     for part in path.split('/').filter(|p| !p.is_empty()) {
         so_far.push('/');
         so_far.push_str(part);
-        let (status, body) = agent(
-            state,
-            id,
-            Method::POST,
-            &format!("/files/folder?path={}&mode=755", q(&so_far)),
-            None,
-        )
-        .await?;
-        // An existing directory answers an error; a file in the way shows at the next step.
-        if status.is_server_error() {
-            return Err(format!(
-                "could not create {so_far}: {}",
-                String::from_utf8_lossy(&body)
-            ));
+        let query = FolderQuery {
+            path: Some(so_far.clone()),
+            mode: Some("755".into()),
+        };
+        match state.agents.mkdir(id, &query).await {
+            Ok(()) => {}
+            // An existing directory answers an error; a file in the way shows at the next step.
+            Err(AgentError::Status { status, body }) if status.is_server_error() => {
+                return Err(format!(
+                    "could not create {so_far}: {}",
+                    String::from_utf8_lossy(&body)
+                ));
+            }
+            Err(AgentError::Status { .. }) => {}
+            Err(e) => return Err(unanswered(e)),
         }
     }
     Ok(())
@@ -587,35 +529,13 @@ async fn folder(state: &Engine, id: &str, path: &str) -> Result<(), String> {
 
 /// Writes a file in the build sandbox.
 async fn upload(state: &Engine, id: &str, path: &str, content: &[u8]) -> Result<(), String> {
-    const BOUNDARY: &str = "corral-build-7f3a9c1e5b";
-    let mut body = Vec::with_capacity(content.len() + 256);
-    body.extend_from_slice(
-        format!(
-            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\
-             Content-Type: application/octet-stream\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    body.extend_from_slice(content);
-    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(format!("http://{id}/files/upload-v2?path={}", q(path)))
-        .header(header::HOST, "agent")
-        .header(
-            header::CONTENT_TYPE,
-            format!("multipart/form-data; boundary={BOUNDARY}"),
-        )
-        .body(agent_client::full(body))
-        .map_err(|e| e.to_string())?;
-    let (status, answer) = send(state, req).await?;
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!(
+    match state.agents.upload(id, path, content).await {
+        Ok(()) => Ok(()),
+        Err(AgentError::Status { body, .. }) => Err(format!(
             "could not write {path}: {}",
-            String::from_utf8_lossy(&answer)
-        ))
+            String::from_utf8_lossy(&body)
+        )),
+        Err(e) => Err(unanswered(e)),
     }
 }
 
@@ -630,68 +550,33 @@ async fn permissions(
     if chown.is_none() && mode.is_none() {
         return Ok(());
     }
-    let mut query = format!("path={}", q(path));
+    let mut query = PermissionsQuery {
+        path: Some(path.to_owned()),
+        ..PermissionsQuery::default()
+    };
     if let Some(c) = chown {
         let (u, g) = c.split_once(':').unwrap_or((c, ""));
-        query.push_str(&format!("&owner={}&group={}", q(u), q(g)));
+        query.owner = Some(u.to_owned());
+        query.group = Some(g.to_owned());
     }
-    if let Some(m) = mode {
-        query.push_str(&format!("&mode={m:o}"));
-    }
-    let (status, answer) = agent(
-        state,
-        id,
-        Method::POST,
-        &format!("/files/permissions?{query}"),
-        None,
-    )
-    .await?;
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!(
+    query.mode = mode.map(|m| format!("{m:o}"));
+    match state.agents.permissions(id, &query).await {
+        Ok(()) => Ok(()),
+        Err(AgentError::Status { body, .. }) => Err(format!(
             "could not set the owner or mode of {path}: {}",
-            String::from_utf8_lossy(&answer)
-        ))
+            String::from_utf8_lossy(&body)
+        )),
+        Err(e) => Err(unanswered(e)),
     }
 }
 
-/// One request to the build sandbox's agent.
-async fn agent(
-    state: &Engine,
-    id: &str,
-    method: Method,
-    path_and_query: &str,
-    json_body: Option<Value>,
-) -> Result<(StatusCode, Vec<u8>), String> {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(format!("http://{id}{path_and_query}"))
-        .header(header::HOST, "agent");
-    let body = match json_body {
-        Some(v) => {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-            agent_client::full(v.to_string())
-        }
-        None => agent_client::empty(),
-    };
-    send(state, req.body(body).map_err(|e| e.to_string())?).await
-}
-
-async fn send(state: &Engine, req: Request<AgentBody>) -> Result<(StatusCode, Vec<u8>), String> {
-    let resp = state
-        .agents
-        .request(req)
-        .await
-        .map_err(|e| format!("the build sandbox did not answer: {e}"))?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("the build sandbox's answer broke off: {e}"))?
-        .to_bytes();
-    Ok((status, body.to_vec()))
+/// A build step's message for an agent call that got no (whole) answer.
+fn unanswered(e: AgentError) -> String {
+    match e {
+        AgentError::Body(e) => format!("the build sandbox's answer broke off: {e}"),
+        AgentError::Status { .. } | AgentError::Decode(_) | AgentError::Invalid(_) => e.to_string(),
+        e => format!("the build sandbox did not answer: {e}"),
+    }
 }
 
 /// Whether a snapshot's build has ended (or it never builds).

@@ -13,7 +13,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod agent_client;
 pub mod build_log;
 pub mod builds;
 pub mod catalog;
@@ -75,8 +74,8 @@ pub struct Engine {
     pub teardowns: Arc<lifecycle::Teardowns>,
     /// Snapshots this server is building, pulling or committing.
     pub building: Arc<builds::Building>,
-    /// The engine's client to sandbox agents (build steps).
-    pub agents: agent_client::AgentClient,
+    /// The engine's client to sandbox agents (build steps), over the typed contract.
+    pub agents: corral_agent_proto::AgentClient<corral_agent_proto::RequestBody>,
     /// Uploaded build context (this server's own).
     pub object_storage: Arc<corral_s3::ObjectStorage>,
 }
@@ -111,7 +110,7 @@ impl Engine {
     pub fn new(config: EngineConfig, ports: Ports, pool_size: usize) -> Self {
         Self {
             config: Arc::new(config),
-            agents: agent_client::client(ports.runtime.clone()),
+            agents: corral_agent_proto::AgentClient::new(ports.runtime.clone()),
             store: ports.store,
             runtime: ports.runtime,
             snapshots: ports.snapshots,

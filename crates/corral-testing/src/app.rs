@@ -134,7 +134,7 @@ impl TestAppBuilder {
                 tls: false,
             }),
             metrics,
-            agents: corral_engine::agent_client::client(runtime),
+            agents: corral_api::state::Agents::new(runtime),
             previews: store,
             events,
         };

@@ -415,7 +415,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tls: tls.is_some(),
         }),
         metrics,
-        agents: corral_engine::agent_client::client(runtime.clone()),
+        agents: corral_api::state::Agents::new(runtime.clone()),
         previews: store.clone(),
         events,
     };

@@ -10,7 +10,7 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+pub use corral_agent_proto::ErrorBody;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -58,30 +58,17 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The JSON body of an error response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ErrorBody {
-    pub status_code: u16,
-    pub message: String,
-    pub code: String,
-    pub source: &'static str,
-    pub timestamp: String,
-    pub path: String,
-    pub method: String,
-}
-
-impl ErrorBody {
-    pub fn new(error: &ApiError, path: &str, method: &str, now: OffsetDateTime) -> Self {
-        Self {
-            status_code: error.status.as_u16(),
-            message: error.message.clone(),
-            code: error.code.clone(),
-            source: "DAYTONA_DAEMON",
-            timestamp: now.format(&Rfc3339).unwrap_or_default(),
-            path: path.to_owned(),
-            method: method.to_owned(),
-        }
+/// The JSON body of the error response to `method path` (the contract's [`ErrorBody`], which
+/// the server reads).
+pub fn error_body(error: &ApiError, path: &str, method: &str, now: OffsetDateTime) -> ErrorBody {
+    ErrorBody {
+        status_code: error.status.as_u16(),
+        message: error.message.clone(),
+        code: error.code.clone(),
+        source: ErrorBody::SOURCE.to_owned(),
+        timestamp: now.format(&Rfc3339).unwrap_or_default(),
+        path: path.to_owned(),
+        method: method.to_owned(),
     }
 }
 
@@ -111,7 +98,7 @@ pub async fn render_errors(request: Request, next: Next) -> Response {
         }
         None => return response,
     };
-    let body = ErrorBody::new(&error, &path, &method, OffsetDateTime::now_utc());
+    let body = error_body(&error, &path, &method, OffsetDateTime::now_utc());
     let (mut parts, _) = response.into_parts();
     let rendered = Json(body).into_response();
     parts.headers.remove(header::CONTENT_LENGTH);
@@ -151,7 +138,7 @@ mod tests {
 
     #[test]
     fn body_shape() {
-        let body = ErrorBody::new(
+        let body = error_body(
             &ApiError::bad_request("bad"),
             "/process/execute",
             "POST",

@@ -1,7 +1,9 @@
 //! `POST /corral/run` (corral's own, not Daytona's): runs an argv (no shell) and streams its
 //! merged output while it runs, as newline-delimited JSON: `{"output": "..."}` frames, then
 //! one `{"exitCode": n}` (with `"error"` when it could not start or timed out). Image builds
-//! use it so a long `RUN` step shows its progress in the build log.
+//! use it so a long `RUN` step shows its progress in the build log. The request and the
+//! frames are `corral_agent_proto`'s `RunRequest` and `RunFrame`, which the server sends and
+//! reads.
 //!
 //! Like `/process/execute` it runs as the sandbox user, so it grants nothing new.
 
@@ -13,8 +15,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::json;
+use corral_agent_proto::{RunFrame, RunRequest};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
@@ -22,16 +23,6 @@ use super::json::JsonBody;
 use super::{ApiError, AppState};
 use crate::params;
 use crate::spawn::{ProcessSpec, spawn};
-
-/// The request.
-#[derive(Debug, Deserialize)]
-pub struct RunRequest {
-    pub argv: Vec<String>,
-    pub cwd: Option<String>,
-    pub envs: Option<BTreeMap<String, String>>,
-    /// Seconds; absent or 0 means no limit.
-    pub timeout: Option<i64>,
-}
 
 /// `argv[0]` as a path: as written when it has a `/`, else the first executable file of
 /// that name on `PATH`.
@@ -50,10 +41,16 @@ fn resolve(name: &str, env: &BTreeMap<String, String>) -> Option<PathBuf> {
         })
 }
 
-fn frame(v: &serde_json::Value) -> Vec<u8> {
-    let mut b = v.to_string().into_bytes();
-    b.push(b'\n');
-    b
+fn output_frame(text: String) -> Vec<u8> {
+    RunFrame::Output { output: text }.to_line()
+}
+
+fn exit_frame(code: i64, error: Option<String>) -> Vec<u8> {
+    RunFrame::Exit {
+        exit_code: code,
+        error,
+    }
+    .to_line()
 }
 
 /// The longest prefix of `buf` that is whole UTF-8 (a character split across reads waits
@@ -88,10 +85,7 @@ pub async fn run(
     let (tx, rx) = mpsc::channel::<Vec<u8>>(32);
     let Some(program) = resolve(first, &env) else {
         let _ = tx
-            .send(frame(&json!({
-                "exitCode": 127,
-                "error": format!("{first}: not found"),
-            })))
+            .send(exit_frame(127, Some(format!("{first}: not found"))))
             .await;
         return Ok(stream(rx));
     };
@@ -107,10 +101,7 @@ pub async fn run(
         Ok(s) => s,
         Err(e) => {
             let _ = tx
-                .send(frame(&json!({
-                    "exitCode": 126,
-                    "error": format!("cannot run {first}: {e}"),
-                })))
+                .send(exit_frame(126, Some(format!("cannot run {first}: {e}"))))
                 .await;
             return Ok(stream(rx));
         }
@@ -138,18 +129,18 @@ pub async fn run(
                     Ok(n) => {
                         pending.extend_from_slice(&chunk[..n]);
                         let text = take_text(&mut pending);
-                        if !text.is_empty() && tx.send(frame(&json!({"output": text}))).await.is_err() {
+                        if !text.is_empty() && tx.send(output_frame(text)).await.is_err() {
                             // The caller went away: stop the command.
                             guard.kill();
                             return;
                         }
                     }
                 },
-                code = &mut exit => break json!({"exitCode": code.unwrap_or(-1)}),
+                code = &mut exit => break exit_frame(code.map_or(-1, i64::from), None),
                 () = &mut sleep => {
                     guard.kill();
                     let _ = tokio::time::timeout(Duration::from_secs(2), &mut exit).await;
-                    break json!({"exitCode": -1, "error": "timed out"});
+                    break exit_frame(-1, Some("timed out".to_owned()));
                 }
             }
         };
@@ -166,9 +157,9 @@ pub async fn run(
         let mut text = take_text(&mut pending);
         text.push_str(&String::from_utf8_lossy(&pending));
         if !text.is_empty() {
-            let _ = tx.send(frame(&json!({"output": text}))).await;
+            let _ = tx.send(output_frame(text)).await;
         }
-        let _ = tx.send(frame(&end)).await;
+        let _ = tx.send(end).await;
     });
     Ok(stream(rx))
 }

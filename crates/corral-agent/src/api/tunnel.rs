@@ -16,8 +16,8 @@ use tokio::net::TcpStream;
 
 use super::ApiError;
 
-/// The protocol name of the `Upgrade` header.
-const PROTOCOL: &str = "corral-tunnel";
+/// The protocol name of the `Upgrade` header (the server's client sends the same).
+const PROTOCOL: &str = corral_agent_proto::TUNNEL_PROTOCOL;
 /// How long a connect to a loopback port may take (a refusal is immediate).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

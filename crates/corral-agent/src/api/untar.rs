@@ -1,7 +1,8 @@
 //! `POST /corral/untar?dest=/abs/dir[&owner=..][&group=..][&mode=octal]` (corral's own, not
 //! Daytona's): unpacks the tar stream of the request body under `dest`, as a Dockerfile `COPY`
 //! writes files. Image builds use it to copy files of the uploaded build context into the
-//! build sandbox. Answers `{"files": n}` (the non-directory entries written).
+//! build sandbox. Answers `{"files": n}` (the non-directory entries written). The query and
+//! the answer are `corral_agent_proto`'s `UntarQuery` and `UntarAnswer`.
 //!
 //! - `dest` and its missing parents are created (0755); so are directories the archive
 //!   implies but does not list.
@@ -38,27 +39,17 @@ use std::path::{Path, PathBuf};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::Query;
+use corral_agent_proto::{UntarAnswer, UntarQuery};
 use futures_util::TryStreamExt as _;
 use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat};
 use nix::sys::stat::{Mode, UtimensatFlags, fchmod, futimens, mkdirat, utimensat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
-use serde::Deserialize;
-use serde_json::{Value, json};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::ApiError;
 use super::files::safe::{self, Last, NewDirs};
 use super::files::{blocking, io_error, parse_mode};
-
-/// Query of `POST /corral/untar`.
-#[derive(Debug, Deserialize)]
-pub struct UntarQuery {
-    dest: Option<String>,
-    owner: Option<String>,
-    group: Option<String>,
-    mode: Option<String>,
-}
 
 /// Where and how an archive is unpacked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +63,10 @@ pub(crate) struct Target {
 }
 
 /// `POST /corral/untar`.
-pub async fn untar(Query(query): Query<UntarQuery>, body: Body) -> Result<Json<Value>, ApiError> {
+pub async fn untar(
+    Query(query): Query<UntarQuery>,
+    body: Body,
+) -> Result<Json<UntarAnswer>, ApiError> {
     let dest = match query.dest.as_deref() {
         Some(d) if d.starts_with('/') && !d.contains('\0') => PathBuf::from(d),
         Some(d) if !d.is_empty() => {
@@ -117,7 +111,9 @@ pub async fn untar(Query(query): Query<UntarQuery>, body: Body) -> Result<Json<V
         done
     })
     .await?;
-    Ok(Json(json!({ "files": files })))
+    Ok(Json(UntarAnswer {
+        files: files as u64,
+    }))
 }
 
 /// The uid and gid `--chown=owner[:group]` means: root when neither is given; an owner by
@@ -715,7 +711,7 @@ mod tests {
         };
         let body = Body::from_stream(futures_util::stream::iter(chunks));
         let Json(answer) = untar(Query(query), body).await.expect("untar");
-        assert_eq!(answer, json!({"files": 2}));
+        assert_eq!(answer, UntarAnswer { files: 2 });
         assert_eq!(
             fs::read_to_string(dest.join("a.txt")).expect("a"),
             "a".repeat(3000)

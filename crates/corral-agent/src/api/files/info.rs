@@ -4,9 +4,10 @@ use std::path::{Path, PathBuf};
 
 use axum::Json;
 use axum::extract::{Query, State};
+pub use corral_agent_proto::{FileInfo, PathQuery};
 use nix::fcntl::{AT_FDCWD, OFlag};
 use nix::sys::stat::FileStat;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -15,37 +16,11 @@ use super::users::Db;
 use super::{blocking, invalid_path, io_error, required, resolve};
 use crate::api::{ApiError, AppState};
 
-/// Daytona's `FileInfo`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct FileInfo {
-    pub name: String,
-    pub is_dir: bool,
-    pub size: i64,
-    /// Go's `FileMode.String()`, e.g. `-rw-r--r--`.
-    pub mode: String,
-    /// Go's `time.Time.String()` layout.
-    pub mod_time: String,
-    /// RFC 3339.
-    pub modified_at: String,
-    /// Octal, e.g. `0644`.
-    pub permissions: String,
-    pub owner: String,
-    pub group: String,
-    pub path: String,
-}
-
 /// Query of `GET /files`.
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
     path: Option<String>,
     depth: Option<String>,
-}
-
-/// Query with only a path.
-#[derive(Debug, Deserialize)]
-pub struct PathQuery {
-    path: Option<String>,
 }
 
 /// Names of uids and gids, read once per request.

@@ -4,6 +4,7 @@ use std::os::fd::AsFd;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
+pub use corral_agent_proto::{DeleteQuery, FolderQuery, PermissionsQuery};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 use serde::Deserialize;
 
@@ -11,13 +12,6 @@ use super::safe::{self, NewDirs};
 use super::users::Db;
 use super::{blocking, invalid_path, io_error, parse_mode, required, resolve};
 use crate::api::{ApiError, AppState};
-
-/// Query of `POST /files/folder`.
-#[derive(Debug, Deserialize)]
-pub struct FolderQuery {
-    path: Option<String>,
-    mode: Option<String>,
-}
 
 /// `POST /files/folder?path&mode` → 201; an existing directory is fine.
 pub async fn create_folder(
@@ -35,13 +29,6 @@ pub async fn create_folder(
         Ok(StatusCode::CREATED)
     })
     .await
-}
-
-/// Query of `DELETE /files`.
-#[derive(Debug, Deserialize)]
-pub struct DeleteQuery {
-    path: Option<String>,
-    recursive: Option<String>,
 }
 
 /// `DELETE /files?path&recursive` → 204. A directory needs `recursive=true`.
@@ -129,15 +116,6 @@ pub async fn move_path(
         Ok(StatusCode::OK)
     })
     .await
-}
-
-/// Query of `POST /files/permissions`.
-#[derive(Debug, Deserialize)]
-pub struct PermissionsQuery {
-    path: Option<String>,
-    owner: Option<String>,
-    group: Option<String>,
-    mode: Option<String>,
 }
 
 /// A user name or numeric uid.

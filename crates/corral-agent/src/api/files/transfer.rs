@@ -353,11 +353,8 @@ pub async fn bulk_upload(
         .into_response())
 }
 
-/// Query with a path.
-#[derive(Debug, Deserialize)]
-pub struct PathQuery {
-    path: Option<String>,
-}
+/// Query with a path (`corral_agent_proto`'s: the server uploads build files).
+pub use corral_agent_proto::PathQuery;
 
 /// Daytona's `UploadedFile`.
 #[derive(Debug, Serialize)]
