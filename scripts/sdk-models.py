@@ -38,6 +38,7 @@ MODELS = {
     "Url": "GET /api/.../build-logs-url",
     "SandboxLabels": "PUT /api/sandbox/{id}/labels",
     "StorageAccessDto": "GET /api/object-storage/push-access",
+    "CreateSandbox": "POST /api/sandbox body (what corral reads: each field honoured or refused)",
 }
 
 

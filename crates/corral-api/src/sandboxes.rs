@@ -47,17 +47,112 @@ fn validate_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Checks a create request and turns it into a new sandbox record (state `creating`).
-fn new_sandbox(state: &AppState, req: CreateSandbox) -> Result<Sandbox, ApiError> {
-    let volumes = crate::volumes::parse_mounts(req.volumes.as_deref().unwrap_or_default())?;
+/// Whether a JSON value asks for something: not null, an empty string, list or object.
+fn is_set(v: Option<&serde_json::Value>) -> bool {
+    match v {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::String(s)) => !s.trim().is_empty(),
+        Some(serde_json::Value::Array(a)) => !a.is_empty(),
+        Some(serde_json::Value::Object(o)) => !o.is_empty(),
+        Some(_) => true,
+    }
+}
+
+fn nonempty(s: Option<&str>) -> bool {
+    s.is_some_and(|s| !s.trim().is_empty())
+}
+
+/// Refuses, with a 400 naming the field, what the SDK may ask for on create and this server
+/// does not do, rather than create a sandbox without it.
+fn refuse_unsupported(req: &CreateSandbox) -> Result<(), ApiError> {
+    let refuse = |field: &str, why: &str| {
+        Err(ApiError::bad_request(format!("{field}: {why}")).with_code("UNSUPPORTED_FIELD"))
+    };
     if req.gpu.is_some_and(|g| g > 0) {
         return Err(ApiError::bad_request(
             "GPUs are not available on this server",
         ));
     }
+    if is_set(req.gpu_type.as_ref()) {
+        return refuse("gpuType", "GPUs are not available on this server");
+    }
     if req.kvm == Some(true) {
         return Err(ApiError::bad_request("KVM is not available on this server"));
     }
+    if req.spot == Some(true) {
+        return refuse(
+            "spot",
+            "spot sandboxes are not offered: every sandbox here is regular",
+        );
+    }
+    if let Some(t) = req.target.as_deref().filter(|t| !t.is_empty())
+        && t != crate::wire::TARGET
+    {
+        return refuse(
+            "target",
+            &format!(
+                "this server has one target, {:?}, not {t:?} (unset the SDK's target or use {:?})",
+                crate::wire::TARGET,
+                crate::wire::TARGET
+            ),
+        );
+    }
+    if nonempty(req.outbound_proxy_url.as_deref()) {
+        return refuse(
+            "outboundProxyUrl",
+            "routing a sandbox's traffic through a proxy is not supported yet; use \
+             networkAllowList to limit egress",
+        );
+    }
+    if nonempty(req.otel_endpoint_override.as_deref()) {
+        return refuse(
+            "otelEndpointOverride",
+            "this server does not export sandbox telemetry to OpenTelemetry",
+        );
+    }
+    match req.auto_pause_interval {
+        None | Some(0) => {}
+        Some(_) => {
+            return refuse(
+                "autoPauseInterval",
+                "pausing is not supported yet; use autoStopInterval (files are kept, \
+                 processes end)",
+            );
+        }
+    }
+    match req.ttl_minutes {
+        None | Some(0) => {}
+        Some(_) => {
+            return refuse(
+                "ttlMinutes",
+                "a time to live is not supported yet; use autoStopInterval with \
+                 autoDeleteInterval, or delete the sandbox",
+            );
+        }
+    }
+    if req.queue_timeout.is_some_and(|m| m < 1) {
+        return refuse("queueTimeout", "must be a positive number of minutes");
+    }
+    if nonempty(req.linked_sandbox.as_deref()) {
+        return refuse(
+            "linkedSandbox",
+            "linked sandboxes (a local network between sandboxes) are not supported",
+        );
+    }
+    if is_set(req.secrets.as_ref()) {
+        return refuse(
+            "secrets",
+            "secrets are not supported yet; pass values in env (they are then visible \
+             inside the sandbox)",
+        );
+    }
+    Ok(())
+}
+
+/// Checks a create request and turns it into a new sandbox record (state `creating`).
+fn new_sandbox(state: &AppState, req: CreateSandbox) -> Result<Sandbox, ApiError> {
+    refuse_unsupported(&req)?;
+    let volumes = crate::volumes::parse_mounts(req.volumes.as_deref().unwrap_or_default())?;
     // Images and other snapshots are resolved by `create` (see `snapshots::source_for`).
     let snapshot = req.snapshot.unwrap_or_else(|| DEFAULT_SNAPSHOT.into());
     let network_block_all = req.network_block_all.unwrap_or(false);

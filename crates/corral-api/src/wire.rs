@@ -8,9 +8,11 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-/// `POST /sandbox` body. Unknown keys are ignored, as the SDK may send newer ones.
+/// `POST /sandbox` body: every field of the SDK's `CreateSandbox` model. Each is either
+/// honoured or refused with a 400 naming it (`sandboxes::new_sandbox`); a key that is not in
+/// the model is refused too, so nothing a client sends is silently dropped.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateSandbox {
     pub name: Option<String>,
     pub snapshot: Option<String>,
@@ -21,16 +23,25 @@ pub struct CreateSandbox {
     pub network_block_all: Option<bool>,
     pub network_allow_list: Option<String>,
     pub domain_allow_list: Option<String>,
+    pub outbound_proxy_url: Option<String>,
+    pub otel_endpoint_override: Option<String>,
     pub target: Option<String>,
     pub cpu: Option<i64>,
     pub gpu: Option<i64>,
+    pub gpu_type: Option<serde_json::Value>,
+    pub spot: Option<bool>,
     pub memory: Option<i64>,
     pub disk: Option<i64>,
     pub auto_stop_interval: Option<i64>,
+    pub auto_pause_interval: Option<i64>,
     pub auto_archive_interval: Option<i64>,
     pub auto_delete_interval: Option<i64>,
+    pub ttl_minutes: Option<i64>,
+    pub queue_timeout: Option<i64>,
     pub volumes: Option<Vec<serde_json::Value>>,
     pub build_info: Option<serde_json::Value>,
+    pub linked_sandbox: Option<String>,
+    pub secrets: Option<serde_json::Value>,
     pub kvm: Option<bool>,
 }
 
