@@ -252,12 +252,59 @@ pub async fn get(
     )))
 }
 
-/// `GET /api/sandbox?labels=<json>&states=..&limit=..&cursor=..`.
+/// The list filters of the SDKs' `ListSandboxesQuery` this server does not apply yet: asked
+/// for, they are refused by name rather than ignored (which would answer every sandbox).
+const UNSUPPORTED_LIST_FILTERS: &[&str] = &[
+    "snapshots",
+    "regionIds",
+    "sandboxClasses",
+    "minCpu",
+    "maxCpu",
+    "minMemoryGiB",
+    "maxMemoryGiB",
+    "minDiskGiB",
+    "maxDiskGiB",
+    "isPublic",
+    "isRecoverable",
+    "createdAtAfter",
+    "createdAtBefore",
+    "lastEventAfter",
+    "lastEventBefore",
+    "autoDestroyAtAfter",
+    "autoDestroyAtBefore",
+    "sort",
+    "order",
+    "includeErroredDeleted",
+    "includeWarm",
+];
+const LIST_FILTERS: &[&str] = &["labels", "states", "limit", "cursor", "id", "name"];
+
+/// `GET /api/sandbox?labels=<json>&states=..&id=..&name=..&limit=..&cursor=..`: `id` and
+/// `name` are prefixes, ignoring case, as Daytona's are. Any other parameter is refused by
+/// name.
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: QueryPairs,
 ) -> Result<Json<ListResponse>, ApiError> {
+    for (raw, _) in &query.0 {
+        // Lists may come as `key[]=a&key[]=b`.
+        let key = raw.strip_suffix("[]").unwrap_or(raw);
+        if UNSUPPORTED_LIST_FILTERS.contains(&key) {
+            return Err(ApiError::bad_request(format!(
+                "the list filter {key} is not supported by this server yet; filter by id, \
+                 name, labels or states"
+            ))
+            .with_code("UNSUPPORTED_FILTER"));
+        }
+        if !LIST_FILTERS.contains(&key) {
+            return Err(ApiError::bad_request(format!(
+                "unknown list parameter {key:?}; the filters are {}",
+                LIST_FILTERS.join(", ")
+            )));
+        }
+    }
+    let prefix = |key: &str| query.get(key).filter(|v| !v.is_empty()).map(str::to_owned);
     let labels: BTreeMap<String, String> = match query.get("labels") {
         None | Some("") => BTreeMap::new(),
         Some(json) => serde_json::from_str(json).map_err(|_| {
@@ -300,6 +347,8 @@ pub async fn list(
             states,
             limit,
             cursor,
+            id_prefix: prefix("id"),
+            name_prefix: prefix("name"),
         })
         .await?;
     let url = state.toolbox_url(&headers);

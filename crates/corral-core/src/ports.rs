@@ -32,6 +32,24 @@ pub struct ListQuery {
     pub limit: u32,
     /// Opaque cursor from a previous page.
     pub cursor: Option<String>,
+    /// Only sandboxes whose id starts with this, ignoring ASCII case.
+    pub id_prefix: Option<String>,
+    /// Only sandboxes whose name starts with this, ignoring ASCII case.
+    pub name_prefix: Option<String>,
+}
+
+impl ListQuery {
+    /// Whether `s` passes the id and name prefix filters.
+    pub fn prefixes_match(&self, s: &crate::Sandbox) -> bool {
+        fn starts(value: &str, prefix: Option<&String>) -> bool {
+            prefix.is_none_or(|p| {
+                value.len() >= p.len()
+                    && value.is_char_boundary(p.len())
+                    && value[..p.len()].eq_ignore_ascii_case(p)
+            })
+        }
+        starts(&s.id, self.id_prefix.as_ref()) && starts(&s.name, self.name_prefix.as_ref())
+    }
 }
 
 /// One page of results.

@@ -162,12 +162,16 @@ impl SandboxStore for SqliteStore {
                                      WHERE l.key = f.key AND l.value = f.value))
                AND (json_array_length(?3) = 0 AND state != 'destroyed'
                     OR state IN (SELECT value FROM json_each(?3)))
+               AND (?5 IS NULL OR lower(substr(id, 1, length(?5))) = lower(?5))
+               AND (?6 IS NULL OR lower(substr(name, 1, length(?6))) = lower(?6))
              ORDER BY seq LIMIT ?4",
         )
         .bind(after)
         .bind(labels)
         .bind(states)
         .bind(limit + 1)
+        .bind(query.id_prefix.as_deref())
+        .bind(query.name_prefix.as_deref())
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;

@@ -178,6 +178,23 @@ pub async fn sandboxes_list_filters_and_pages(store: &impl AllStores) {
     assert!(store.list(&q).await.expect("list").items.is_empty());
     q.labels.clear();
 
+    // Id and name prefixes, ignoring ASCII case; `%` and `_` are plain characters.
+    q.name_prefix = Some("N".into());
+    assert_eq!(
+        ids(&store.list(&q).await.expect("list").items),
+        ["s0", "s1", "s2", "s3"]
+    );
+    q.name_prefix = Some("n2".into());
+    assert_eq!(ids(&store.list(&q).await.expect("list").items), ["s2"]);
+    q.name_prefix = Some("n%".into());
+    assert!(store.list(&q).await.expect("list").items.is_empty());
+    q.name_prefix = None;
+    q.id_prefix = Some("S1".into());
+    assert_eq!(ids(&store.list(&q).await.expect("list").items), ["s1"]);
+    q.id_prefix = Some("s_".into());
+    assert!(store.list(&q).await.expect("list").items.is_empty());
+    q.id_prefix = None;
+
     q.states = vec![SandboxState::Destroyed, SandboxState::Stopped];
     assert_eq!(
         ids(&store.list(&q).await.expect("list").items),

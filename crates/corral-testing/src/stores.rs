@@ -129,6 +129,7 @@ impl SandboxStore for MemoryStore {
             .sandboxes
             .range(after + 1..)
             .filter(|(_, s)| labels_match(s, &query.labels))
+            .filter(|(_, s)| query.prefixes_match(s))
             .filter(|(_, s)| {
                 if query.states.is_empty() {
                     s.state != SandboxState::Destroyed
