@@ -27,13 +27,32 @@ def test_name_and_id_prefixes(daytona, two):
     assert list(daytona.list(ListSandboxesQuery(name=f"lf-{tag}-zzz"))) == []
 
 
+def test_the_sdk_s_other_filters(daytona, two):
+    from datetime import datetime, timedelta, timezone
+
+    tag, (alpha, beta) = two
+    mine = lambda **q: sorted(s.name for s in daytona.list(ListSandboxesQuery(name=f"lf-{tag}", **q)))
+    both = sorted([alpha.name, beta.name])
+    assert mine(snapshots=["host"]) == both
+    assert mine(snapshots=["no-such-snapshot"]) == []
+    assert mine(min_cpu=1, max_cpu=64, min_memory_gib=1, min_disk_gib=1) == both
+    assert mine(min_cpu=65) == []
+    assert mine(is_public=False) == both and mine(is_public=True) == []
+    assert mine(is_recoverable=True) == []
+    hour = timedelta(hours=1)
+    now = datetime.now(timezone.utc)
+    assert mine(created_at_after=now - hour, created_at_before=now + hour) == both
+    assert mine(created_at_after=now + hour) == []
+    # A naive datetime is sent without an offset: read as UTC.
+    assert mine(created_at_before=datetime.utcnow() - hour) == []
+    assert mine(last_activity_after=now - hour) == both
+
+
 @pytest.mark.parametrize("field,query", [
-    ("snapshots", {"snapshots": ["host"]}),
-    ("minCpu", {"min_cpu": 1}),
-    ("isPublic", {"is_public": True}),
-    ("sort", {"sort": "createdAt"}),
+    ("sort", {"sort": "name"}),
+    ("order", {"order": "desc"}),
 ])
-def test_unapplied_filters_are_refused_by_name(daytona, two, field, query):
+def test_unapplied_sorting_is_refused_by_name(daytona, two, field, query):
     with pytest.raises(DaytonaError) as e:
         list(daytona.list(ListSandboxesQuery(**query)))
     assert field in str(e.value), e.value

@@ -252,12 +252,17 @@ pub async fn get(
     )))
 }
 
-/// The list filters of the SDKs' `ListSandboxesQuery` this server does not apply yet: asked
-/// for, they are refused by name rather than ignored (which would answer every sandbox).
-const UNSUPPORTED_LIST_FILTERS: &[&str] = &[
+/// Parameters of `GET /api/sandbox` (the SDKs' `ListSandboxesQuery`); a list may also come
+/// as `key[]=a&key[]=b`.
+const LIST_PARAMS: &[&str] = &[
+    "labels",
+    "states",
+    "limit",
+    "cursor",
+    "id",
+    "name",
     "snapshots",
     "regionIds",
-    "sandboxClasses",
     "minCpu",
     "maxCpu",
     "minMemoryGiB",
@@ -272,38 +277,143 @@ const UNSUPPORTED_LIST_FILTERS: &[&str] = &[
     "lastEventBefore",
     "autoDestroyAtAfter",
     "autoDestroyAtBefore",
-    "sort",
-    "order",
     "includeErroredDeleted",
     "includeWarm",
+    "sort",
+    "order",
 ];
-const LIST_FILTERS: &[&str] = &["labels", "states", "limit", "cursor", "id", "name"];
 
-/// `GET /api/sandbox?labels=<json>&states=..&id=..&name=..&limit=..&cursor=..`: `id` and
-/// `name` are prefixes, ignoring case, as Daytona's are. Any other parameter is refused by
-/// name.
+/// A timestamp of a list filter: RFC 3339, or the SDK's `%Y-%m-%dT%H:%M:%S.%f%z` (`+0000`
+/// without a colon; no offset at all from a naive datetime, read as UTC).
+fn parse_instant(key: &str, raw: &str) -> Result<OffsetDateTime, ApiError> {
+    use time::format_description::well_known::Rfc3339;
+    let bad = || {
+        ApiError::bad_request(format!(
+            "{key} must be a timestamp such as 2026-01-31T12:00:00Z, got {raw:?}"
+        ))
+    };
+    let (_, clock) = raw.split_once('T').ok_or_else(bad)?;
+    let mut text = raw.trim().to_owned();
+    let zone = clock.rfind(['+', '-']).map(|i| &clock[i..]);
+    match zone {
+        // `+0000` → `+00:00`.
+        Some(z) if z.len() == 5 && z[1..].bytes().all(|b| b.is_ascii_digit()) => {
+            text.insert(text.len() - 2, ':');
+        }
+        Some(_) => {}
+        None if !clock.ends_with(['Z', 'z']) => text.push('Z'),
+        None => {}
+    }
+    OffsetDateTime::parse(&text, &Rfc3339).map_err(|_| bad())
+}
+
+/// `GET /api/sandbox?labels=<json>&states=..&id=..&name=..&limit=..&cursor=..` and the other
+/// filters of the SDKs' `ListSandboxesQuery`: `id` and `name` are prefixes, ignoring case, as
+/// Daytona's are. What cannot be applied (a sort other than creation order, sandbox classes)
+/// and any unknown parameter are refused by name, never ignored.
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: QueryPairs,
 ) -> Result<Json<ListResponse>, ApiError> {
     for (raw, _) in &query.0 {
-        // Lists may come as `key[]=a&key[]=b`.
         let key = raw.strip_suffix("[]").unwrap_or(raw);
-        if UNSUPPORTED_LIST_FILTERS.contains(&key) {
+        if !LIST_PARAMS.contains(&key) {
             return Err(ApiError::bad_request(format!(
-                "the list filter {key} is not supported by this server yet; filter by id, \
-                 name, labels or states"
-            ))
-            .with_code("UNSUPPORTED_FILTER"));
-        }
-        if !LIST_FILTERS.contains(&key) {
-            return Err(ApiError::bad_request(format!(
-                "unknown list parameter {key:?}; the filters are {}",
-                LIST_FILTERS.join(", ")
+                "unknown list parameter {key:?}; the parameters are {}",
+                LIST_PARAMS.join(", ")
             )));
         }
     }
+    let unsupported = |key: &str, why: &str| {
+        Err(ApiError::bad_request(format!("{key}: {why}")).with_code("UNSUPPORTED_FILTER"))
+    };
+    match (query.get("sort"), query.get("order")) {
+        (None | Some("" | "createdAt"), None | Some("" | "asc" | "ASC")) => {}
+        (sort, _) => {
+            return unsupported(
+                if sort.is_some_and(|s| !s.is_empty() && s != "createdAt") {
+                    "sort"
+                } else {
+                    "order"
+                },
+                "lists come in creation order (oldest first) only; sorting by another field \
+                 or descending is not supported yet",
+            );
+        }
+    }
+    for flag in ["includeErroredDeleted", "includeWarm"] {
+        match query.get(flag) {
+            None | Some("" | "false") => {}
+            Some("true") => {
+                return unsupported(
+                    flag,
+                    "deleted sandboxes are not kept and warm-pool sandboxes are not listed",
+                );
+            }
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "{flag} must be true or false, got {other:?}"
+                )));
+            }
+        }
+    }
+    let flag = |key: &str| -> Result<Option<bool>, ApiError> {
+        match query.get(key) {
+            None | Some("") => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "{key} must be true or false, got {other:?}"
+            ))),
+        }
+    };
+    let number = |key: &str| -> Result<Option<u32>, ApiError> {
+        match query.get(key).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(v) => v.parse::<u32>().map(Some).map_err(|_| {
+                ApiError::bad_request(format!("{key} must be a whole number, got {v:?}"))
+            }),
+        }
+    };
+    let instant = |key: &str| -> Result<Option<OffsetDateTime>, ApiError> {
+        match query.get(key).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(v) => parse_instant(key, v).map(Some),
+        }
+    };
+    let bounds = |min: &str, max: &str| -> Result<corral_core::Bounds<u32>, ApiError> {
+        Ok(corral_core::Bounds {
+            min: number(min)?,
+            max: number(max)?,
+        })
+    };
+    let filters = corral_core::ListFilters {
+        snapshots: query
+            .all("snapshots")
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        cpu: bounds("minCpu", "maxCpu")?,
+        memory_gib: bounds("minMemoryGiB", "maxMemoryGiB")?,
+        disk_gib: bounds("minDiskGiB", "maxDiskGiB")?,
+        public: flag("isPublic")?,
+        created: corral_core::Window {
+            after: instant("createdAtAfter")?,
+            before: instant("createdAtBefore")?,
+        },
+        last_activity: corral_core::Window {
+            after: instant("lastEventAfter")?,
+            before: instant("lastEventBefore")?,
+        },
+    };
+    // What no sandbox here can match: another region, recoverable (none is), or an
+    // auto-destroy time (none has one, without a TTL).
+    let regions = query.all("regionIds");
+    let none_match = (!regions.is_empty() && !regions.contains(&crate::wire::TARGET))
+        || flag("isRecoverable")? == Some(true)
+        || instant("autoDestroyAtAfter")?.is_some()
+        || instant("autoDestroyAtBefore")?.is_some();
     let prefix = |key: &str| query.get(key).filter(|v| !v.is_empty()).map(str::to_owned);
     let labels: BTreeMap<String, String> = match query.get("labels") {
         None | Some("") => BTreeMap::new(),
@@ -340,6 +450,12 @@ pub async fn list(
     {
         return Err(ApiError::bad_request("invalid cursor"));
     }
+    if none_match {
+        return Ok(Json(ListResponse {
+            items: Vec::new(),
+            next_cursor: None,
+        }));
+    }
     let page = state
         .store
         .list(&ListQuery {
@@ -349,6 +465,7 @@ pub async fn list(
             cursor,
             id_prefix: prefix("id"),
             name_prefix: prefix("name"),
+            filters,
         })
         .await?;
     let url = state.toolbox_url(&headers);

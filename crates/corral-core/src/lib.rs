@@ -11,9 +11,9 @@ pub mod sandbox;
 pub mod transitions;
 
 pub use ports::{
-    ApiKeyStore, CommitConfig, ImageInfo, Images, ListQuery, Page, Runtime, RuntimeError,
-    SANDBOX_SNAPSHOT_PREFIX, SandboxSpec, SandboxStore, Snapshot, SnapshotState, SnapshotStore,
-    StoreError, sandbox_snapshot_reference,
+    ApiKeyStore, Bounds, CommitConfig, ImageInfo, Images, ListFilters, ListQuery, Page, Runtime,
+    RuntimeError, SANDBOX_SNAPSHOT_PREFIX, SandboxSpec, SandboxStore, Snapshot, SnapshotState,
+    SnapshotStore, StoreError, Window, sandbox_snapshot_reference,
 };
 pub use sandbox::{
     CODE_LANGUAGE_LABEL, CodeLanguage, DesiredState, Egress, EgressError, Resources, Sandbox,

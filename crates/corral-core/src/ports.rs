@@ -36,10 +36,68 @@ pub struct ListQuery {
     pub id_prefix: Option<String>,
     /// Only sandboxes whose name starts with this, ignoring ASCII case.
     pub name_prefix: Option<String>,
+    /// The SDK's other filters.
+    pub filters: ListFilters,
+}
+
+/// An inclusive range; `None` leaves that end open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bounds<T> {
+    pub min: Option<T>,
+    pub max: Option<T>,
+}
+
+impl<T: PartialOrd> Bounds<T> {
+    /// Whether `v` is within the bounds.
+    pub fn contains(&self, v: &T) -> bool {
+        self.min.as_ref().is_none_or(|m| v >= m) && self.max.as_ref().is_none_or(|m| v <= m)
+    }
+}
+
+/// A time window, both ends exclusive ("after", "before"); `None` leaves that end open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    pub after: Option<time::OffsetDateTime>,
+    pub before: Option<time::OffsetDateTime>,
+}
+
+impl Window {
+    /// Whether `t` is inside the window.
+    pub fn contains(&self, t: time::OffsetDateTime) -> bool {
+        self.after.is_none_or(|a| t > a) && self.before.is_none_or(|b| t < b)
+    }
+}
+
+/// Filters of the SDKs' `ListSandboxesQuery` beyond labels, states, id and name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilters {
+    /// Made from one of these snapshots (empty: any).
+    pub snapshots: Vec<String>,
+    pub cpu: Bounds<u32>,
+    pub memory_gib: Bounds<u32>,
+    pub disk_gib: Bounds<u32>,
+    pub public: Option<bool>,
+    pub created: Window,
+    /// On the recorded last activity (flushed by the reconciler every tick).
+    pub last_activity: Window,
+}
+
+impl ListFilters {
+    /// Whether `s` passes every filter.
+    pub fn matches(&self, s: &crate::Sandbox) -> bool {
+        (self.snapshots.is_empty() || self.snapshots.contains(&s.snapshot))
+            && self.cpu.contains(&s.resources.cpu)
+            && self.memory_gib.contains(&s.resources.memory_gib)
+            && self.disk_gib.contains(&s.resources.disk_gib)
+            && self.public.is_none_or(|p| p == s.public)
+            && self.created.contains(s.created_at)
+            && self.last_activity.contains(s.last_activity_at)
+    }
 }
 
 impl ListQuery {
-    /// Whether `s` passes the id and name prefix filters.
+    /// Whether `s` passes the id and name prefixes and the other filters (not labels or
+    /// states).
     pub fn prefixes_match(&self, s: &crate::Sandbox) -> bool {
         fn starts(value: &str, prefix: Option<&String>) -> bool {
             prefix.is_none_or(|p| {
@@ -48,7 +106,9 @@ impl ListQuery {
                     && value[..p.len()].eq_ignore_ascii_case(p)
             })
         }
-        starts(&s.id, self.id_prefix.as_ref()) && starts(&s.name, self.name_prefix.as_ref())
+        starts(&s.id, self.id_prefix.as_ref())
+            && starts(&s.name, self.name_prefix.as_ref())
+            && self.filters.matches(s)
     }
 }
 

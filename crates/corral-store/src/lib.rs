@@ -80,6 +80,23 @@ impl SqliteStore {
     }
 }
 
+/// A time bound as SQLite's date functions read it (UTC, millisecond precision).
+fn instant(t: Option<time::OffsetDateTime>) -> Option<String> {
+    t.map(|t| {
+        let t = t.to_offset(time::UtcOffset::UTC);
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        )
+    })
+}
+
 fn encode(sandbox: &Sandbox) -> Result<String, StoreError> {
     serde_json::to_string(sandbox).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -151,6 +168,9 @@ impl SandboxStore for SqliteStore {
         let states: Vec<&str> = query.states.iter().map(|s| s.as_str()).collect();
         let states =
             serde_json::to_string(&states).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let f = &query.filters;
+        let snapshots =
+            serde_json::to_string(&f.snapshots).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         // Label pairs and states arrive as JSON arrays so the statement stays fixed.
         let rows = sqlx::query(
             "SELECT seq, record FROM sandboxes s
@@ -164,6 +184,21 @@ impl SandboxStore for SqliteStore {
                     OR state IN (SELECT value FROM json_each(?3)))
                AND (?5 IS NULL OR lower(substr(id, 1, length(?5))) = lower(?5))
                AND (?6 IS NULL OR lower(substr(name, 1, length(?6))) = lower(?6))
+               AND (json_array_length(?7) = 0
+                    OR json_extract(record, '$.snapshot') IN (SELECT value FROM json_each(?7)))
+               AND (?8 IS NULL OR json_extract(record, '$.resources.cpu') >= ?8)
+               AND (?9 IS NULL OR json_extract(record, '$.resources.cpu') <= ?9)
+               AND (?10 IS NULL OR json_extract(record, '$.resources.memory_gib') >= ?10)
+               AND (?11 IS NULL OR json_extract(record, '$.resources.memory_gib') <= ?11)
+               AND (?12 IS NULL OR json_extract(record, '$.resources.disk_gib') >= ?12)
+               AND (?13 IS NULL OR json_extract(record, '$.resources.disk_gib') <= ?13)
+               AND (?14 IS NULL OR json_extract(record, '$.public') = ?14)
+               AND (?15 IS NULL OR julianday(json_extract(record, '$.created_at')) > julianday(?15))
+               AND (?16 IS NULL OR julianday(json_extract(record, '$.created_at')) < julianday(?16))
+               AND (?17 IS NULL
+                    OR julianday(json_extract(record, '$.last_activity_at')) > julianday(?17))
+               AND (?18 IS NULL
+                    OR julianday(json_extract(record, '$.last_activity_at')) < julianday(?18))
              ORDER BY seq LIMIT ?4",
         )
         .bind(after)
@@ -172,6 +207,18 @@ impl SandboxStore for SqliteStore {
         .bind(limit + 1)
         .bind(query.id_prefix.as_deref())
         .bind(query.name_prefix.as_deref())
+        .bind(snapshots)
+        .bind(f.cpu.min)
+        .bind(f.cpu.max)
+        .bind(f.memory_gib.min)
+        .bind(f.memory_gib.max)
+        .bind(f.disk_gib.min)
+        .bind(f.disk_gib.max)
+        .bind(f.public)
+        .bind(instant(f.created.after))
+        .bind(instant(f.created.before))
+        .bind(instant(f.last_activity.after))
+        .bind(instant(f.last_activity.before))
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;

@@ -144,6 +144,107 @@ pub async fn sandboxes_by_id_or_name(store: &impl AllStores) {
         .expect("insert");
 }
 
+/// The SDK's other list filters: snapshots, resource ranges (inclusive), public, and the
+/// created / last-activity windows (exclusive ends), combined with cursor pages.
+pub async fn sandboxes_list_sdk_filters(store: &impl AllStores) {
+    use corral_core::{Bounds, ListFilters, Window};
+    let t0 = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("a valid time");
+    let minute = time::Duration::minutes(1);
+    for i in 0..6u32 {
+        let mut s = sandbox(&format!("f{i}"), &format!("filtered-{i}"), &[]);
+        s.snapshot = if i % 2 == 0 { "host" } else { "python:3.12" }.into();
+        s.resources.cpu = i + 1;
+        s.resources.memory_gib = 2 * (i + 1);
+        s.resources.disk_gib = 10 + i;
+        s.public = i >= 4;
+        s.created_at = t0 + minute * (i as i32);
+        s.last_activity_at = t0 + minute * (10 - i as i32);
+        store.insert(&s).await.expect("insert");
+    }
+    let ids_for = |filters: ListFilters, limit: u32| async move {
+        let mut q = ListQuery {
+            limit,
+            filters,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        loop {
+            let page = store.list(&q).await.expect("list");
+            out.extend(page.items.into_iter().map(|s| s.id));
+            match page.next_cursor {
+                Some(c) => q.cursor = Some(c),
+                None => return out,
+            }
+        }
+    };
+    let all = ListFilters::default();
+    assert_eq!(
+        ids_for(all.clone(), 100).await,
+        ["f0", "f1", "f2", "f3", "f4", "f5"]
+    );
+    let f = ListFilters {
+        snapshots: vec!["python:3.12".into()],
+        ..all.clone()
+    };
+    assert_eq!(ids_for(f.clone(), 1).await, ["f1", "f3", "f5"]);
+    let f = ListFilters {
+        cpu: Bounds {
+            min: Some(2),
+            max: Some(4),
+        },
+        ..all.clone()
+    };
+    assert_eq!(ids_for(f, 2).await, ["f1", "f2", "f3"]);
+    let f = ListFilters {
+        memory_gib: Bounds {
+            min: Some(8),
+            max: None,
+        },
+        disk_gib: Bounds {
+            min: None,
+            max: Some(14),
+        },
+        ..all.clone()
+    };
+    assert_eq!(ids_for(f, 100).await, ["f3", "f4"]);
+    let f = ListFilters {
+        public: Some(true),
+        ..all.clone()
+    };
+    assert_eq!(ids_for(f, 100).await, ["f4", "f5"]);
+    let f = ListFilters {
+        public: Some(false),
+        snapshots: vec!["host".into()],
+        ..all.clone()
+    };
+    assert_eq!(ids_for(f, 100).await, ["f0", "f2"]);
+    // Both ends exclusive: created after t0+1 min and before t0+4 min.
+    let f = ListFilters {
+        created: Window {
+            after: Some(t0 + minute),
+            before: Some(t0 + minute * 4),
+        },
+        ..all.clone()
+    };
+    assert_eq!(ids_for(f, 1).await, ["f2", "f3"]);
+    let f = ListFilters {
+        last_activity: Window {
+            after: Some(t0 + minute * 8),
+            before: None,
+        },
+        ..all.clone()
+    };
+    assert_eq!(ids_for(f, 100).await, ["f0", "f1"]);
+    let f = ListFilters {
+        cpu: Bounds {
+            min: Some(100),
+            max: None,
+        },
+        ..all
+    };
+    assert!(ids_for(f, 100).await.is_empty());
+}
+
 /// Oldest first, label and state filters, cursor pages, `destroyed` hidden by default.
 pub async fn sandboxes_list_filters_and_pages(store: &impl AllStores) {
     for i in 0..5 {

@@ -33,6 +33,7 @@ macro_rules! both {
 both!(
     sandboxes_by_id_or_name,
     sandboxes_list_filters_and_pages,
+    sandboxes_list_sdk_filters,
     api_keys,
     preview_tokens,
     volumes,

@@ -211,13 +211,14 @@ async fn list_sandboxes() {
         "labels=%5B1%5D",
         "states=sleeping",
         "cursor=abc",
-        // Filters not applied yet, and unknown parameters, are refused by name.
-        "snapshots=host",
-        "snapshots[]=host",
-        "minCpu=2",
-        "sort=createdAt",
-        "isPublic=true",
-        "createdAtAfter=2026-01-01T00:00:00.000000%2B0000",
+        // What cannot be applied, bad values and unknown parameters are refused by name.
+        "sort=name",
+        "order=desc",
+        "includeWarm=true",
+        "sandboxClasses=small",
+        "minCpu=two",
+        "isPublic=yes",
+        "createdAtAfter=yesterday",
         "nmae=typo",
     ] {
         let r = app.get(&format!("/api/sandbox?{bad}")).await;
@@ -231,6 +232,36 @@ async fn list_sandboxes() {
             );
         }
     }
+
+    // The SDK's other filters, in the forms it sends them.
+    let count = |q: &'static str| {
+        let app = &app;
+        async move {
+            let page = app
+                .get(&format!("/api/sandbox?{q}"))
+                .await
+                .expect(200)
+                .clone();
+            page["items"].as_array().map_or(0, Vec::len)
+        }
+    };
+    assert_eq!(count("snapshots=host").await, 3);
+    assert_eq!(count("snapshots[]=python%3A3.12").await, 0);
+    assert_eq!(count("minCpu=1&maxCpu=1&minMemoryGiB=1").await, 3);
+    assert_eq!(count("minDiskGiB=50").await, 0);
+    assert_eq!(count("isPublic=false").await, 3);
+    assert_eq!(count("isPublic=true").await, 0);
+    assert_eq!(count("isRecoverable=true").await, 0);
+    assert_eq!(count("regionIds=local").await, 3);
+    assert_eq!(count("regionIds=us").await, 0);
+    assert_eq!(
+        count("createdAtAfter=2020-01-01T00:00:00.000000%2B0000").await,
+        3
+    );
+    assert_eq!(count("createdAtBefore=2020-01-01T00:00:00.000000").await, 0);
+    assert_eq!(count("lastEventAfter=2020-01-01T00:00:00Z").await, 3);
+    assert_eq!(count("autoDestroyAtAfter=2020-01-01T00:00:00Z").await, 0);
+    assert_eq!(count("sort=createdAt&order=asc").await, 3);
 
     // `id` and `name` are prefixes, ignoring case.
     let named = |q: &'static str| {
