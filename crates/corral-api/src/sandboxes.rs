@@ -308,9 +308,10 @@ fn parse_instant(key: &str, raw: &str) -> Result<OffsetDateTime, ApiError> {
 }
 
 /// `GET /api/sandbox?labels=<json>&states=..&id=..&name=..&limit=..&cursor=..` and the other
-/// filters of the SDKs' `ListSandboxesQuery`: `id` and `name` are prefixes, ignoring case, as
-/// Daytona's are. What cannot be applied (a sort other than creation order, sandbox classes)
-/// and any unknown parameter are refused by name, never ignored.
+/// filters of the SDKs' `ListSandboxesQuery`, and `sort`/`order` (keyset pages: a cursor
+/// carries its sort key, so pages stay right while sandboxes come and go). `id` and `name`
+/// are prefixes, ignoring case, as Daytona's are. What cannot be applied (sandbox classes,
+/// deleted or warm-pool sandboxes) and any unknown parameter are refused by name.
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -328,20 +329,32 @@ pub async fn list(
     let unsupported = |key: &str, why: &str| {
         Err(ApiError::bad_request(format!("{key}: {why}")).with_code("UNSUPPORTED_FILTER"))
     };
-    match (query.get("sort"), query.get("order")) {
-        (None | Some("" | "createdAt"), None | Some("" | "asc" | "ASC")) => {}
-        (sort, _) => {
-            return unsupported(
-                if sort.is_some_and(|s| !s.is_empty() && s != "createdAt") {
-                    "sort"
-                } else {
-                    "order"
-                },
-                "lists come in creation order (oldest first) only; sorting by another field \
-                 or descending is not supported yet",
-            );
+    let descending = match query.get("order").filter(|o| !o.is_empty()) {
+        None => false,
+        Some(o) if o.eq_ignore_ascii_case("asc") => false,
+        Some(o) if o.eq_ignore_ascii_case("desc") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "order must be asc or desc, got {other:?}"
+            )));
         }
-    }
+    };
+    let sort = match query.get("sort").filter(|s| !s.is_empty()) {
+        None if !descending => None,
+        None => Some(corral_core::ListSort {
+            field: corral_core::SortField::CreatedAt,
+            descending,
+        }),
+        Some(raw) => match corral_core::SortField::parse(raw) {
+            Some(field) => Some(corral_core::ListSort { field, descending }),
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "sort must be one of name, cpu, memoryGib, diskGib, lastActivityAt, \
+                     createdAt, got {raw:?}"
+                )));
+            }
+        },
+    };
     for flag in ["includeErroredDeleted", "includeWarm"] {
         match query.get(flag) {
             None | Some("" | "false") => {}
@@ -445,10 +458,13 @@ pub async fn list(
         .get("cursor")
         .filter(|c| !c.is_empty())
         .map(str::to_owned);
+    // A cursor from a page of the same sort (a sorted list's carries its sort key).
     if let Some(c) = &cursor
-        && c.parse::<u64>().is_err()
+        && corral_core::split_cursor(c).is_none_or(|(_, key)| key.is_some() != sort.is_some())
     {
-        return Err(ApiError::bad_request("invalid cursor"));
+        return Err(ApiError::bad_request(
+            "invalid cursor (use the nextCursor of a page with the same sort)",
+        ));
     }
     if none_match {
         return Ok(Json(ListResponse {
@@ -466,6 +482,7 @@ pub async fn list(
             id_prefix: prefix("id"),
             name_prefix: prefix("name"),
             filters,
+            sort,
         })
         .await?;
     let url = state.toolbox_url(&headers);

@@ -11,9 +11,10 @@ pub mod sandbox;
 pub mod transitions;
 
 pub use ports::{
-    ApiKeyStore, Bounds, CommitConfig, ImageInfo, Images, ListFilters, ListQuery, Page, Runtime,
-    RuntimeError, SANDBOX_SNAPSHOT_PREFIX, SandboxSpec, SandboxStore, Snapshot, SnapshotState,
-    SnapshotStore, StoreError, Window, sandbox_snapshot_reference,
+    ApiKeyStore, Bounds, CommitConfig, ImageInfo, Images, ListFilters, ListQuery, ListSort, Page,
+    Runtime, RuntimeError, SANDBOX_SNAPSHOT_PREFIX, SandboxSpec, SandboxStore, Snapshot,
+    SnapshotState, SnapshotStore, SortField, StoreError, Window, sandbox_snapshot_reference,
+    split_cursor,
 };
 pub use sandbox::{
     CODE_LANGUAGE_LABEL, CodeLanguage, DesiredState, Egress, EgressError, Resources, Sandbox,

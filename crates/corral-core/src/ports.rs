@@ -38,6 +38,61 @@ pub struct ListQuery {
     pub name_prefix: Option<String>,
     /// The SDK's other filters.
     pub filters: ListFilters,
+    /// The order of the pages; `None`: creation order, oldest first.
+    pub sort: Option<ListSort>,
+}
+
+/// What a list can be sorted by (the SDKs' `SandboxListSortField`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortField {
+    Name,
+    Cpu,
+    MemoryGib,
+    DiskGib,
+    LastActivityAt,
+    CreatedAt,
+}
+
+impl SortField {
+    /// The SDK's name of the field.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "name" => Self::Name,
+            "cpu" => Self::Cpu,
+            "memoryGib" => Self::MemoryGib,
+            "diskGib" => Self::DiskGib,
+            "lastActivityAt" => Self::LastActivityAt,
+            "createdAt" => Self::CreatedAt,
+            _ => return None,
+        })
+    }
+}
+
+/// A sort of a list: by `field` (ties in creation order), ascending or descending. Pages of a
+/// sorted list carry a cursor `<seq>:<JSON sort key>`; of an unsorted one, `<seq>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListSort {
+    pub field: SortField,
+    pub descending: bool,
+}
+
+/// A list cursor split into its sequence number and, for sorted lists, its sort key; `None`
+/// when it is not one a store made.
+pub fn split_cursor(cursor: &str) -> Option<(i64, Option<serde_json::Value>)> {
+    let (seq, key) = match cursor.split_once(':') {
+        Some((seq, key)) => (seq, Some(key)),
+        None => (cursor, None),
+    };
+    let seq = seq.parse::<i64>().ok().filter(|s| *s >= 0)?;
+    match key {
+        None => Some((seq, None)),
+        Some(k) => match serde_json::from_str::<serde_json::Value>(k).ok()? {
+            v @ (serde_json::Value::String(_) | serde_json::Value::Number(_)) => {
+                Some((seq, Some(v)))
+            }
+            _ => None,
+        },
+    }
 }
 
 /// An inclusive range; `None` leaves that end open.

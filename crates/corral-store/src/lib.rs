@@ -4,14 +4,13 @@
 #![forbid(unsafe_code)]
 
 use std::path::Path;
-use std::str::FromStr;
 
 use async_trait::async_trait;
 use corral_core::ports::{
     PreviewTokenStore, SignedPreviewToken, Snapshot, SnapshotState, SnapshotStore, Volume,
     VolumeState, VolumeStore,
 };
-use corral_core::{ApiKeyStore, ListQuery, Page, Sandbox, SandboxStore, StoreError};
+use corral_core::{ApiKeyStore, ListQuery, Page, Sandbox, SandboxStore, SortField, StoreError};
 use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -156,11 +155,40 @@ impl SandboxStore for SqliteStore {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Page<Sandbox>, StoreError> {
-        let after: i64 = match &query.cursor {
-            None => 0,
-            Some(c) => {
-                i64::from_str(c).map_err(|_| StoreError::Corrupt(format!("bad cursor {c:?}")))?
-            }
+        let bad = || StoreError::Corrupt(format!("bad cursor {:?}", query.cursor));
+        let (after, after_key) = match &query.cursor {
+            None => (0, None),
+            Some(c) => corral_core::split_cursor(c).ok_or_else(bad)?,
+        };
+        if after_key.is_some() != query.sort.is_some() && query.cursor.is_some() {
+            return Err(bad());
+        }
+        // The sort key (a fixed expression per field) and the keyset condition of the page.
+        let (key, descending) = match query.sort {
+            None => ("seq", false),
+            Some(sort) => (
+                match sort.field {
+                    SortField::Name => "name",
+                    SortField::Cpu => "json_extract(record, '$.resources.cpu')",
+                    SortField::MemoryGib => "json_extract(record, '$.resources.memory_gib')",
+                    SortField::DiskGib => "json_extract(record, '$.resources.disk_gib')",
+                    SortField::LastActivityAt => {
+                        "julianday(json_extract(record, '$.last_activity_at'))"
+                    }
+                    SortField::CreatedAt => "seq",
+                },
+                sort.descending,
+            ),
+        };
+        let (cmp, dir) = if descending {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
+        let page_condition = if query.sort.is_none() {
+            "seq > ?1".to_owned()
+        } else {
+            format!("(?19 IS NULL OR {key} {cmp} ?19 OR ({key} = ?19 AND seq {cmp} ?1))")
         };
         let limit = i64::from(query.limit.max(1));
         let labels =
@@ -172,9 +200,9 @@ impl SandboxStore for SqliteStore {
         let snapshots =
             serde_json::to_string(&f.snapshots).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         // Label pairs and states arrive as JSON arrays so the statement stays fixed.
-        let rows = sqlx::query(
-            "SELECT seq, record FROM sandboxes s
-             WHERE seq > ?1
+        let sql = format!(
+            "SELECT seq, record, {key} AS k FROM sandboxes s
+             WHERE {page_condition}
                AND NOT EXISTS (
                    SELECT 1 FROM json_each(?2) f
                    WHERE json_extract(s.record, '$.labels') IS NULL
@@ -199,39 +227,57 @@ impl SandboxStore for SqliteStore {
                     OR julianday(json_extract(record, '$.last_activity_at')) > julianday(?17))
                AND (?18 IS NULL
                     OR julianday(json_extract(record, '$.last_activity_at')) < julianday(?18))
-             ORDER BY seq LIMIT ?4",
-        )
-        .bind(after)
-        .bind(labels)
-        .bind(states)
-        .bind(limit + 1)
-        .bind(query.id_prefix.as_deref())
-        .bind(query.name_prefix.as_deref())
-        .bind(snapshots)
-        .bind(f.cpu.min)
-        .bind(f.cpu.max)
-        .bind(f.memory_gib.min)
-        .bind(f.memory_gib.max)
-        .bind(f.disk_gib.min)
-        .bind(f.disk_gib.max)
-        .bind(f.public)
-        .bind(instant(f.created.after))
-        .bind(instant(f.created.before))
-        .bind(instant(f.last_activity.after))
-        .bind(instant(f.last_activity.before))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+             ORDER BY {key} {dir}, seq {dir} LIMIT ?4"
+        );
+        let q = sqlx::query(&sql)
+            .bind(after)
+            .bind(labels)
+            .bind(states)
+            .bind(limit + 1)
+            .bind(query.id_prefix.as_deref())
+            .bind(query.name_prefix.as_deref())
+            .bind(snapshots)
+            .bind(f.cpu.min)
+            .bind(f.cpu.max)
+            .bind(f.memory_gib.min)
+            .bind(f.memory_gib.max)
+            .bind(f.disk_gib.min)
+            .bind(f.disk_gib.max)
+            .bind(f.public)
+            .bind(instant(f.created.after))
+            .bind(instant(f.created.before))
+            .bind(instant(f.last_activity.after))
+            .bind(instant(f.last_activity.before));
+        let q = match &after_key {
+            None => q.bind(None::<i64>),
+            Some(serde_json::Value::String(k)) => q.bind(k.clone()),
+            Some(serde_json::Value::Number(n)) => match n.as_i64() {
+                Some(i) => q.bind(i),
+                None => q.bind(n.as_f64().ok_or_else(bad)?),
+            },
+            Some(_) => return Err(bad()),
+        };
+        let rows = q.fetch_all(&self.pool).await.map_err(backend)?;
         let more = rows.len() as i64 > limit;
         let mut items = Vec::with_capacity(rows.len());
-        let mut last = after;
+        let mut last = after.to_string();
         for row in rows.iter().take(limit as usize) {
-            last = row.get::<i64, _>(0);
+            let seq = row.get::<i64, _>(0);
             items.push(decode(row.get::<&str, _>(1))?);
+            last = match query.sort.map(|s| s.field) {
+                None => seq.to_string(),
+                Some(SortField::Name) => {
+                    format!("{seq}:{}", serde_json::Value::from(row.get::<String, _>(2)))
+                }
+                Some(SortField::LastActivityAt) => {
+                    format!("{seq}:{}", serde_json::Value::from(row.get::<f64, _>(2)))
+                }
+                Some(_) => format!("{seq}:{}", row.get::<i64, _>(2)),
+            };
         }
         Ok(Page {
             items,
-            next_cursor: more.then(|| last.to_string()),
+            next_cursor: more.then_some(last),
         })
     }
 

@@ -245,6 +245,113 @@ pub async fn sandboxes_list_sdk_filters(store: &impl AllStores) {
     assert!(ids_for(f, 100).await.is_empty());
 }
 
+/// Sorted lists, both directions, ties in creation order, in pages whose cursors stay right
+/// while sandboxes are created and deleted between pages.
+pub async fn sandboxes_list_sorted_pages(store: &impl AllStores) {
+    use corral_core::{ListSort, SortField};
+    let t0 = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("a valid time");
+    // (id, name, cpu, minutes of last activity after t0)
+    let rows = [
+        ("o0", "delta", 2, 5),
+        ("o1", "alpha", 4, 1),
+        ("o2", "charlie", 2, 9),
+        ("o3", "bravo", 1, 3),
+        ("o4", "echo", 4, 7),
+    ];
+    for (id, name, cpu, act) in rows {
+        let mut s = sandbox(id, name, &[]);
+        s.resources.cpu = cpu;
+        s.resources.memory_gib = 10 - cpu;
+        s.last_activity_at = t0 + time::Duration::minutes(act);
+        store.insert(&s).await.expect("insert");
+    }
+    let pages = |field: SortField, descending: bool| async move {
+        let mut q = ListQuery {
+            limit: 2,
+            sort: Some(ListSort { field, descending }),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        loop {
+            let page = store.list(&q).await.expect("list");
+            out.extend(page.items.into_iter().map(|s| s.id));
+            match page.next_cursor {
+                Some(c) => q.cursor = Some(c),
+                None => return out,
+            }
+        }
+    };
+    assert_eq!(
+        pages(SortField::Name, false).await,
+        ["o1", "o3", "o2", "o0", "o4"]
+    );
+    assert_eq!(
+        pages(SortField::Name, true).await,
+        ["o4", "o0", "o2", "o3", "o1"]
+    );
+    // Ties in creation order (reversed when descending).
+    assert_eq!(
+        pages(SortField::Cpu, false).await,
+        ["o3", "o0", "o2", "o1", "o4"]
+    );
+    assert_eq!(
+        pages(SortField::Cpu, true).await,
+        ["o4", "o1", "o2", "o0", "o3"]
+    );
+    assert_eq!(
+        pages(SortField::MemoryGib, false).await,
+        ["o1", "o4", "o0", "o2", "o3"]
+    );
+    assert_eq!(
+        pages(SortField::DiskGib, false).await,
+        ["o0", "o1", "o2", "o3", "o4"]
+    );
+    assert_eq!(
+        pages(SortField::LastActivityAt, false).await,
+        ["o1", "o3", "o0", "o4", "o2"]
+    );
+    assert_eq!(
+        pages(SortField::CreatedAt, true).await,
+        ["o4", "o3", "o2", "o1", "o0"]
+    );
+
+    // Keyset pages: what is created or deleted between pages moves nothing else.
+    let mut q = ListQuery {
+        limit: 2,
+        sort: Some(ListSort {
+            field: SortField::Name,
+            descending: false,
+        }),
+        ..Default::default()
+    };
+    let first = store.list(&q).await.expect("list");
+    assert_eq!(ids(&first.items), ["o1", "o3"]);
+    store.remove("o3").await.expect("remove");
+    store
+        .insert(&sandbox("o5", "aardvark", &[]))
+        .await
+        .expect("insert");
+    store
+        .insert(&sandbox("o6", "cobra", &[]))
+        .await
+        .expect("insert");
+    q.cursor = first.next_cursor;
+    let mut rest = Vec::new();
+    loop {
+        let page = store.list(&q).await.expect("list");
+        rest.extend(page.items.into_iter().map(|s| s.id));
+        match page.next_cursor {
+            Some(c) => q.cursor = Some(c),
+            None => break,
+        }
+    }
+    // `aardvark` sorts before the cursor: not seen; `cobra` after it: seen, in place.
+    assert_eq!(rest, ["o2", "o6", "o0", "o4"]);
+    // A cursor of another sort is not accepted.
+    q.sort = None;
+    assert!(store.list(&q).await.is_err());
+}
+
 /// Oldest first, label and state filters, cursor pages, `destroyed` hidden by default.
 pub async fn sandboxes_list_filters_and_pages(store: &impl AllStores) {
     for i in 0..5 {

@@ -117,17 +117,19 @@ impl SandboxStore for MemoryStore {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Page<Sandbox>, StoreError> {
-        let after: i64 = match &query.cursor {
-            None => 0,
-            Some(c) => c
-                .parse()
-                .map_err(|_| StoreError::Corrupt(format!("bad cursor {c:?}")))?,
+        let bad = || StoreError::Corrupt(format!("bad cursor {:?}", query.cursor));
+        let (after, after_key) = match &query.cursor {
+            None => (0, None),
+            Some(c) => corral_core::split_cursor(c).ok_or_else(bad)?,
         };
+        if query.cursor.is_some() && after_key.is_some() != query.sort.is_some() {
+            return Err(bad());
+        }
         let limit = query.limit.max(1) as usize;
         let inner = self.lock()?;
-        let mut hits = inner
+        let mut hits: Vec<(SortKey, i64, &Sandbox)> = inner
             .sandboxes
-            .range(after + 1..)
+            .iter()
             .filter(|(_, s)| labels_match(s, &query.labels))
             .filter(|(_, s)| query.prefixes_match(s))
             .filter(|(_, s)| {
@@ -136,17 +138,39 @@ impl SandboxStore for MemoryStore {
                 } else {
                     query.states.contains(&s.state)
                 }
-            });
+            })
+            .map(|(seq, s)| (SortKey::of(s, *seq, query.sort.map(|o| o.field)), *seq, s))
+            .collect();
+        let descending = query.sort.is_some_and(|o| o.descending);
+        hits.sort_by(|a, b| {
+            let o = a.0.cmp(&b.0).then(a.1.cmp(&b.1));
+            if descending { o.reverse() } else { o }
+        });
+        let cursor = match (&query.cursor, after_key) {
+            (None, _) => None,
+            (Some(_), None) => Some((SortKey::Int(after), after)),
+            (Some(_), Some(k)) => Some((SortKey::from_json(&k).ok_or_else(bad)?, after)),
+        };
+        let mut rest = hits.into_iter().filter(|(k, seq, _)| match &cursor {
+            None => true,
+            Some((ck, cs)) => {
+                let o = k.cmp(ck).then(seq.cmp(cs));
+                if descending { o.is_lt() } else { o.is_gt() }
+            }
+        });
         let mut items = Vec::new();
-        let mut last = after;
-        for (seq, s) in hits.by_ref().take(limit) {
-            last = *seq;
+        let mut last = after.to_string();
+        for (k, seq, s) in rest.by_ref().take(limit) {
+            last = match query.sort {
+                None => seq.to_string(),
+                Some(_) => format!("{seq}:{}", k.to_json()),
+            };
             items.push(s.clone());
         }
-        let more = hits.next().is_some();
+        let more = rest.next().is_some();
         Ok(Page {
             items,
-            next_cursor: more.then(|| last.to_string()),
+            next_cursor: more.then_some(last),
         })
     }
 
@@ -387,5 +411,78 @@ impl SnapshotStore for MemoryStore {
     async fn remove_snapshot(&self, id: &str) -> Result<(), StoreError> {
         self.lock()?.snapshots.retain(|s| s.id != id);
         Ok(())
+    }
+}
+
+/// A sandbox's sort key, ordered as SQLite orders the store's (text bytewise, numbers by
+/// value; the last activity at millisecond precision, as SQLite's `julianday` keeps it).
+#[derive(Debug, Clone, PartialEq)]
+enum SortKey {
+    Int(i64),
+    Real(f64),
+    Text(String),
+}
+
+impl SortKey {
+    fn of(s: &Sandbox, seq: i64, field: Option<corral_core::SortField>) -> Self {
+        use corral_core::SortField as F;
+        match field {
+            None | Some(F::CreatedAt) => Self::Int(seq),
+            Some(F::Name) => Self::Text(s.name.clone()),
+            Some(F::Cpu) => Self::Int(i64::from(s.resources.cpu)),
+            Some(F::MemoryGib) => Self::Int(i64::from(s.resources.memory_gib)),
+            Some(F::DiskGib) => Self::Int(i64::from(s.resources.disk_gib)),
+            Some(F::LastActivityAt) => {
+                Self::Real((s.last_activity_at.unix_timestamp_nanos() / 1_000_000) as f64)
+            }
+        }
+    }
+
+    fn from_json(v: &serde_json::Value) -> Option<Self> {
+        match v {
+            serde_json::Value::String(s) => Some(Self::Text(s.clone())),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => Some(Self::Int(i)),
+                None => n.as_f64().map(Self::Real),
+            },
+            _ => None,
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            Self::Int(i) => (*i).into(),
+            Self::Real(f) => (*f).into(),
+            Self::Text(s) => s.clone().into(),
+        }
+    }
+}
+
+impl Eq for SortKey {}
+
+impl PartialOrd for SortKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SortKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let num = |k: &Self| match k {
+            Self::Int(i) => Some(*i as f64),
+            Self::Real(f) => Some(*f),
+            Self::Text(_) => None,
+        };
+        match (self, other) {
+            (Self::Text(a), Self::Text(b)) => a.cmp(b),
+            (Self::Int(a), Self::Int(b)) => a.cmp(b),
+            _ => match (num(self), num(other)) {
+                (Some(a), Some(b)) => a.total_cmp(&b),
+                // Numbers before text, as in SQLite.
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            },
+        }
     }
 }

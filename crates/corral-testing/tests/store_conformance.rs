@@ -34,6 +34,7 @@ both!(
     sandboxes_by_id_or_name,
     sandboxes_list_filters_and_pages,
     sandboxes_list_sdk_filters,
+    sandboxes_list_sorted_pages,
     api_keys,
     preview_tokens,
     volumes,

@@ -212,8 +212,8 @@ async fn list_sandboxes() {
         "states=sleeping",
         "cursor=abc",
         // What cannot be applied, bad values and unknown parameters are refused by name.
-        "sort=name",
-        "order=desc",
+        "sort=color",
+        "order=sideways",
         "includeWarm=true",
         "sandboxClasses=small",
         "minCpu=two",
@@ -262,6 +262,44 @@ async fn list_sandboxes() {
     assert_eq!(count("lastEventAfter=2020-01-01T00:00:00Z").await, 3);
     assert_eq!(count("autoDestroyAtAfter=2020-01-01T00:00:00Z").await, 0);
     assert_eq!(count("sort=createdAt&order=asc").await, 3);
+    // Sorted, in pages of one: the names come back in order, descending too.
+    let sorted = |q: &'static str| {
+        let app = &app;
+        async move {
+            let mut names = Vec::new();
+            let mut cursor = String::new();
+            loop {
+                let page = app
+                    .get(&format!("/api/sandbox?limit=1&{q}{cursor}"))
+                    .await
+                    .expect(200)
+                    .clone();
+                for s in page["items"].as_array().into_iter().flatten() {
+                    names.push(s["name"].as_str().unwrap_or_default().to_owned());
+                }
+                match page["nextCursor"].as_str() {
+                    Some(c) => cursor = format!("&cursor={}", c.replace('"', "%22")),
+                    None => return names,
+                }
+            }
+        }
+    };
+    assert_eq!(sorted("sort=name&order=desc").await, ["s2", "s1", "s0"]);
+    assert_eq!(sorted("order=desc").await, ["s2", "s1", "s0"]);
+    assert_eq!(sorted("sort=cpu").await, ["s0", "s1", "s2"]);
+    // A cursor of another sort is a 400, not a 500.
+    let page = app
+        .get("/api/sandbox?limit=1&sort=name")
+        .await
+        .expect(200)
+        .clone();
+    let c = page["nextCursor"]
+        .as_str()
+        .unwrap_or_default()
+        .replace('"', "%22");
+    app.get(&format!("/api/sandbox?limit=1&cursor={c}"))
+        .await
+        .expect_error(400);
 
     // `id` and `name` are prefixes, ignoring case.
     let named = |q: &'static str| {
