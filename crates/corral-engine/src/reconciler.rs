@@ -43,6 +43,9 @@ fn minutes(state: &Engine, n: i64) -> time::Duration {
 /// traces of sandboxes that no longer exist are removed.
 pub async fn on_start(state: &Engine) -> Result<(), EngineError> {
     let recorded = all(state).await?;
+    // Builds resume only once the leftovers below are gone: a build sandbox they start is
+    // recorded nowhere, and would otherwise be taken for a leftover and destroyed mid-build.
+    let mut builds_to_resume = Vec::new();
     for mut s in recorded.iter().cloned() {
         // Processes may be running only in these states: adopt them, so exec works at once.
         let may_run = matches!(
@@ -89,8 +92,7 @@ pub async fn on_start(state: &Engine) -> Result<(), EngineError> {
             AfterCrash::ResumeBuild => {
                 // The build resumes (or is reused when its snapshot got built meanwhile).
                 tracing::warn!(sandbox = %s.id, "resuming a sandbox build cut off by a server stop");
-                let bg = state.clone();
-                tokio::spawn(crate::builds::finish(bg, s.id.clone()));
+                builds_to_resume.push(s.id.clone());
             }
             AfterCrash::Remove => {
                 // Left by an earlier version, whose creates pulled inside the request: that
@@ -102,13 +104,16 @@ pub async fn on_start(state: &Engine) -> Result<(), EngineError> {
             }
         }
     }
-    crate::builds::resume(state).await?;
     let known: std::collections::HashSet<&str> = recorded.iter().map(|s| s.id.as_str()).collect();
     for id in state.runtime.traces() {
         if !known.contains(id.as_str()) {
             tracing::warn!(sandbox = %id, "removing leftovers of a sandbox that no longer exists");
             state.runtime.destroy(&id).await?;
         }
+    }
+    crate::builds::resume(state).await?;
+    for id in builds_to_resume {
+        tokio::spawn(crate::builds::finish(state.clone(), id));
     }
     Ok(())
 }
