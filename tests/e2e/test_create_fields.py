@@ -26,7 +26,8 @@ def test_unsupported_create_fields_are_refused_by_name(daytona, field, params):
     with pytest.raises(DaytonaError) as e:
         daytona.create(CreateSandboxFromSnapshotParams(**params), timeout=60)
     assert field in str(e.value), e.value
-    assert live(daytona) == before
+    # Nothing new (an earlier test's sandbox may still be finishing its delete meanwhile).
+    assert set(live(daytona)) <= set(before)
 
 
 def test_supported_create_fields_are_honoured(daytona):
