@@ -95,40 +95,21 @@ impl From<corral_engine::EngineError> for ApiError {
     }
 }
 
+// Store and runtime errors mean what the engine says they mean (one mapping, in
+// `corral_engine::error`).
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NameTaken(name) => {
-                Self::conflict(format!("a sandbox named {name:?} already exists"))
-                    .with_code("NAME_TAKEN")
-            }
-            other => Self::internal("storage failed", &other),
-        }
+        corral_engine::EngineError::from(e).into()
     }
 }
 
 impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> Self {
-        match e {
-            RuntimeError::Invalid(msg) => Self::bad_request(msg),
-            RuntimeError::NotRunning(id) => Self::conflict(format!("sandbox {id} is not running"))
-                .with_code("SANDBOX_NOT_RUNNING"),
-            other => Self::internal("the sandbox runtime failed", &other),
-        }
+        corral_engine::EngineError::from(e).into()
     }
 }
 
-/// An error and its sources, joined with `: `.
-pub fn error_chain(cause: &dyn std::error::Error) -> String {
-    let mut chain = cause.to_string();
-    let mut src = cause.source();
-    while let Some(s) = src {
-        chain.push_str(": ");
-        chain.push_str(&s.to_string());
-        src = s.source();
-    }
-    chain
-}
+pub use corral_engine::error::error_chain;
 
 #[cfg(test)]
 mod tests {

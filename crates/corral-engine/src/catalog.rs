@@ -8,9 +8,10 @@ use serde_json::Value;
 use crate::DEFAULT_SNAPSHOT;
 use crate::Engine;
 use crate::error::EngineError;
+use crate::ops::resource;
 use crate::snapshots::{
     BuildInfo, NewSnapshot, find, image_of_dockerfile, image_snapshot, insert, not_found, now_ms,
-    resource, validate_name,
+    validate_name,
 };
 
 /// Records a new snapshot (`pending`) and pulls or builds it in the background.

@@ -133,21 +133,6 @@ pub fn image_of_dockerfile(content: &str) -> Result<(String, Vec<String>), Engin
     Ok((image, entrypoint))
 }
 
-pub(crate) fn resource(
-    value: Option<i64>,
-    default: u32,
-    max: u32,
-    what: &str,
-) -> Result<u32, EngineError> {
-    match value {
-        None => Ok(default),
-        Some(v) if v >= 1 && v <= i64::from(max) => Ok(v as u32),
-        Some(v) => Err(EngineError::bad_request(format!(
-            "{what} must be between 1 and {max}, got {v}"
-        ))),
-    }
-}
-
 pub(crate) async fn insert(state: &Engine, s: &Snapshot) -> Result<(), EngineError> {
     match state.snapshots.insert_snapshot(s).await {
         Err(StoreError::NameTaken(n)) => Err(EngineError::conflict(format!(
