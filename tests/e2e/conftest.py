@@ -159,7 +159,7 @@ class Server:
     # --- what a sandbox may leave behind on the host -------------------------------------
     def cgroups(self):
         found = []
-        for ctrl in ["pids", "memory", "cpu", "cpuacct", ""]:
+        for ctrl in ["pids", "memory", "cpu", "cpuacct", "freezer", ""]:
             parent = CGROUP_ROOT / ctrl / self.cgroup_parent if ctrl else CGROUP_ROOT / self.cgroup_parent
             if parent.is_dir():
                 found += [f"{ctrl}/{p.name}" for p in parent.iterdir() if p.is_dir()]
@@ -246,7 +246,7 @@ class Server:
         return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
 
     def remove_cgroup_parent(self):
-        for ctrl in ["pids", "memory", "cpu", "cpuacct", ""]:
+        for ctrl in ["pids", "memory", "cpu", "cpuacct", "freezer", ""]:
             parent = CGROUP_ROOT / ctrl / self.cgroup_parent if ctrl else CGROUP_ROOT / self.cgroup_parent
             if parent.is_dir():
                 parent.rmdir()

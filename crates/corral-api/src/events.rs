@@ -506,6 +506,8 @@ mod tests {
             auto_stop_interval: 15,
             auto_archive_interval: 0,
             auto_delete_interval: -1,
+            auto_pause_interval: 0,
+            auto_destroy_at: None,
             created_at: now,
             updated_at: now,
             last_activity_at: now,

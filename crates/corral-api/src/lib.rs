@@ -124,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sandbox/{id_or_name}/start", post(sandboxes::start))
         .route("/sandbox/{id_or_name}/stop", post(sandboxes::stop))
         .route("/sandbox/{id_or_name}/archive", post(sandboxes::archive))
+        .route("/sandbox/{id_or_name}/pause", post(sandboxes::pause))
         .route("/sandbox/{id_or_name}/recover", post(sandboxes::recover))
         .route("/sandbox/{id_or_name}/resize", post(sandboxes::resize))
         .route("/sandbox/{id_or_name}/snapshot", post(forks::snapshot))
@@ -165,6 +166,11 @@ pub fn router(state: AppState) -> Router {
             "/sandbox/{id_or_name}/autoarchive/{minutes}",
             post(sandboxes::autoarchive),
         )
+        .route(
+            "/sandbox/{id_or_name}/autopause/{minutes}",
+            post(sandboxes::autopause),
+        )
+        .route("/sandbox/{id_or_name}/ttl/{minutes}", post(sandboxes::ttl))
         .route(
             "/sandbox/{id_or_name}/autodelete/{minutes}",
             post(sandboxes::autodelete),

@@ -258,8 +258,16 @@ async fn forward(
     label: &str,
     mut req: Request,
 ) -> Result<Response, ApiError> {
-    let (sandbox, signed) = resolve(state, port, label).await?;
+    let (mut sandbox, signed) = resolve(state, port, label).await?;
     authorize(state, &sandbox, signed, req.headers_mut()).await?;
+    // In flight from here: auto-pause leaves it alone until the answer is sent.
+    let in_flight = state.activity.begin(&sandbox.id);
+    // A paused sandbox is resumed; a stopped or archived one started unless the server
+    // (`--wake-stopped never`) or its label says not to.
+    if sandbox.state != SandboxState::Started || state.runtime.is_paused(&sandbox.id) {
+        let wake_stopped = state.config.wake_stopped.wakes(&sandbox, true);
+        sandbox = state.engine.wake(&sandbox.id, wake_stopped).await?;
+    }
     let id = sandbox.id.as_str();
     if sandbox.state != SandboxState::Started || !state.runtime.is_running(id) {
         return Err(ApiError::conflict(format!(
@@ -268,7 +276,6 @@ async fn forward(
         ))
         .with_code("SANDBOX_NOT_STARTED"));
     }
-    state.activity.touch(id);
 
     let upgraded = tokio::time::timeout(TUNNEL_TIMEOUT, open_tunnel(state, id, port))
         .await
@@ -346,6 +353,7 @@ async fn forward(
         client_upgrade,
         &format!("the app on port {port}"),
         HOP_BY_HOP,
+        in_flight,
     )
 }
 

@@ -110,25 +110,8 @@ fn refuse_unsupported(req: &CreateSandbox) -> Result<(), ApiError> {
             "this server does not export sandbox telemetry to OpenTelemetry",
         );
     }
-    match req.auto_pause_interval {
-        None | Some(0) => {}
-        Some(_) => {
-            return refuse(
-                "autoPauseInterval",
-                "pausing is not supported yet; use autoStopInterval (files are kept, \
-                 processes end)",
-            );
-        }
-    }
-    match req.ttl_minutes {
-        None | Some(0) => {}
-        Some(_) => {
-            return refuse(
-                "ttlMinutes",
-                "a time to live is not supported yet; use autoStopInterval with \
-                 autoDeleteInterval, or delete the sandbox",
-            );
-        }
+    if req.auto_pause_interval.is_some_and(|m| m < 0) {
+        return refuse("autoPauseInterval", "must be 0 (never) or more minutes");
     }
     if req.queue_timeout.is_some_and(|m| m < 1) {
         return refuse("queueTimeout", "must be a positive number of minutes");
@@ -202,6 +185,12 @@ fn new_sandbox(state: &AppState, req: CreateSandbox) -> Result<Sandbox, ApiError
         auto_stop_interval: req.auto_stop_interval.unwrap_or(DEFAULT_AUTO_STOP),
         auto_archive_interval: req.auto_archive_interval.unwrap_or(DEFAULT_AUTO_ARCHIVE),
         auto_delete_interval: req.auto_delete_interval.unwrap_or(DEFAULT_AUTO_DELETE),
+        auto_pause_interval: req.auto_pause_interval.unwrap_or(0),
+        auto_destroy_at: corral_engine::ops::ttl_deadline(
+            &state.engine,
+            now,
+            req.ttl_minutes.unwrap_or(0),
+        )?,
         created_at: now,
         updated_at: now,
         last_activity_at: now,
@@ -419,14 +408,15 @@ pub async fn list(
             after: instant("lastEventAfter")?,
             before: instant("lastEventBefore")?,
         },
+        auto_destroy: corral_core::Window {
+            after: instant("autoDestroyAtAfter")?,
+            before: instant("autoDestroyAtBefore")?,
+        },
     };
-    // What no sandbox here can match: another region, recoverable (none is), or an
-    // auto-destroy time (none has one, without a TTL).
+    // What no sandbox here can match: another region, or recoverable (none is).
     let regions = query.all("regionIds");
     let none_match = (!regions.is_empty() && !regions.contains(&crate::wire::TARGET))
-        || flag("isRecoverable")? == Some(true)
-        || instant("autoDestroyAtAfter")?.is_some()
-        || instant("autoDestroyAtBefore")?.is_some();
+        || flag("isRecoverable")? == Some(true);
     let prefix = |key: &str| query.get(key).filter(|v| !v.is_empty()).map(str::to_owned);
     let labels: BTreeMap<String, String> = match query.get("labels") {
         None | Some("") => BTreeMap::new(),
@@ -598,6 +588,36 @@ pub async fn autostop(
     set_timer(s, h, id, m, Timer::Stop).await
 }
 
+/// `POST /api/sandbox/{idOrName}/autopause/{minutes}` (0 = never).
+pub async fn autopause(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Path((id, m)): TimerPath,
+) -> Result<Json<SandboxDto>, ApiError> {
+    set_timer(s, h, id, m, Timer::Pause).await
+}
+
+/// `POST /api/sandbox/{idOrName}/ttl/{minutes}`: deleted that many minutes from now
+/// whatever its state (0 = no TTL).
+pub async fn ttl(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id_or_name, raw)): TimerPath,
+) -> Result<Json<SandboxDto>, ApiError> {
+    let minutes = parse_minutes(&raw)?;
+    apply(&state, &headers, &id_or_name, Op::SetTtl(minutes)).await
+}
+
+/// `POST /api/sandbox/{idOrName}/pause`: freezes its processes, keeping their memory
+/// (`start` resumes them).
+pub async fn pause(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id_or_name): Path<String>,
+) -> Result<Json<SandboxDto>, ApiError> {
+    apply(&state, &headers, &id_or_name, Op::Pause).await
+}
+
 /// `POST /api/sandbox/{idOrName}/autoarchive/{minutes}` (0 = the maximum, 30 days).
 pub async fn autoarchive(
     State(s): State<AppState>,
@@ -625,7 +645,7 @@ async fn set_timer(
 ) -> Result<Json<SandboxDto>, ApiError> {
     let minutes = parse_minutes(&raw)?;
     match timer {
-        Timer::Stop | Timer::Archive if minutes < 0 => {
+        Timer::Stop | Timer::Archive | Timer::Pause if minutes < 0 => {
             return Err(ApiError::bad_request("interval must be 0 or more minutes"));
         }
         _ => {}

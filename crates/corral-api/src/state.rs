@@ -30,6 +30,41 @@ pub struct ApiConfig {
     pub storage_url: Option<String>,
     /// Whether the listener also speaks TLS (on the same port as plain HTTP).
     pub tls: bool,
+    /// Which requests start a stopped (or archived) sandbox; a paused one is always
+    /// resumed. A sandbox's [`WAKE_LABEL`] label overrides it.
+    pub wake_stopped: WakeStopped,
+}
+
+/// The label with which a sandbox opts in (`"true"`) or out (`"false"`) of being started by
+/// any request (toolbox call or preview) while stopped, whatever the server's default.
+pub const WAKE_LABEL: &str = "corral.dev/wake-on-request";
+
+/// Which requests start a stopped sandbox (`--wake-stopped`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WakeStopped {
+    /// None: a request to a stopped sandbox is refused (`SANDBOX_NOT_STARTED`).
+    Never,
+    /// Preview requests (a visitor's browser cannot start a sandbox); toolbox calls are
+    /// refused.
+    #[default]
+    Previews,
+    /// Previews and toolbox calls.
+    All,
+}
+
+impl WakeStopped {
+    /// Whether a request to stopped sandbox `s` starts it: its label, else this default.
+    pub fn wakes(self, s: &corral_core::Sandbox, preview: bool) -> bool {
+        match s.labels.get(WAKE_LABEL).map(String::as_str) {
+            Some("true") => true,
+            Some("false") => false,
+            _ => match self {
+                Self::Never => false,
+                Self::Previews => preview,
+                Self::All => true,
+            },
+        }
+    }
 }
 
 /// Everything a handler needs. Dereferences to the [`Engine`], whose ports and state the

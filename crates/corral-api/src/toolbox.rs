@@ -131,22 +131,45 @@ async fn metrics(state: &AppState, id: &str, req: Request) -> Result<Response, A
     Ok(Response::from_parts(parts, Body::from(body)))
 }
 
-/// Resolves the sandbox a toolbox request is for. A running sandbox addressed by id is
-/// answered from the runtime's memory (no database read on the exec path); anything else
-/// goes through the store for a precise error.
-async fn resolve(state: &AppState, id_or_name: &str) -> Result<String, ApiError> {
+/// Resolves the sandbox a toolbox request is for, waking it when it sleeps: a paused one is
+/// resumed; a stopped or archived one is started when the server (`--wake-stopped all`) or
+/// the sandbox's label says so. A running sandbox addressed by id is answered from the
+/// runtime's memory (no database read on the exec path); anything else goes through the
+/// store for a precise error. The request counts as in flight from here (`in_flight`), so
+/// auto-pause never freezes a sandbox between this check and the agent's answer.
+async fn resolve(
+    state: &AppState,
+    id_or_name: &str,
+) -> Result<(String, corral_engine::lifecycle::InFlight), ApiError> {
     if state.runtime.is_running(id_or_name) {
-        return Ok(id_or_name.to_owned());
+        let in_flight = state.activity.begin(id_or_name);
+        if !state.runtime.is_paused(id_or_name) {
+            return Ok((id_or_name.to_owned(), in_flight));
+        }
     }
-    let sandbox = find(state, id_or_name).await?;
+    let mut sandbox = find(state, id_or_name).await?;
+    let in_flight = state.activity.begin(&sandbox.id);
+    let wake_stopped = state.config.wake_stopped.wakes(&sandbox, false);
+    if sandbox.state != SandboxState::Started || state.runtime.is_paused(&sandbox.id) {
+        sandbox = state.engine.wake(&sandbox.id, wake_stopped).await?;
+    }
     if sandbox.state != SandboxState::Started || !state.runtime.is_running(&sandbox.id) {
+        let hint = if matches!(
+            sandbox.state,
+            SandboxState::Stopped | SandboxState::Archived
+        ) {
+            "; start it, or let requests start it (label corral.dev/wake-on-request=true, or \
+             the server's --wake-stopped all)"
+        } else {
+            ""
+        };
         return Err(ApiError::conflict(format!(
-            "sandbox {} is {}, not started",
+            "sandbox {} is {}, not started{hint}",
             sandbox.id, sandbox.state
         ))
         .with_code("SANDBOX_NOT_STARTED"));
     }
-    Ok(sandbox.id)
+    Ok((sandbox.id, in_flight))
 }
 
 /// Proxies one request to the agent of sandbox `id`.
@@ -156,8 +179,7 @@ pub async fn proxy(
     mut req: Request,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let id = resolve(&state, &id).await?;
-    state.activity.touch(&id);
+    let (id, in_flight) = resolve(&state, &id).await?;
 
     let upgrade = req.headers().get(header::UPGRADE).cloned();
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -192,6 +214,11 @@ pub async fn proxy(
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // In flight until the answer's body is sent (or dropped).
+        let body = body.map_frame(move |f| {
+            let _ = &in_flight;
+            f
+        });
         return Ok(Response::from_parts(parts, Body::new(body)));
     };
 
@@ -208,22 +235,29 @@ pub async fn proxy(
         .upgrade(&id, Request::from_parts(parts, body))
         .await
         .map_err(|e| bad_gateway(&e.to_string()))?;
-    relay_response(resp, client_upgrade, "the agent", HOP_BY_HOP)
+    relay_response(resp, client_upgrade, "the agent", HOP_BY_HOP, in_flight)
 }
 
 /// Passes an upstream answer back to the client. A `101 Switching Protocols` is joined to
 /// the client's own upgrade (`client_upgrade`, taken from its request), and bytes are copied
 /// both ways until either side closes; any other answer streams back as is. `upstream`
 /// names the other end in errors and logs; `strip` lists the headers not passed back.
-pub(crate) fn relay_response(
+/// `hold` (the request's in-flight mark) lives as long as the answer's body or the upgraded
+/// connection.
+pub(crate) fn relay_response<H: Send + Sync + 'static>(
     mut resp: Response<hyper::body::Incoming>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     upstream: &str,
     strip: &[&str],
+    hold: H,
 ) -> Result<Response, ApiError> {
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = resp.into_parts();
         strip_headers(&mut parts.headers, strip);
+        let body = body.map_frame(move |f| {
+            let _ = &hold;
+            f
+        });
         return Ok(Response::from_parts(parts, Body::new(body)));
     }
     let Some(client_upgrade) = client_upgrade else {
@@ -234,6 +268,7 @@ pub(crate) fn relay_response(
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let what = upstream.to_owned();
     tokio::spawn(async move {
+        let _hold = hold;
         match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok((client, other)) => {
                 let mut client = TokioIo::new(client);

@@ -77,6 +77,8 @@ pub struct SandboxDto {
     pub auto_archive_interval: i64,
     pub auto_delete_interval: i64,
     pub auto_pause_interval: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_destroy_at: Option<String>,
     pub volumes: Vec<serde_json::Value>,
     pub created_at: String,
     pub updated_at: String,
@@ -122,7 +124,8 @@ impl SandboxDto {
             auto_stop_interval: s.auto_stop_interval,
             auto_archive_interval: s.auto_archive_interval,
             auto_delete_interval: s.auto_delete_interval,
-            auto_pause_interval: 0,
+            auto_pause_interval: s.auto_pause_interval,
+            auto_destroy_at: s.auto_destroy_at.map(timestamp),
             volumes: s
                 .volumes
                 .iter()

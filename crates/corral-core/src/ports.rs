@@ -121,6 +121,17 @@ impl Window {
     pub fn contains(&self, t: time::OffsetDateTime) -> bool {
         self.after.is_none_or(|a| t > a) && self.before.is_none_or(|b| t < b)
     }
+
+    /// Whether the window has no bound.
+    pub fn is_open(&self) -> bool {
+        self.after.is_none() && self.before.is_none()
+    }
+
+    /// For a time that may be absent: an open window takes anything, a bounded one only a
+    /// time inside it.
+    pub fn contains_opt(&self, t: Option<time::OffsetDateTime>) -> bool {
+        self.is_open() || t.is_some_and(|t| self.contains(t))
+    }
 }
 
 /// Filters of the SDKs' `ListSandboxesQuery` beyond labels, states, id and name.
@@ -135,6 +146,8 @@ pub struct ListFilters {
     pub created: Window,
     /// On the recorded last activity (flushed by the reconciler every tick).
     pub last_activity: Window,
+    /// On the TTL's deadline (sandboxes without a TTL match only an open window).
+    pub auto_destroy: Window,
 }
 
 impl ListFilters {
@@ -147,6 +160,7 @@ impl ListFilters {
             && self.public.is_none_or(|p| p == s.public)
             && self.created.contains(s.created_at)
             && self.last_activity.contains(s.last_activity_at)
+            && self.auto_destroy.contains_opt(s.auto_destroy_at)
     }
 }
 
@@ -286,8 +300,28 @@ pub trait Runtime: Send + Sync {
     /// Changes where a sandbox may send traffic; takes effect at once when it runs, else at
     /// its next start (the spec passed to `start` carries the policy too).
     async fn set_egress(&self, id: &str, egress: &Egress) -> Result<(), RuntimeError>;
-    /// Whether the sandbox's processes are running.
+    /// Whether the sandbox's processes are running (frozen ones too).
     fn is_running(&self, id: &str) -> bool;
+    /// Freezes every process of a running sandbox (the cgroup freezer): no CPU, memory kept.
+    /// Returns once they are all frozen; on failure they are thawed again. Idempotent.
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Invalid(
+            "pausing sandboxes is not supported by this runtime".into(),
+        ))
+    }
+    /// Thaws a paused sandbox's processes. Idempotent.
+    async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Invalid(
+            "resuming sandboxes is not supported by this runtime".into(),
+        ))
+    }
+    /// Whether the sandbox's processes are frozen (cheap: no I/O on the toolbox path).
+    fn is_paused(&self, id: &str) -> bool {
+        let _ = id;
+        false
+    }
     /// Takes charge of a sandbox still running from an earlier server process. Returns
     /// whether it was found running.
     async fn adopt(&self, id: &str) -> Result<bool, RuntimeError>;

@@ -39,6 +39,12 @@ pub enum SandboxState {
     Snapshotting,
     /// The sandbox's files are being copied to a fork (it keeps running).
     Forking,
+    /// Its processes are being frozen.
+    Pausing,
+    /// Its processes are frozen (cgroup freezer): no CPU, memory kept; `start` resumes them.
+    Paused,
+    /// Its frozen processes are being thawed.
+    Resuming,
 }
 
 impl SandboxState {
@@ -64,6 +70,9 @@ impl SandboxState {
             Self::BuildFailed => "build_failed",
             Self::Snapshotting => "snapshotting",
             Self::Forking => "forking",
+            Self::Pausing => "pausing",
+            Self::Paused => "paused",
+            Self::Resuming => "resuming",
         }
     }
 }
@@ -95,6 +104,7 @@ pub enum DesiredState {
     Stopped,
     Archived,
     Destroyed,
+    Paused,
 }
 
 impl DesiredState {
@@ -105,6 +115,7 @@ impl DesiredState {
             Self::Stopped => "stopped",
             Self::Archived => "archived",
             Self::Destroyed => "destroyed",
+            Self::Paused => "paused",
         }
     }
 }
@@ -245,6 +256,12 @@ pub struct Sandbox {
     pub auto_archive_interval: i64,
     /// Minutes stopped before auto-delete; negative = never, 0 = on stop.
     pub auto_delete_interval: i64,
+    /// Minutes of inactivity before auto-pause; 0 = never.
+    #[serde(default)]
+    pub auto_pause_interval: i64,
+    /// When the sandbox is deleted whatever its state (its TTL; `None` = no TTL).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub auto_destroy_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]

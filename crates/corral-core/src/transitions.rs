@@ -12,7 +12,7 @@ use crate::SandboxState;
 use crate::SandboxState as S;
 
 /// Every sandbox state, for exhaustive checks.
-pub const ALL_STATES: [SandboxState; 19] = [
+pub const ALL_STATES: [SandboxState; 22] = [
     S::Creating,
     S::Started,
     S::Stopping,
@@ -32,6 +32,9 @@ pub const ALL_STATES: [SandboxState; 19] = [
     S::BuildFailed,
     S::Snapshotting,
     S::Forking,
+    S::Pausing,
+    S::Paused,
+    S::Resuming,
 ];
 
 /// A lifecycle operation on one sandbox.
@@ -53,10 +56,12 @@ pub enum Operation {
     Snapshot,
     /// Copy its files to a new sandbox (it keeps running).
     Fork,
+    /// Freeze its processes, keeping their memory (`start` resumes them).
+    Pause,
 }
 
 /// Every operation, for exhaustive checks.
-pub const ALL_OPERATIONS: [Operation; 8] = [
+pub const ALL_OPERATIONS: [Operation; 9] = [
     Operation::Start,
     Operation::Stop,
     Operation::Archive,
@@ -65,6 +70,7 @@ pub const ALL_OPERATIONS: [Operation; 8] = [
     Operation::RecoverStopped,
     Operation::Snapshot,
     Operation::Fork,
+    Operation::Pause,
 ];
 
 impl Operation {
@@ -79,6 +85,7 @@ impl Operation {
             Self::RecoverStopped => "recover (skipStart)",
             Self::Snapshot => "snapshot",
             Self::Fork => "fork",
+            Self::Pause => "pause",
         }
     }
 }
@@ -96,6 +103,8 @@ pub enum Refusal {
     Archived,
     /// Only a started or stopped sandbox's files can be copied (409).
     FilesBusy,
+    /// Only a started sandbox can be paused (400, `SANDBOX_NOT_STARTED`).
+    NotStarted,
 }
 
 impl Refusal {
@@ -108,6 +117,7 @@ impl Refusal {
     pub fn code(self) -> Option<&'static str> {
         match self {
             Self::NotStopped => Some("SANDBOX_NOT_STOPPED"),
+            Self::NotStarted => Some("SANDBOX_NOT_STARTED"),
             _ => None,
         }
     }
@@ -123,6 +133,9 @@ impl Refusal {
             Self::FilesBusy => format!(
                 "sandbox {id} is {state}; only a started or stopped sandbox can be {what}ed"
             ),
+            Self::NotStarted => {
+                format!("sandbox {id} is {state}; only a started sandbox can be {what}d")
+            }
         }
     }
 }
@@ -157,6 +170,7 @@ pub fn plan(state: SandboxState, op: Operation) -> Transition {
         O::Start if deleting => Refused(Refusal::BeingDeleted),
         O::Start if state == S::Started => Done,
         O::Start if state == S::Archived => run(S::Restoring, S::Started, S::Error),
+        O::Start if state == S::Paused => run(S::Resuming, S::Started, S::Error),
         O::Start => run(S::Starting, S::Started, S::Error),
         // A failed stop stays `stopping`: the reconciler finishes it.
         O::Stop if deleting => Refused(Refusal::BeingDeleted),
@@ -184,13 +198,18 @@ pub fn plan(state: SandboxState, op: Operation) -> Transition {
             S::Archived => Refused(Refusal::Archived),
             _ => Refused(Refusal::FilesBusy),
         },
+        O::Pause if deleting => Refused(Refusal::BeingDeleted),
+        O::Pause if state == S::Paused => Done,
+        // A failed freeze is undone (thawed): the sandbox keeps running.
+        O::Pause if state == S::Started => run(S::Pausing, S::Paused, S::Started),
+        O::Pause => Refused(Refusal::NotStarted),
     }
 }
 
-/// The state to plan from: a sandbox recorded `started` whose processes are gone is in
-/// error.
+/// The state to plan from: a sandbox recorded `started` or `paused` whose processes are gone
+/// is in error.
 pub fn effective(recorded: SandboxState, running: bool) -> SandboxState {
-    if recorded == S::Started && !running {
+    if matches!(recorded, S::Started | S::Paused) && !running {
         S::Error
     } else {
         recorded
@@ -234,10 +253,24 @@ pub fn after_crash(state: SandboxState, running: bool) -> AfterCrash {
         // Creating and resizing pass through states the table does not own (creates and
         // resizes are not lifecycle operations yet): a create is a start.
         S::Creating | S::Resizing => return after_crash(S::Starting, running),
-        S::Started if running => return AfterCrash::Keep,
-        S::Started => {
+        S::Started | S::Paused if running => return AfterCrash::Keep,
+        S::Started | S::Paused => {
             return AfterCrash::Set(S::Error);
         }
+        // Freezing and thawing are idempotent: finish the job.
+        S::Pausing if running => {
+            return AfterCrash::Rerun {
+                op: O::Pause,
+                from: S::Started,
+            };
+        }
+        S::Resuming if running => {
+            return AfterCrash::Rerun {
+                op: O::Start,
+                from: S::Paused,
+            };
+        }
+        S::Pausing | S::Resuming => return AfterCrash::Set(S::Error),
         _ => {}
     }
     let Some(op) = interrupted(state) else {
@@ -271,6 +304,7 @@ pub fn after_crash(state: SandboxState, running: bool) -> AfterCrash {
         }
         // A snapshot or fork reads files only: the source is what its processes say.
         O::Snapshot | O::Fork => AfterCrash::Set(if running { S::Started } else { S::Stopped }),
+        O::Pause => unreachable!("pausing is handled above"),
     }
 }
 
@@ -288,6 +322,8 @@ pub fn is_transitional(state: SandboxState) -> bool {
             | S::Resizing
             | S::Snapshotting
             | S::Forking
+            | S::Pausing
+            | S::Resuming
             | S::PullingSnapshot
             | S::PendingBuild
             | S::BuildingSnapshot
@@ -355,7 +391,10 @@ mod tests {
                 | S::BuildingSnapshot
                 | S::BuildFailed
                 | S::Snapshotting
-                | S::Forking => {}
+                | S::Forking
+                | S::Pausing
+                | S::Paused
+                | S::Resuming => {}
             }
         }
         let distinct: std::collections::HashSet<_> = ALL_STATES.iter().collect();
@@ -380,6 +419,8 @@ mod tests {
                 Transition::Done
             } else if from == S::Archived {
                 run(S::Restoring, S::Started, S::Error)
+            } else if from == S::Paused {
+                run(S::Resuming, S::Started, S::Error)
             } else {
                 run(S::Starting, S::Started, S::Error)
             };
@@ -438,6 +479,14 @@ mod tests {
                 };
                 assert_eq!(plan(from, op), expect, "{op:?} from {from}");
             }
+
+            let expect_pause = match from {
+                S::Destroying | S::Destroyed => Transition::Refused(Refusal::BeingDeleted),
+                S::Paused => Transition::Done,
+                S::Started => run(S::Pausing, S::Paused, S::Started),
+                _ => Transition::Refused(Refusal::NotStarted),
+            };
+            assert_eq!(plan(from, O::Pause), expect_pause, "pause from {from}");
         }
     }
 
@@ -493,6 +542,11 @@ mod tests {
             Refusal::NotInError.message("x", S::Stopped, O::Recover),
             "sandbox x is stopped, not in error"
         );
+        assert!(!Refusal::NotStarted.is_conflict());
+        assert_eq!(
+            Refusal::NotStarted.message("x", S::Stopped, O::Pause),
+            "sandbox x is stopped; only a started sandbox can be paused"
+        );
     }
 
     #[test]
@@ -506,6 +560,8 @@ mod tests {
                 S::Destroying => assert_eq!(owned, Some(O::Delete), "{s}"),
                 S::Snapshotting => assert_eq!(owned, Some(O::Snapshot), "{s}"),
                 S::Forking => assert_eq!(owned, Some(O::Fork), "{s}"),
+                S::Pausing => assert_eq!(owned, Some(O::Pause), "{s}"),
+                S::Resuming => assert_eq!(owned, Some(O::Start), "{s}"),
                 _ => assert_eq!(owned, None, "{s}"),
             }
         }
@@ -526,7 +582,9 @@ mod tests {
                     (S::Stopping | S::Snapshotting | S::Forking, false) => {
                         AfterCrash::Set(S::Stopped)
                     }
-                    (S::Started, true) => AfterCrash::Keep,
+                    (S::Started | S::Paused, true) => AfterCrash::Keep,
+                    (S::Pausing, true) => rerun(O::Pause, S::Started),
+                    (S::Resuming, true) => rerun(O::Start, S::Paused),
                     (
                         S::Creating
                         | S::Starting
@@ -537,7 +595,14 @@ mod tests {
                         true,
                     ) => AfterCrash::Set(S::Started),
                     (
-                        S::Started | S::Creating | S::Starting | S::Restoring | S::Resizing,
+                        S::Started
+                        | S::Creating
+                        | S::Starting
+                        | S::Restoring
+                        | S::Resizing
+                        | S::Paused
+                        | S::Pausing
+                        | S::Resuming,
                         false,
                     ) => AfterCrash::Set(S::Error),
                     _ => AfterCrash::Keep,
@@ -552,6 +617,8 @@ mod tests {
         assert_eq!(effective(S::Started, false), S::Error);
         assert_eq!(effective(S::Started, true), S::Started);
         assert_eq!(effective(S::Stopped, false), S::Stopped);
+        assert_eq!(effective(S::Paused, false), S::Error);
+        assert_eq!(effective(S::Paused, true), S::Paused);
     }
 
     #[test]

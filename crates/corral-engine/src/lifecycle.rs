@@ -90,22 +90,80 @@ pub async fn delete_in_background(
 }
 
 /// Last toolbox/preview activity per sandbox, kept in memory and flushed to the store by
-/// the reconciler, so a busy sandbox costs no database write per request.
+/// the reconciler, so a busy sandbox costs no database write per request; and the requests
+/// in flight per sandbox (a sandbox answering one is active however long it runs, so
+/// auto-stop and auto-pause never cut a long command off).
 #[derive(Debug, Default)]
-pub struct Activity(Mutex<HashMap<String, OffsetDateTime>>);
+pub struct Activity {
+    last: Mutex<HashMap<String, OffsetDateTime>>,
+    in_flight: Mutex<HashMap<String, u32>>,
+}
+
+/// A request in flight on a sandbox ([`Activity::begin`]); its end counts as activity.
+#[derive(Debug)]
+pub struct InFlight {
+    activity: Arc<Activity>,
+    id: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        {
+            let mut map = self
+                .activity
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&self.id) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&self.id);
+                }
+            }
+        }
+        self.activity.touch(&self.id);
+    }
+}
 
 impl Activity {
     /// Records activity on sandbox `id` now.
     pub fn touch(&self, id: &str) {
-        self.0
+        self.last
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.to_owned(), OffsetDateTime::now_utc());
     }
 
-    /// The latest known activity of a sandbox (memory or record).
+    /// Records activity now and counts a request in flight until the guard drops.
+    pub fn begin(self: &Arc<Self>, id: &str) -> InFlight {
+        self.touch(id);
+        *self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_owned())
+            .or_default() += 1;
+        InFlight {
+            activity: Arc::clone(self),
+            id: id.to_owned(),
+        }
+    }
+
+    /// Whether a request on sandbox `id` is in flight.
+    pub fn is_busy(&self, id: &str) -> bool {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+    }
+
+    /// The latest known activity of a sandbox (memory or record; now while a request on it
+    /// is in flight).
     pub fn last(&self, s: &Sandbox) -> OffsetDateTime {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_busy(&s.id) {
+            return OffsetDateTime::now_utc();
+        }
+        let map = self.last.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&s.id)
             .copied()
             .map_or(s.last_activity_at, |t| t.max(s.last_activity_at))
@@ -113,7 +171,7 @@ impl Activity {
 
     /// Takes every recorded activity (for flushing).
     pub fn drain(&self) -> HashMap<String, OffsetDateTime> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *self.last.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -212,6 +270,21 @@ pub async fn start(state: &Engine, s: &mut Sandbox) -> Result<(), EngineError> {
     let began = Instant::now();
     s.desired_state = DesiredState::Started;
     save(state, s, run.during).await?;
+    if from == SandboxState::Paused {
+        // Its processes are still there, frozen: thaw them.
+        if let Err(e) = state.runtime.resume(&s.id).await {
+            let err = EngineError::from(e);
+            s.error_reason = Some(format!("the sandbox failed to resume: {}", err.message));
+            save(state, s, run.failure).await?;
+            return Err(err);
+        }
+        s.last_activity_at = OffsetDateTime::now_utc();
+        save(state, s, run.success).await?;
+        metrics::histogram!("corral_sandbox_resume_total_seconds")
+            .record(began.elapsed().as_secs_f64());
+        tracing::info!(sandbox = %s.id, "sandbox resumed");
+        return Ok(());
+    }
     if let Err(e) = state.runtime.start(&spec_of(s)).await {
         let err = EngineError::from(e);
         s.error_reason = Some(format!("the sandbox failed to start: {}", err.message));
@@ -224,6 +297,27 @@ pub async fn start(state: &Engine, s: &mut Sandbox) -> Result<(), EngineError> {
     save(state, s, run.success).await?;
     metrics::histogram!("corral_sandbox_start_seconds").record(began.elapsed().as_secs_f64());
     tracing::info!(sandbox = %s.id, "sandbox started");
+    Ok(())
+}
+
+/// Freezes a started sandbox's processes, keeping their memory (`start` resumes them).
+pub async fn pause(state: &Engine, s: &mut Sandbox) -> Result<(), EngineError> {
+    let from = transitions::effective(s.state, state.runtime.is_running(&s.id));
+    let Some(run) = plan(s, from, Operation::Pause)? else {
+        return Ok(());
+    };
+    let began = Instant::now();
+    s.desired_state = DesiredState::Paused;
+    save(state, s, run.during).await?;
+    if let Err(e) = state.runtime.pause(&s.id).await {
+        // The runtime thawed whatever froze: it runs as before.
+        s.desired_state = DesiredState::Started;
+        fail(state, s, &run).await?;
+        return Err(e.into());
+    }
+    save(state, s, run.success).await?;
+    metrics::histogram!("corral_sandbox_pause_total_seconds").record(began.elapsed().as_secs_f64());
+    tracing::info!(sandbox = %s.id, "sandbox paused");
     Ok(())
 }
 

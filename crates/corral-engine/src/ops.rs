@@ -22,7 +22,12 @@ pub enum Timer {
     Archive,
     /// Minutes stopped before a delete (negative = never, 0 = on stop).
     Delete,
+    /// Minutes of inactivity before a pause (0 = never).
+    Pause,
 }
+
+/// The longest time to live: ten years.
+pub const MAX_TTL_MINUTES: i64 = 10 * 366 * 24 * 60;
 
 /// New resources; `None` keeps the current value.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,6 +54,10 @@ pub enum Op {
     Stop,
     /// Pack a stopped sandbox's files into an archive.
     Archive,
+    /// Freeze its processes, keeping their memory (`Start` resumes them).
+    Pause,
+    /// Delete it this many minutes from now whatever its state (0 = no TTL).
+    SetTtl(i64),
     /// Bring an errored sandbox back: started, or stopped with `skip_start`.
     Recover { skip_start: bool },
     /// Mark it `destroying` and tear it down in the background.
@@ -106,6 +115,11 @@ impl Engine {
                 lifecycle::stop(state, &mut s).await?;
             }
             Op::Archive => lifecycle::archive(state, &mut s).await?,
+            Op::Pause => lifecycle::pause(state, &mut s).await?,
+            Op::SetTtl(minutes) => {
+                s.auto_destroy_at = ttl_deadline(state, OffsetDateTime::now_utc(), minutes)?;
+                touch_record(state, &mut s).await?;
+            }
             Op::Recover { skip_start } => recover(state, &mut s, skip_start).await?,
             Op::Delete => return lifecycle::delete_in_background(state, s, guard).await,
             Op::SetLabels(labels) => {
@@ -117,6 +131,7 @@ impl Engine {
                     Timer::Stop => s.auto_stop_interval = minutes,
                     Timer::Archive => s.auto_archive_interval = minutes,
                     Timer::Delete => s.auto_delete_interval = minutes.max(-1),
+                    Timer::Pause => s.auto_pause_interval = minutes,
                 }
                 touch_record(state, &mut s).await?;
             }
@@ -139,6 +154,49 @@ impl Engine {
             }
             Op::Snapshot { name } => crate::forks::snapshot(state, &mut s, name).await?,
             Op::Fork { .. } => unreachable!("handled above"),
+        }
+        Ok(s)
+    }
+}
+
+/// When a sandbox with a TTL of `minutes` from `from` is deleted (`None`: no TTL).
+pub fn ttl_deadline(
+    state: &Engine,
+    from: OffsetDateTime,
+    minutes: i64,
+) -> Result<Option<OffsetDateTime>, EngineError> {
+    match minutes {
+        0 => Ok(None),
+        m if (1..=MAX_TTL_MINUTES).contains(&m) => {
+            Ok(Some(from + crate::reconciler::minutes(state, m)))
+        }
+        m => Err(EngineError::bad_request(format!(
+            "ttlMinutes must be 0 (no TTL) or between 1 and {MAX_TTL_MINUTES}, got {m}"
+        ))),
+    }
+}
+
+impl Engine {
+    /// Makes sandbox `id_or_name` ready for a request (a toolbox call, a preview): a paused
+    /// sandbox is resumed; a stopped or archived one is started when `wake_stopped`.
+    /// Answers the sandbox afterwards; the caller reports any state it cannot serve.
+    pub async fn wake(&self, id_or_name: &str, wake_stopped: bool) -> Result<Sandbox, EngineError> {
+        let (mut s, _guard) = lifecycle::locked(self, id_or_name).await?;
+        let running = self.runtime.is_running(&s.id);
+        let from = corral_core::transitions::effective(s.state, running);
+        let wake = match from {
+            corral_core::SandboxState::Paused => true,
+            corral_core::SandboxState::Stopped | corral_core::SandboxState::Archived => {
+                wake_stopped
+            }
+            _ => false,
+        };
+        if wake {
+            let began = std::time::Instant::now();
+            lifecycle::start(self, &mut s).await?;
+            metrics::histogram!("corral_sandbox_wake_seconds", "from" => from.as_str())
+                .record(began.elapsed().as_secs_f64());
+            tracing::info!(sandbox = %s.id, from = %from, "woken by a request");
         }
         Ok(s)
     }

@@ -1,6 +1,6 @@
 //! The reconciler: drives each sandbox's actual state toward its desired state and runs the
-//! lifecycle timers (auto-stop after idle minutes, auto-archive and auto-delete after
-//! stopped minutes). Also what the server does with recorded sandboxes when it starts.
+//! lifecycle timers (auto-stop and auto-pause after idle minutes, auto-archive and
+//! auto-delete after stopped minutes, the time to live whatever the state). Also what the server does with recorded sandboxes when it starts.
 
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ async fn all(state: &Engine) -> Result<Vec<Sandbox>, EngineError> {
     }
 }
 
-fn minutes(state: &Engine, n: i64) -> time::Duration {
+pub(crate) fn minutes(state: &Engine, n: i64) -> time::Duration {
     time::Duration::try_from(state.config.lifecycle_minute).unwrap_or(time::Duration::MINUTE)
         * (n as i32)
 }
@@ -58,6 +58,9 @@ pub async fn on_start(state: &Engine) -> Result<(), EngineError> {
                 | SandboxState::Snapshotting
                 | SandboxState::Forking
                 | SandboxState::Stopping
+                | SandboxState::Pausing
+                | SandboxState::Paused
+                | SandboxState::Resuming
         );
         let running = may_run && state.runtime.adopt(&s.id).await?;
         match transitions::after_crash(s.state, running) {
@@ -84,6 +87,22 @@ pub async fn on_start(state: &Engine) -> Result<(), EngineError> {
                 // Finish the interrupted archive (it is idempotent).
                 s.state = from;
                 lifecycle::archive(state, &mut s).await?;
+            }
+            AfterCrash::Rerun {
+                op: Operation::Pause,
+                from,
+            } => {
+                // Finish the interrupted freeze (it is idempotent).
+                s.state = from;
+                lifecycle::pause(state, &mut s).await?;
+            }
+            AfterCrash::Rerun {
+                op: Operation::Start,
+                from,
+            } => {
+                // Finish the interrupted thaw (it is idempotent).
+                s.state = from;
+                lifecycle::start(state, &mut s).await?;
             }
             AfterCrash::Rerun { op, .. } => {
                 debug_assert_eq!(op, Operation::Stop);
@@ -146,22 +165,39 @@ pub async fn reconcile_once(state: &Engine) -> Result<(), EngineError> {
             state.store.update(&s).await?;
         }
         let last = state.activity.last(&s);
+        if s.auto_destroy_at.is_some_and(|t| now >= t)
+            && !matches!(s.state, SandboxState::Destroying | SandboxState::Destroyed)
+        {
+            tracing::info!(sandbox = %s.id, "deleted: its time to live is over");
+            lifecycle::delete(state, &mut s).await?;
+            continue;
+        }
+        let idle = |interval: i64| interval > 0 && now - last >= minutes(state, interval);
         match s.state {
             // A background teardown that failed: try again.
             SandboxState::Destroying => lifecycle::delete(state, &mut s).await?,
-            SandboxState::Started if !state.runtime.is_running(&s.id) => {
+            SandboxState::Started | SandboxState::Paused if !state.runtime.is_running(&s.id) => {
                 s.state = SandboxState::Error;
                 s.error_reason = Some("the sandbox's init process exited".into());
                 s.updated_at = now;
                 state.store.update(&s).await?;
                 tracing::warn!(sandbox = %s.id, "sandbox init exited; marked error");
             }
-            SandboxState::Started
-                if s.auto_stop_interval > 0
-                    && now - last >= minutes(state, s.auto_stop_interval) =>
-            {
+            // Auto-stop applies to paused sandboxes too: one idle long enough is stopped,
+            // which frees its memory.
+            SandboxState::Started | SandboxState::Paused if idle(s.auto_stop_interval) => {
                 tracing::info!(sandbox = %s.id, "auto-stop after inactivity");
                 lifecycle::stop(state, &mut s).await?;
+            }
+            SandboxState::Started if idle(s.auto_pause_interval) => {
+                tracing::info!(sandbox = %s.id, "auto-pause after inactivity");
+                if let Err(e) = lifecycle::pause(state, &mut s).await {
+                    tracing::warn!(sandbox = %s.id, error = %e.message, "auto-pause failed");
+                } else if state.activity.is_busy(&s.id) {
+                    // A request began while it froze (it checked before the freeze ended):
+                    // thaw it, so that request is answered.
+                    lifecycle::start(state, &mut s).await?;
+                }
             }
             SandboxState::Stopped => {
                 let since = s.stopped_at.unwrap_or(s.updated_at);

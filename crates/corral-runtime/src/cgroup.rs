@@ -14,6 +14,10 @@ const CONTROLLERS: &[&str] = &["memory", "cpu", "pids"];
 /// On v1, CPU time is accounted by `cpuacct`, which some hosts mount as a hierarchy of its
 /// own (not joined with `cpu`); corral uses it when present, for usage figures only.
 const CPUACCT: &str = "cpuacct";
+/// On v1, the freezer (pause and resume) is a hierarchy of its own; joined when present.
+const FREEZER: &str = "freezer";
+/// Every v1 hierarchy a sandbox (and so corral's parent group) may have a group in.
+pub const V1_HIERARCHIES: &[&str] = &["memory", "cpu", "pids", CPUACCT, FREEZER];
 /// The CFS period used for CPU quotas, in microseconds.
 const CPU_PERIOD_US: u64 = 100_000;
 
@@ -94,6 +98,9 @@ impl Cgroups {
         let mut v1_controllers = CONTROLLERS.to_vec();
         if root.join(CPUACCT).join("cgroup.procs").exists() {
             v1_controllers.push(CPUACCT);
+        }
+        if root.join(FREEZER).join("cgroup.procs").exists() {
+            v1_controllers.push(FREEZER);
         }
         Ok(Self {
             hierarchy,
@@ -239,12 +246,94 @@ impl Cgroups {
         Ok(())
     }
 
+    /// The file that freezes a sandbox's group, and the values that freeze and thaw it;
+    /// `None` on a v1 host without the freezer hierarchy.
+    fn freezer(&self, id: &str) -> Option<(PathBuf, &'static str, &'static str)> {
+        match &self.hierarchy {
+            Hierarchy::V1 { root } => self.v1_controllers.contains(&FREEZER).then(|| {
+                (
+                    root.join(FREEZER)
+                        .join(&self.parent)
+                        .join(id)
+                        .join("freezer.state"),
+                    "FROZEN",
+                    "THAWED",
+                )
+            }),
+            Hierarchy::V2 { root } => Some((
+                root.join(&self.parent).join(id).join("cgroup.freeze"),
+                "1",
+                "0",
+            )),
+        }
+    }
+
+    /// Whether every process of the group is frozen now (v1: `freezer.state` reads
+    /// `FROZEN`, not `FREEZING`; v2: `cgroup.events` says `frozen 1`).
+    pub fn is_frozen(&self, id: &str) -> bool {
+        match &self.hierarchy {
+            Hierarchy::V1 { .. } => self
+                .freezer(id)
+                .and_then(|(f, ..)| fs::read_to_string(f).ok())
+                .is_some_and(|s| s.trim() == "FROZEN"),
+            Hierarchy::V2 { root } => {
+                let events = root.join(&self.parent).join(id).join("cgroup.events");
+                fs::read_to_string(events)
+                    .ok()
+                    .and_then(|t| stat_field(&t, "frozen"))
+                    == Some(1)
+            }
+        }
+    }
+
+    /// Freezes a sandbox's group and waits (up to `wait`) until every process in it is
+    /// frozen; thaws it again when they are not by then.
+    pub fn freeze(&self, id: &str, wait: std::time::Duration) -> Result<(), CgroupError> {
+        let (file, frozen, thawed) = self.freezer(id).ok_or_else(|| CgroupError::Io {
+            op: "freeze",
+            path: PathBuf::from(FREEZER),
+            source: io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the host has no cgroup freezer (mount the v1 freezer hierarchy or use cgroup v2)",
+            ),
+        })?;
+        write(&file, frozen)?;
+        let deadline = std::time::Instant::now() + wait;
+        while !self.is_frozen(id) {
+            if std::time::Instant::now() >= deadline {
+                let _ = write(&file, thawed);
+                return Err(CgroupError::Io {
+                    op: "freeze",
+                    path: file,
+                    source: io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("processes not frozen within {wait:?}"),
+                    ),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Thaws a sandbox's group (a group without a freezer is never frozen).
+    pub fn thaw(&self, id: &str) -> Result<(), CgroupError> {
+        match self.freezer(id) {
+            Some((file, _, thawed)) if file.parent().is_some_and(Path::exists) => {
+                write(&file, thawed)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// SIGKILLs every process left in a sandbox's group (best effort).
     pub fn kill_all(&self, id: &str) {
         for pid in self.procs(id) {
             // SAFETY: kill(2) with a pid read from the cgroup; no memory is involved.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+        // Frozen processes (v1) die only once thawed.
+        let _ = self.thaw(id);
     }
 
     /// The processes in a sandbox's group.

@@ -121,7 +121,12 @@ struct Running {
     /// For signalling; the exit watcher owns a duplicate.
     pidfd: OwnedFd,
     exited: watch::Receiver<bool>,
+    /// Its processes are frozen (`pause`), so toolbox calls must resume it first.
+    paused: bool,
 }
+
+/// How long a freeze may take before `pause` gives up and thaws the sandbox again.
+const FREEZE_WAIT: Duration = Duration::from_secs(5);
 
 /// Sandboxes as Linux processes: pid/mount/uts/ipc/net/cgroup namespaces, an overlay root
 /// over the `host` image, per-sandbox cgroups, and the agent as PID 1.
@@ -326,6 +331,12 @@ impl LinuxRuntime {
             if let Err(e) = pidfd_kill(&r.pidfd) {
                 tracing::debug!(sandbox = id, error = %e, "kill of sandbox init failed (already gone?)");
             }
+            // Frozen processes (cgroup v1) die only once thawed.
+            if r.paused
+                && let Err(e) = self.cgroups.thaw(id)
+            {
+                tracing::warn!(sandbox = id, error = %e, "cannot thaw a paused sandbox to end it");
+            }
             // Killing a pid namespace's init kills every process in it; its exit is visible
             // once they are all gone.
             if tokio::time::timeout(Duration::from_secs(10), r.exited.wait_for(|e| *e))
@@ -392,8 +403,15 @@ impl LinuxRuntime {
             .map_err(|e| RuntimeError::host("duplicating pidfd", e))?;
         let (tx, rx) = watch::channel(false);
         tokio::spawn(watch_exit(pid, watcher_fd, tx));
-        self.running()
-            .insert(id.to_owned(), Running { pidfd, exited: rx });
+        let paused = self.cgroups.is_frozen(id);
+        self.running().insert(
+            id.to_owned(),
+            Running {
+                pidfd,
+                exited: rx,
+                paused,
+            },
+        );
         Ok(())
     }
 }
@@ -691,6 +709,42 @@ impl Runtime for LinuxRuntime {
 
     fn is_running(&self, id: &str) -> bool {
         self.running().get(id).is_some_and(|r| !*r.exited.borrow())
+    }
+
+    fn is_paused(&self, id: &str) -> bool {
+        self.running().get(id).is_some_and(|r| r.paused)
+    }
+
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        if !self.is_running(id) {
+            return Err(RuntimeError::Invalid(format!(
+                "sandbox {id} is not running"
+            )));
+        }
+        let cgroups = self.cgroups.clone();
+        let owned = id.to_owned();
+        let t = Instant::now();
+        tokio::task::spawn_blocking(move || cgroups.freeze(&owned, FREEZE_WAIT))
+            .await
+            .map_err(|e| RuntimeError::host("joining freeze task", e))?
+            .map_err(|e| RuntimeError::host("freezing the sandbox's processes", e))?;
+        if let Some(r) = self.running().get_mut(id) {
+            r.paused = true;
+        }
+        metrics::histogram!("corral_sandbox_pause_seconds").record(t.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        let t = Instant::now();
+        self.cgroups
+            .thaw(id)
+            .map_err(|e| RuntimeError::host("thawing the sandbox's processes", e))?;
+        if let Some(r) = self.running().get_mut(id) {
+            r.paused = false;
+        }
+        metrics::histogram!("corral_sandbox_resume_seconds").record(t.elapsed().as_secs_f64());
+        Ok(())
     }
 
     async fn adopt(&self, id: &str) -> Result<bool, RuntimeError> {

@@ -227,6 +227,10 @@ impl SandboxStore for SqliteStore {
                     OR julianday(json_extract(record, '$.last_activity_at')) > julianday(?17))
                AND (?18 IS NULL
                     OR julianday(json_extract(record, '$.last_activity_at')) < julianday(?18))
+               AND (?20 IS NULL
+                    OR julianday(json_extract(record, '$.auto_destroy_at')) > julianday(?20))
+               AND (?21 IS NULL
+                    OR julianday(json_extract(record, '$.auto_destroy_at')) < julianday(?21))
              ORDER BY {key} {dir}, seq {dir} LIMIT ?4"
         );
         let q = sqlx::query(&sql)
@@ -257,6 +261,9 @@ impl SandboxStore for SqliteStore {
             },
             Some(_) => return Err(bad()),
         };
+        let q = q
+            .bind(instant(f.auto_destroy.after))
+            .bind(instant(f.auto_destroy.before));
         let rows = q.fetch_all(&self.pool).await.map_err(backend)?;
         let more = rows.len() as i64 > limit;
         let mut items = Vec::with_capacity(rows.len());
@@ -700,6 +707,8 @@ mod tests {
             auto_stop_interval: 15,
             auto_archive_interval: 10080,
             auto_delete_interval: -1,
+            auto_pause_interval: 0,
+            auto_destroy_at: None,
             created_at: now,
             updated_at: now,
             last_activity_at: now,

@@ -132,6 +132,7 @@ impl TestAppBuilder {
                 object_storage_dir: data_dir.join("object-storage"),
                 storage_url: self.storage_url,
                 tls: false,
+                wake_stopped: Default::default(),
             }),
             metrics,
             agents: corral_api::state::Agents::new(runtime),

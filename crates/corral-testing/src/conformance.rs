@@ -48,6 +48,8 @@ pub fn sandbox(id: &str, name: &str, labels: &[(&str, &str)]) -> Sandbox {
         auto_stop_interval: 15,
         auto_archive_interval: 10080,
         auto_delete_interval: -1,
+        auto_pause_interval: 0,
+        auto_destroy_at: None,
         created_at: now,
         updated_at: now,
         last_activity_at: now,

@@ -23,6 +23,8 @@ pub enum Op {
     Fork,
     CreateVolume,
     DeleteVolume,
+    Pause,
+    Resume,
 }
 
 /// One recorded call: the operation and the sandbox (or volume) id it was for.
@@ -58,6 +60,8 @@ impl Failure {
 pub struct FakeSandbox {
     pub spec: Option<SandboxSpec>,
     pub running: bool,
+    /// Frozen by `pause` (only while running).
+    pub paused: bool,
     pub archived: bool,
     pub resources: Option<Resources>,
     pub egress: Option<Egress>,
@@ -287,8 +291,37 @@ impl Runtime for FakeRuntime {
         self.enter(Op::Stop, id).await?;
         if let Some(s) = self.lock().sandboxes.get_mut(id) {
             s.running = false;
+            s.paused = false;
         }
         Ok(())
+    }
+
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        self.enter(Op::Pause, id).await?;
+        match self.lock().sandboxes.get_mut(id) {
+            Some(s) if s.running => {
+                s.paused = true;
+                Ok(())
+            }
+            _ => Err(RuntimeError::Invalid(format!(
+                "sandbox {id} is not running"
+            ))),
+        }
+    }
+
+    async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        self.enter(Op::Resume, id).await?;
+        if let Some(s) = self.lock().sandboxes.get_mut(id) {
+            s.paused = false;
+        }
+        Ok(())
+    }
+
+    fn is_paused(&self, id: &str) -> bool {
+        self.lock()
+            .sandboxes
+            .get(id)
+            .is_some_and(|s| s.running && s.paused)
     }
 
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {

@@ -155,8 +155,8 @@ fn cleanup_server_traces(data_dir: &Path) {
             .arg(&pool)
             .status();
     }
-    for ctrl in ["memory", "cpu", "cpuacct", "pids", ""] {
-        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(ctrl).join(CGROUP_PARENT));
+    for dir in procfs::cgroup_parent_dirs(CGROUP_PARENT) {
+        let _ = std::fs::remove_dir(dir);
     }
     let _ = std::fs::remove_dir_all(data_dir);
 }

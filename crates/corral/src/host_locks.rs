@@ -36,7 +36,7 @@ const REGISTRY: &str = "registry.lock";
 /// How long a start waits for the global lock (held for milliseconds by each start).
 const REGISTRY_WAIT: Duration = Duration::from_secs(10);
 /// On cgroup v1, the hierarchies a cgroup parent may hold sandbox groups in.
-const V1_CONTROLLERS: &[&str] = &["pids", "memory", "cpu", "cpuacct"];
+const V1_CONTROLLERS: &[&str] = corral_runtime::cgroup::V1_HIERARCHIES;
 
 /// A host resource a server owns alone.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -50,6 +50,14 @@ enum DiskQuota {
     Off,
 }
 
+/// `--wake-stopped`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum WakeStopped {
+    Never,
+    Previews,
+    All,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum NetworkMode {
     /// Each sandbox gets its own address behind NAT, with egress policies.
@@ -83,6 +91,16 @@ struct ServeArgs {
     /// `*.localhost` to loopback.
     #[arg(long, env = "CORRAL_PREVIEW_DOMAIN", default_value = "localhost")]
     preview_domain: String,
+    /// Which requests start a *stopped* sandbox (a paused one is always resumed by any
+    /// request): `previews` (a visitor opening a preview URL), `all` (toolbox calls too) or
+    /// `never`. A sandbox's label `corral.dev/wake-on-request` ("true"/"false") overrides it.
+    #[arg(
+        long,
+        env = "CORRAL_WAKE_STOPPED",
+        value_enum,
+        default_value = "previews"
+    )]
+    wake_stopped: WakeStopped,
     /// Sandbox networking.
     #[arg(long, env = "CORRAL_NETWORK", value_enum, default_value = "nat")]
     network: NetworkMode,
@@ -413,6 +431,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             object_storage_dir: data_dir.join("object-storage"),
             storage_url: args.storage_url,
             tls: tls.is_some(),
+            wake_stopped: match args.wake_stopped {
+                WakeStopped::Never => corral_api::state::WakeStopped::Never,
+                WakeStopped::Previews => corral_api::state::WakeStopped::Previews,
+                WakeStopped::All => corral_api::state::WakeStopped::All,
+            },
         }),
         metrics,
         agents: corral_api::state::Agents::new(runtime.clone()),

@@ -75,6 +75,11 @@ const ROUTES: &[(&str, &str, &str)] = &[
         "/api/sandbox/{id_or_name}/archive",
         "stop_start_archive",
     ),
+    (
+        "POST",
+        "/api/sandbox/{id_or_name}/pause",
+        "pause_and_resume",
+    ),
     ("POST", "/api/sandbox/{id_or_name}/recover", "recover"),
     ("POST", "/api/sandbox/{id_or_name}/resize", "resize"),
     (
@@ -131,6 +136,12 @@ const ROUTES: &[(&str, &str, &str)] = &[
         "/api/sandbox/{id_or_name}/autodelete/{minutes}",
         "timers",
     ),
+    (
+        "POST",
+        "/api/sandbox/{id_or_name}/autopause/{minutes}",
+        "timers",
+    ),
+    ("POST", "/api/sandbox/{id_or_name}/ttl/{minutes}", "ttl"),
     (
         "POST",
         "/api/sandbox/{id_or_name}/network-settings",
@@ -414,5 +425,6 @@ async fn object_storage_s3_refuses_unsigned_requests() {
     }
 }
 
+mod pause;
 mod sandboxes;
 mod volumes_and_snapshots;

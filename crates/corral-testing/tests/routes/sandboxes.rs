@@ -796,8 +796,15 @@ async fn timers() {
             .expect(200)["autoDeleteInterval"],
         60
     );
+    assert_eq!(
+        app.post_empty("/api/sandbox/t/autopause/5")
+            .await
+            .expect(200)["autoPauseInterval"],
+        5
+    );
     for bad in [
         "autostop/-1",
+        "autopause/-1",
         "autoarchive/-1",
         "autostop/1.5",
         "autostop/x",

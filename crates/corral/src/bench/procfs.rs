@@ -141,8 +141,9 @@ pub fn server_children_memory(server_pid: u32) -> TreeMemory {
 /// The directories of the bench server's cgroup parent: one per v1 controller, or the v2 one.
 pub fn cgroup_parent_dirs(parent: &str) -> Vec<PathBuf> {
     let root = Path::new("/sys/fs/cgroup");
-    ["memory", "cpu", "cpuacct", "pids", ""]
+    corral_runtime::cgroup::V1_HIERARCHIES
         .iter()
+        .chain([&""])
         .map(|c| root.join(c).join(parent))
         .filter(|d| d.join("cgroup.procs").exists())
         .collect()
