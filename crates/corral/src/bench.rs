@@ -22,6 +22,7 @@ mod peers;
 mod procfs;
 mod report;
 mod stats;
+mod wake;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -75,6 +76,10 @@ pub struct BenchArgs {
     /// [default: 100; --quick: 20].
     #[arg(long)]
     fork_mib: Option<u64>,
+    /// Rounds of pause, then an exec that wakes the sandbox (0 skips it)
+    /// [default: 50; --quick: 5].
+    #[arg(long)]
+    wake_rounds: Option<usize>,
     /// A short smoke run (for CI): few iterations, everything printed.
     #[arg(long)]
     quick: bool,
@@ -103,6 +108,7 @@ struct Config {
     density: usize,
     fork_mib: u64,
     fork_rounds: usize,
+    wake_rounds: usize,
     quick: bool,
     json: Option<PathBuf>,
     port: u16,
@@ -130,6 +136,7 @@ impl Config {
             density: a.density,
             fork_mib: a.fork_mib.unwrap_or(if q { 20 } else { 100 }),
             fork_rounds: if q { 2 } else { 5 },
+            wake_rounds: pick(a.wake_rounds, 50, 5),
             quick: q,
             json: a.json,
             port: a.port,
@@ -195,6 +202,7 @@ struct Results {
     rate: Option<Rate>,
     density: Option<Density>,
     forks: Option<forks::Figures>,
+    wake: Option<wake::Figures>,
     /// Sandbox processes and cgroups found (and removed) after the server stopped: any is a
     /// sandbox the deletes or the server's graceful stop left behind.
     leftover_processes: usize,
@@ -482,6 +490,9 @@ async fn corral_part(cfg: &Config, res: &mut Results) -> anyhow::Result<()> {
         }
         if cfg.fork_mib > 0 {
             res.forks = Some(forks::measure(&api, cfg.fork_mib, cfg.fork_rounds).await?);
+        }
+        if cfg.wake_rounds > 0 {
+            res.wake = Some(wake::measure(&api, cfg.wake_rounds).await?);
         }
         anyhow::Ok(())
     }

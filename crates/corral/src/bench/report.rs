@@ -157,6 +157,27 @@ pub(super) fn render(cfg: &Config, res: &Results) -> String {
             "",
         );
     }
+    if let Some(f) = &res.wake {
+        row(
+            w,
+            "corral pause (freeze a running sandbox)",
+            Some(f.pause),
+            "",
+        );
+        row(
+            w,
+            "corral exec true, paused (wakes it)",
+            Some(f.wake_exec),
+            "",
+        );
+        row(w, "  (exec true, same sandbox running)", Some(f.exec), "");
+        let _ = writeln!(
+            w,
+            "{:<44} {:>8.2}",
+            "  wake added to a call (p50 difference)",
+            f.added_ms()
+        );
+    }
     row(w, "corral create+exec+delete until gone", res.cycle, "");
     if let Some(p) = &res.peers {
         for (name, peer) in [
@@ -460,6 +481,7 @@ pub(super) fn to_json(cfg: &Config, res: &Results) -> serde_json::Value {
             "delete": st(res.delete),
             "delete_until_gone": st(res.delete_gone),
             "snapshot_and_fork": res.forks.as_ref().map(forks::Figures::json),
+            "pause_and_wake": res.wake.as_ref().map(wake::Figures::json),
             "create_exec_delete": st(res.cycle),
         },
         "rate": rate,
