@@ -74,7 +74,12 @@ impl IntoResponse for ApiError {
             error: self.status.canonical_reason().unwrap_or("Error"),
             code: self.code,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        // For the 4xx log (`request_log`).
+        response
+            .extensions_mut()
+            .insert(crate::request_log::Logged::from(&self));
+        response
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod build_logs;
+pub mod compat;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod network;
 pub mod object_storage;
 pub mod preview;
+pub mod request_log;
 pub mod sandboxes;
 pub mod signed_urls;
 pub mod snapshots;
@@ -113,6 +115,13 @@ async fn not_found(req: Request) -> ApiError {
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/sandbox", get(sandboxes::list).post(sandboxes::create))
+        // Older SDKs (see `compat`); a static segment wins over `{id_or_name}`.
+        .route("/sandbox/paginated", get(compat::paginated))
+        .route("/users/me", get(compat::me))
+        .route("/shared-regions", get(compat::regions))
+        .route("/regions", get(compat::regions))
+        .route("/workspace", any(compat::workspace))
+        .route("/workspace/{*rest}", any(compat::workspace))
         .route(
             "/sandbox/{id_or_name}",
             get(sandboxes::get).delete(sandboxes::delete),
@@ -249,10 +258,19 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn(metrics::track))
         .layer(middleware::from_fn(connection_scheme))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_log::log_4xx,
+        ))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            let id = req
+                .headers()
+                .get(&REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            let path = request_log::redact_path(req.uri().path());
+            tracing::info_span!("request", method = %req.method(), path = %path, request_id = %id)
         }))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)

@@ -45,6 +45,20 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ),
     ("GET", "/api/sandbox", "list_sandboxes"),
     (
+        "GET",
+        "/api/sandbox/paginated",
+        "compat::paginated_pages_by_offset, compat::paginated_refuses_bad_paging",
+    ),
+    ("GET", "/api/users/me", "compat::users_me_and_regions"),
+    ("GET", "/api/shared-regions", "compat::users_me_and_regions"),
+    ("GET", "/api/regions", "compat::users_me_and_regions"),
+    ("ANY", "/api/workspace", "compat::workspace_api_is_refused"),
+    (
+        "ANY",
+        "/api/workspace/{*rest}",
+        "compat::workspace_api_is_refused",
+    ),
+    (
         "POST",
         "/api/sandbox",
         "create_sandbox, create_sandbox_bad_input, create_start_failure_*",
@@ -353,6 +367,10 @@ async fn unknown_ids_are_404s_never_500s() {
             assert_eq!(r.json["code"], "SSH_NOT_SUPPORTED", "{m} {path}");
             continue;
         }
+        if p.starts_with("/api/workspace") {
+            assert_eq!(r.json["code"], "SDK_VERSION_UNSUPPORTED", "{m} {path}");
+            continue;
+        }
         let v = r.expect_error(404);
         assert!(
             v["message"].as_str().is_some_and(|m| m.contains(ghost)),
@@ -414,5 +432,6 @@ async fn object_storage_s3_refuses_unsigned_requests() {
     }
 }
 
+mod compat;
 mod sandboxes;
 mod volumes_and_snapshots;
