@@ -1,6 +1,6 @@
 //! One info line per 4xx answer, so a refused request can be diagnosed from the server's log:
-//! method, path, status, the error's code and message, inside the request's span (which
-//! carries the `x-request-id` the client got back). Nothing secret is written: never a
+//! `client error` with method, path, status, the error's code and message (`error`), inside
+//! the request's span (which carries the `x-request-id` the client got back). Nothing secret is written: never a
 //! header, a query string (signed URLs and SSH tokens travel there) or a preview host (a
 //! signed preview URL's host is its token), and path segments that are tokens are redacted.
 
@@ -86,7 +86,7 @@ pub async fn log_4xx(State(state): State<AppState>, req: Request, next: Next) ->
         path = %path,
         status = status.as_u16(),
         code,
-        message = %message,
+        error = %message,
         preview = label.is_some(),
         "client error"
     );
