@@ -104,11 +104,12 @@ async fn no_ssh() -> ApiError {
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError::not_found(format!(
-        "no route for {} {}",
-        req.method(),
-        req.uri().path()
-    ))
+    // The whole path, also under a nest (`/api`), which strips its prefix from the URI.
+    let path = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| req.uri().path(), |u| u.0.path());
+    ApiError::not_found(format!("no route for {} {path}", req.method()))
 }
 
 /// The whole HTTP surface.

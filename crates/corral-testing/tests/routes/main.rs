@@ -384,6 +384,8 @@ async fn unknown_routes_and_methods() {
     let app = TestApp::new();
     let v = app.get("/api/nope").await;
     assert_eq!(v.expect_error(404)["code"], "NOT_FOUND");
+    // Method and whole path, the nest's `/api` included.
+    assert_eq!(v.json["message"], "no route for GET /api/nope");
     let v = app.request(Method::PATCH, "/api/sandbox").send().await;
     assert_eq!(v.expect_error(405)["code"], "METHOD_NOT_ALLOWED");
     app.get("/elsewhere").await.expect_error(404);
