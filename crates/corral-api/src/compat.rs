@@ -142,24 +142,26 @@ pub async fn paginated(
     } = selection(&query, "regions")?;
     let mut all = Vec::new();
     let mut cursor = None;
-    while !none_match {
-        let batch = state
-            .store
-            .list(&ListQuery {
-                labels: labels.clone(),
-                states: states.clone(),
-                limit: MAX_PAGE,
-                cursor: cursor.take(),
-                id_prefix: id_prefix.clone(),
-                name_prefix: name_prefix.clone(),
-                filters: filters.clone(),
-                sort: None,
-            })
-            .await?;
-        all.extend(batch.items);
-        match batch.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
+    if !none_match {
+        loop {
+            let batch = state
+                .store
+                .list(&ListQuery {
+                    labels: labels.clone(),
+                    states: states.clone(),
+                    limit: MAX_PAGE,
+                    cursor: cursor.take(),
+                    id_prefix: id_prefix.clone(),
+                    name_prefix: name_prefix.clone(),
+                    filters: filters.clone(),
+                    sort: None,
+                })
+                .await?;
+            all.extend(batch.items);
+            match batch.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
         }
     }
     all.sort_by(|a, b| {

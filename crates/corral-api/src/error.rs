@@ -66,6 +66,23 @@ impl ApiError {
     }
 }
 
+/// What an [`ApiError`] answer said, kept on the response for the 4xx log
+/// (`request_log`).
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub code: Option<&'static str>,
+    pub message: String,
+}
+
+impl From<&ApiError> for Logged {
+    fn from(e: &ApiError) -> Self {
+        Self {
+            code: e.code,
+            message: e.message.clone(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Body {
@@ -76,9 +93,7 @@ impl IntoResponse for ApiError {
         };
         let mut response = (self.status, Json(body)).into_response();
         // For the 4xx log (`request_log`).
-        response
-            .extensions_mut()
-            .insert(crate::request_log::Logged::from(&self));
+        response.extensions_mut().insert(Logged::from(&self));
         response
     }
 }

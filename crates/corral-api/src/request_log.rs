@@ -9,24 +9,8 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::error::ApiError;
+use crate::error::Logged;
 use crate::state::AppState;
-
-/// What an [`ApiError`] answer said, kept on the response for this log.
-#[derive(Debug, Clone)]
-pub struct Logged {
-    pub code: Option<&'static str>,
-    pub message: String,
-}
-
-impl From<&ApiError> for Logged {
-    fn from(e: &ApiError) -> Self {
-        Self {
-            code: e.code,
-            message: e.message.clone(),
-        }
-    }
-}
 
 const REDACTED: &str = "<redacted>";
 
