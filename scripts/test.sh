@@ -27,4 +27,15 @@ fi
 if command -v npm >/dev/null && [ ! -d tests/ts/node_modules/@daytonaio/sdk ]; then
     npm ci --prefix tests/ts --silent --no-audit --no-fund
 fi
-CORRAL_BIN="$PWD/target/release/corral" "$venv/bin/python" -m pytest tests/e2e -q "$@"
+# The older SDKs integrations pin, for tests/e2e/test_older_sdks.py: the Python SDK 0.194
+# (daytona-adk) in a venv of its own, the TypeScript SDK 0.143 (@mastra/daytona,
+# @langchain/daytona) pinned by tests/ts-0143/package-lock.json.
+venv0194="${CORRAL_VENV_0194:-.venv-0194}"
+if ! "$venv0194/bin/python" -c 'import daytona' 2>/dev/null; then
+    python3 -m venv "$venv0194"
+    "$venv0194/bin/pip" install --quiet --disable-pip-version-check -r tests/py-0194/requirements.txt
+fi
+if command -v npm >/dev/null && [ ! -d tests/ts-0143/node_modules/@daytonaio/sdk ]; then
+    npm ci --prefix tests/ts-0143 --silent --no-audit --no-fund
+fi
+CORRAL_VENV_0194="$venv0194" CORRAL_BIN="$PWD/target/release/corral" "$venv/bin/python" -m pytest tests/e2e -q "$@"

@@ -101,7 +101,7 @@ def test_download_missing_file_among_existing(sb):
         ])
         assert results[0].error is None and results[0].result == b"one"
         assert results[1].result is None
-        assert "no such file" in results[1].error.lower()
+        assert "file not found" in results[1].error  # Daytona's words
         assert results[1].error_details.status_code == 404
         assert results[1].error_details.code == "FILE_NOT_FOUND"
         assert results[2].error is None

@@ -66,6 +66,23 @@ impl ApiError {
     }
 }
 
+/// What an [`ApiError`] answer said, kept on the response for the 4xx log
+/// (`request_log`).
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub code: Option<&'static str>,
+    pub message: String,
+}
+
+impl From<&ApiError> for Logged {
+    fn from(e: &ApiError) -> Self {
+        Self {
+            code: e.code,
+            message: e.message.clone(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Body {
@@ -74,7 +91,10 @@ impl IntoResponse for ApiError {
             error: self.status.canonical_reason().unwrap_or("Error"),
             code: self.code,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        // For the 4xx log (`request_log`).
+        response.extensions_mut().insert(Logged::from(&self));
+        response
     }
 }
 

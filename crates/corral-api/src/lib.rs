@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod build_logs;
+pub mod compat;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod network;
 pub mod object_storage;
 pub mod preview;
+pub mod request_log;
 pub mod sandboxes;
 pub mod signed_urls;
 pub mod snapshots;
@@ -102,17 +104,25 @@ async fn no_ssh() -> ApiError {
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError::not_found(format!(
-        "no route for {} {}",
-        req.method(),
-        req.uri().path()
-    ))
+    // The whole path, also under a nest (`/api`), which strips its prefix from the URI.
+    let path = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| req.uri().path(), |u| u.0.path());
+    ApiError::not_found(format!("no route for {} {path}", req.method()))
 }
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/sandbox", get(sandboxes::list).post(sandboxes::create))
+        // Older SDKs (see `compat`); a static segment wins over `{id_or_name}`.
+        .route("/sandbox/paginated", get(compat::paginated))
+        .route("/users/me", get(compat::me))
+        .route("/shared-regions", get(compat::regions))
+        .route("/regions", get(compat::regions))
+        .route("/workspace", any(compat::workspace))
+        .route("/workspace/{*rest}", any(compat::workspace))
         .route(
             "/sandbox/{id_or_name}",
             get(sandboxes::get).delete(sandboxes::delete),
@@ -255,10 +265,19 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn(metrics::track))
         .layer(middleware::from_fn(connection_scheme))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_log::log_4xx,
+        ))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            let id = req
+                .headers()
+                .get(&REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            let path = request_log::redact_path(req.uri().path());
+            tracing::info_span!("request", method = %req.method(), path = %path, request_id = %id)
         }))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)

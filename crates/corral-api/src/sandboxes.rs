@@ -21,8 +21,8 @@ pub use corral_engine::sandboxes::{DEFAULT_SNAPSHOT, DEFAULT_USER, find, validat
 const DEFAULT_AUTO_STOP: i64 = 15;
 const DEFAULT_AUTO_ARCHIVE: i64 = 10080;
 const DEFAULT_AUTO_DELETE: i64 = -1;
-const DEFAULT_PAGE: u32 = 100;
-const MAX_PAGE: u32 = 200;
+pub(crate) const DEFAULT_PAGE: u32 = 100;
+pub(crate) const MAX_PAGE: u32 = 200;
 
 /// The `code-toolbox-language` label, when present, must name a language the SDK accepts.
 fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
@@ -296,53 +296,23 @@ fn parse_instant(key: &str, raw: &str) -> Result<OffsetDateTime, ApiError> {
     OffsetDateTime::parse(&text, &Rfc3339).map_err(|_| bad())
 }
 
-/// `GET /api/sandbox?labels=<json>&states=..&id=..&name=..&limit=..&cursor=..` and the other
-/// filters of the SDKs' `ListSandboxesQuery`, and `sort`/`order` (keyset pages: a cursor
-/// carries its sort key, so pages stay right while sandboxes come and go). `id` and `name`
-/// are prefixes, ignoring case, as Daytona's are. What cannot be applied (sandbox classes,
-/// deleted or warm-pool sandboxes) and any unknown parameter are refused by name.
-pub async fn list(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    query: QueryPairs,
-) -> Result<Json<ListResponse>, ApiError> {
-    for (raw, _) in &query.0 {
-        let key = raw.strip_suffix("[]").unwrap_or(raw);
-        if !LIST_PARAMS.contains(&key) {
-            return Err(ApiError::bad_request(format!(
-                "unknown list parameter {key:?}; the parameters are {}",
-                LIST_PARAMS.join(", ")
-            )));
-        }
-    }
+/// What a list selects, parsed from the query: the filters of the SDKs' list queries,
+/// shared by `GET /api/sandbox` (cursor pages) and the old SDKs' `GET /api/sandbox/paginated`
+/// (offset pages, [`crate::compat`]), which names the region filter `regions_key`.
+pub(crate) struct Selection {
+    pub labels: BTreeMap<String, String>,
+    pub states: Vec<SandboxState>,
+    pub id_prefix: Option<String>,
+    pub name_prefix: Option<String>,
+    pub filters: corral_core::ListFilters,
+    /// Nothing here can match (another region, recoverable, an auto-destroy window).
+    pub none_match: bool,
+}
+
+/// Parses the filters of a list query (not its paging or sort) into a [`Selection`].
+pub(crate) fn selection(query: &QueryPairs, regions_key: &str) -> Result<Selection, ApiError> {
     let unsupported = |key: &str, why: &str| {
         Err(ApiError::bad_request(format!("{key}: {why}")).with_code("UNSUPPORTED_FILTER"))
-    };
-    let descending = match query.get("order").filter(|o| !o.is_empty()) {
-        None => false,
-        Some(o) if o.eq_ignore_ascii_case("asc") => false,
-        Some(o) if o.eq_ignore_ascii_case("desc") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "order must be asc or desc, got {other:?}"
-            )));
-        }
-    };
-    let sort = match query.get("sort").filter(|s| !s.is_empty()) {
-        None if !descending => None,
-        None => Some(corral_core::ListSort {
-            field: corral_core::SortField::CreatedAt,
-            descending,
-        }),
-        Some(raw) => match corral_core::SortField::parse(raw) {
-            Some(field) => Some(corral_core::ListSort { field, descending }),
-            None => {
-                return Err(ApiError::bad_request(format!(
-                    "sort must be one of name, cpu, memoryGib, diskGib, lastActivityAt, \
-                     createdAt, got {raw:?}"
-                )));
-            }
-        },
     };
     for flag in ["includeErroredDeleted", "includeWarm"] {
         match query.get(flag) {
@@ -414,7 +384,7 @@ pub async fn list(
         },
     };
     // What no sandbox here can match: another region, or recoverable (none is).
-    let regions = query.all("regionIds");
+    let regions = query.all(regions_key);
     let none_match = (!regions.is_empty() && !regions.contains(&crate::wire::TARGET))
         || flag("isRecoverable")? == Some(true);
     let prefix = |key: &str| query.get(key).filter(|v| !v.is_empty()).map(str::to_owned);
@@ -433,6 +403,69 @@ pub async fn list(
                 .map_err(|e| ApiError::bad_request(e.to_string()))?,
         );
     }
+    Ok(Selection {
+        labels,
+        states,
+        id_prefix: prefix("id"),
+        name_prefix: prefix("name"),
+        filters,
+        none_match,
+    })
+}
+
+/// `GET /api/sandbox?labels=<json>&states=..&id=..&name=..&limit=..&cursor=..` and the other
+/// filters of the SDKs' `ListSandboxesQuery`, and `sort`/`order` (keyset pages: a cursor
+/// carries its sort key, so pages stay right while sandboxes come and go). `id` and `name`
+/// are prefixes, ignoring case, as Daytona's are. What cannot be applied (sandbox classes,
+/// deleted or warm-pool sandboxes) and any unknown parameter are refused by name.
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: QueryPairs,
+) -> Result<Json<ListResponse>, ApiError> {
+    for (raw, _) in &query.0 {
+        let key = raw.strip_suffix("[]").unwrap_or(raw);
+        if !LIST_PARAMS.contains(&key) {
+            return Err(ApiError::bad_request(format!(
+                "unknown list parameter {key:?}; the parameters are {}",
+                LIST_PARAMS.join(", ")
+            )));
+        }
+    }
+    let descending = match query.get("order").filter(|o| !o.is_empty()) {
+        None => false,
+        Some(o) if o.eq_ignore_ascii_case("asc") => false,
+        Some(o) if o.eq_ignore_ascii_case("desc") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "order must be asc or desc, got {other:?}"
+            )));
+        }
+    };
+    let sort = match query.get("sort").filter(|s| !s.is_empty()) {
+        None if !descending => None,
+        None => Some(corral_core::ListSort {
+            field: corral_core::SortField::CreatedAt,
+            descending,
+        }),
+        Some(raw) => match corral_core::SortField::parse(raw) {
+            Some(field) => Some(corral_core::ListSort { field, descending }),
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "sort must be one of name, cpu, memoryGib, diskGib, lastActivityAt, \
+                     createdAt, got {raw:?}"
+                )));
+            }
+        },
+    };
+    let Selection {
+        labels,
+        states,
+        id_prefix,
+        name_prefix,
+        filters,
+        none_match,
+    } = selection(&query, "regionIds")?;
     let limit = match query.get("limit") {
         None => DEFAULT_PAGE,
         Some(l) => match l.parse::<u32>() {
@@ -469,8 +502,8 @@ pub async fn list(
             states,
             limit,
             cursor,
-            id_prefix: prefix("id"),
-            name_prefix: prefix("name"),
+            id_prefix,
+            name_prefix,
             filters,
             sort,
         })

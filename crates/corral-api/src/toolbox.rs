@@ -178,6 +178,9 @@ pub async fn proxy(
     Path((id, path)): Path<(String, String)>,
     mut req: Request,
 ) -> Result<Response, ApiError> {
+    if let Some(refused) = crate::compat::unserved_toolbox_route(&path) {
+        return Err(refused);
+    }
     let started = Instant::now();
     let (id, in_flight) = resolve(&state, &id).await?;
 

@@ -40,12 +40,16 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, message)
     }
 
-    /// The 408 answered when a process outlives its timeout.
+    /// The 408 answered when a process outlives its timeout, worded as Daytona's daemon
+    /// words it (integrations match on "timed out").
     pub fn timeout(secs: i64) -> Self {
         Self {
             status: StatusCode::REQUEST_TIMEOUT,
             code: "PROCESS_EXECUTION_TIMEOUT".to_owned(),
-            message: format!("command timed out after {secs} seconds"),
+            message: format!(
+                "Command execution timed out after {secs} seconds. The timeout can be increased \
+                 by adjusting the timeout parameter in the request."
+            ),
         }
     }
 }
@@ -134,6 +138,11 @@ mod tests {
         );
         assert_eq!(ApiError::timeout(5).code, "PROCESS_EXECUTION_TIMEOUT");
         assert_eq!(ApiError::timeout(5).status, StatusCode::REQUEST_TIMEOUT);
+        assert!(
+            ApiError::timeout(5)
+                .message
+                .starts_with("Command execution timed out after 5 seconds. ")
+        );
     }
 
     #[test]

@@ -45,6 +45,20 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ),
     ("GET", "/api/sandbox", "list_sandboxes"),
     (
+        "GET",
+        "/api/sandbox/paginated",
+        "compat::paginated_pages_by_offset, compat::paginated_refuses_bad_paging",
+    ),
+    ("GET", "/api/users/me", "compat::users_me_and_regions"),
+    ("GET", "/api/shared-regions", "compat::users_me_and_regions"),
+    ("GET", "/api/regions", "compat::users_me_and_regions"),
+    ("ANY", "/api/workspace", "compat::workspace_api_is_refused"),
+    (
+        "ANY",
+        "/api/workspace/{*rest}",
+        "compat::workspace_api_is_refused",
+    ),
+    (
         "POST",
         "/api/sandbox",
         "create_sandbox, create_sandbox_bad_input, create_start_failure_*",
@@ -364,6 +378,10 @@ async fn unknown_ids_are_404s_never_500s() {
             assert_eq!(r.json["code"], "SSH_NOT_SUPPORTED", "{m} {path}");
             continue;
         }
+        if p.starts_with("/api/workspace") {
+            assert_eq!(r.json["code"], "SDK_VERSION_UNSUPPORTED", "{m} {path}");
+            continue;
+        }
         let v = r.expect_error(404);
         assert!(
             v["message"].as_str().is_some_and(|m| m.contains(ghost)),
@@ -377,6 +395,8 @@ async fn unknown_routes_and_methods() {
     let app = TestApp::new();
     let v = app.get("/api/nope").await;
     assert_eq!(v.expect_error(404)["code"], "NOT_FOUND");
+    // Method and whole path, the nest's `/api` included.
+    assert_eq!(v.json["message"], "no route for GET /api/nope");
     let v = app.request(Method::PATCH, "/api/sandbox").send().await;
     assert_eq!(v.expect_error(405)["code"], "METHOD_NOT_ALLOWED");
     app.get("/elsewhere").await.expect_error(404);
@@ -425,6 +445,7 @@ async fn object_storage_s3_refuses_unsigned_requests() {
     }
 }
 
+mod compat;
 mod pause;
 mod sandboxes;
 mod volumes_and_snapshots;

@@ -412,13 +412,26 @@ pub async fn upload_v2(
 async fn open_for_download(path: &Path) -> Result<(tokio::fs::File, u64), ApiError> {
     let path = path.to_path_buf();
     blocking(move || {
-        let (file, st) = safe::open_regular(&path, "download")?;
+        let (file, st) = safe::open_regular(&path, "download").map_err(|e| missing(e, &path))?;
         Ok((
             tokio::fs::File::from_std(file),
             u64::try_from(st.st_size).unwrap_or(0),
         ))
     })
     .await
+}
+
+/// A download of a path that does not exist says "file not found", in Daytona's daemon's
+/// words (integrations match on them); other errors keep their own message.
+fn missing(e: ApiError, path: &Path) -> ApiError {
+    if e.status == StatusCode::NOT_FOUND {
+        ApiError {
+            message: format!("file not found or invalid: {}", path.display()),
+            ..e
+        }
+    } else {
+        e
+    }
 }
 
 /// `GET /files/download?path`: the raw bytes, streamed.
@@ -572,6 +585,20 @@ pub async fn bulk_download(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_download_says_file_not_found() {
+        let p = Path::new("/w/nope.txt");
+        let e = missing(
+            crate::api::files::io_error("download", p, &io::Error::from_raw_os_error(2)),
+            p,
+        );
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        assert_eq!(e.code, "FILE_NOT_FOUND");
+        assert_eq!(e.message, "file not found or invalid: /w/nope.txt");
+        let denied = crate::api::files::io_error("download", p, &io::Error::from_raw_os_error(13));
+        assert_eq!(missing(denied.clone(), p), denied);
+    }
 
     #[test]
     fn indexed_fields() {
