@@ -30,6 +30,16 @@ pub struct ApiConfig {
     pub storage_url: Option<String>,
     /// Whether the listener also speaks TLS (on the same port as plain HTTP).
     pub tls: bool,
+    /// The SSH gateway the `sshCommand` of SSH access points at; `None` when it is off.
+    pub ssh: Option<SshEndpoint>,
+}
+
+/// Where clients reach the SSH gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshEndpoint {
+    /// The host in `sshCommand`; when unset, the host of the API's base URL.
+    pub host: Option<String>,
+    pub port: u16,
 }
 
 /// Everything a handler needs. Dereferences to the [`Engine`], whose ports and state the

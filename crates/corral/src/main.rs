@@ -396,6 +396,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             runtime: runtime.clone(),
             snapshots: store.clone(),
             volumes: store.clone(),
+            ssh_access: store.clone(),
             images,
             object_storage: Arc::new(corral_s3::ObjectStorage::new(
                 data_dir.join("object-storage"),
@@ -413,6 +414,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             object_storage_dir: data_dir.join("object-storage"),
             storage_url: args.storage_url,
             tls: tls.is_some(),
+            ssh: None,
         }),
         metrics,
         agents: corral_api::state::Agents::new(runtime.clone()),

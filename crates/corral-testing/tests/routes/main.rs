@@ -91,14 +91,18 @@ const ROUTES: &[(&str, &str, &str)] = &[
     (
         "POST",
         "/api/sandbox/{id_or_name}/ssh-access",
-        "ssh_is_refused",
+        "ssh_access::grant_validate_revoke, ssh_access::bad_input, ssh_access::gateway_off",
     ),
     (
         "DELETE",
         "/api/sandbox/{id_or_name}/ssh-access",
-        "ssh_is_refused",
+        "ssh_access::grant_validate_revoke, ssh_access::revoke_all*",
     ),
-    ("GET", "/api/sandbox/ssh-access/validate", "ssh_is_refused"),
+    (
+        "GET",
+        "/api/sandbox/ssh-access/validate",
+        "ssh_access::grant_validate_revoke, ssh_access::bad_input",
+    ),
     (
         "POST",
         "/api/sandbox/{id_or_name}/signing-key/rotate",
@@ -349,10 +353,6 @@ async fn unknown_ids_are_404s_never_500s() {
             .json(&json!({"name": "x", "cpu": 2, "labels": {}, "networkBlockAll": true}))
             .send()
             .await;
-        if p.contains("ssh-access") {
-            assert_eq!(r.json["code"], "SSH_NOT_SUPPORTED", "{m} {path}");
-            continue;
-        }
         let v = r.expect_error(404);
         assert!(
             v["message"].as_str().is_some_and(|m| m.contains(ghost)),
@@ -415,4 +415,5 @@ async fn object_storage_s3_refuses_unsigned_requests() {
 }
 
 mod sandboxes;
+mod ssh_access;
 mod volumes_and_snapshots;
