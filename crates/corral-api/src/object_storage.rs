@@ -100,6 +100,7 @@ mod tests {
             object_storage_dir: PathBuf::from("/nonexistent"),
             storage_url: storage_url.map(str::to_owned),
             tls,
+            ssh: None,
         }
     }
 
