@@ -35,6 +35,10 @@ LAYERS = {
                           "corral-agent", "corral-agent-proto", "corral-s3"},
     "corral-s3": {"corral-core", "corral-store", "corral-runtime", "corral-api",
                   "corral-agent", "corral-agent-proto", "corral-dockerfile"},
+    # The SSH gateway: tokens are the engine's decision (through a trait the binary
+    # implements), sessions go through agent-proto's client.
+    "corral-ssh": {"corral-store", "corral-runtime", "corral-api", "corral-agent",
+                   "corral-engine", "corral-dockerfile", "corral-s3"},
     # Test seams: in-memory fakes, no kernel features (the store only as a dev-dependency,
     # for the conformance test).
     "corral-testing": {"corral-store", "corral-runtime", "corral-agent"},

@@ -36,6 +36,8 @@ class Server:
         self.bin = os.environ.get("CORRAL_BIN", str(REPO / "target/release/corral"))
         self.data_dir = Path(tempfile.mkdtemp(prefix="corral-e2e-", dir="/tmp"))
         self.port = free_port()
+        # The SSH gateway's port: one per server, so parallel servers do not clash.
+        self.ssh_port = free_port()
         self.key = "e2e_" + secrets.token_hex(16)
         # Each server gets its own cgroup parent, sandbox network and interface prefix
         # (several servers may run at once, from several pytest processes too: a server
@@ -61,7 +63,7 @@ class Server:
         """The `corral serve` command line and environment of this server."""
         env = dict(os.environ, CORRAL_API_KEY=self.key, CORRAL_LOG="info", **self.extra_env)
         argv = [self.bin, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir),
-                "--cgroup-parent", self.cgroup_parent]
+                "--cgroup-parent", self.cgroup_parent, "--ssh-port", str(self.ssh_port)]
         return argv, env
 
     def start(self):

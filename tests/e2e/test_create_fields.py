@@ -1,5 +1,5 @@
 """Nothing a create asks for is silently dropped, through the real Python SDK (sync and
-async): what corral does not do yet (a time to live, pausing, secrets, GPU types) is refused
+async): what corral does not do yet (secrets, GPU types) is refused
 with a `DaytonaError` naming the field, and no sandbox is left behind; what it does is
 honoured. (`crates/corral-testing/tests/create_fields.rs` walks every field of the SDK's
 model.)"""
@@ -10,8 +10,6 @@ import pytest
 from daytona import AsyncDaytona, CreateSandboxFromSnapshotParams, DaytonaConfig, DaytonaError
 
 REFUSED = [
-    ("ttlMinutes", {"ttl_minutes": 30}),
-    ("autoPauseInterval", {"auto_pause_interval": 5}),
     ("secrets", {"secrets": {"API_KEY": "my-secret-name"}}),
 ]
 
@@ -33,13 +31,14 @@ def test_unsupported_create_fields_are_refused_by_name(daytona, field, params):
 def test_supported_create_fields_are_honoured(daytona):
     sb = daytona.create(
         CreateSandboxFromSnapshotParams(
-            queue_timeout=2, auto_stop_interval=7, auto_pause_interval=0, ttl_minutes=0,
+            queue_timeout=2, auto_stop_interval=7, auto_pause_interval=3, ttl_minutes=600,
             env_vars={"FIELD": "kept"}, labels={"fields": "yes"},
         ),
         timeout=60,
     )
     try:
         assert sb.state == "started" and sb.auto_stop_interval == 7
+        assert sb.auto_pause_interval == 3 and sb.auto_destroy_at is not None
         assert sb.labels["fields"] == "yes"
         assert sb.process.exec("echo $FIELD").result.strip() == "kept"
     finally:
@@ -50,7 +49,7 @@ def test_the_async_sdk_gets_the_same_refusal(server):
     async def main():
         async with AsyncDaytona(DaytonaConfig(api_key=server.key, api_url=f"{server.url}/api")) as d:
             with pytest.raises(DaytonaError) as e:
-                await d.create(CreateSandboxFromSnapshotParams(ttl_minutes=30), timeout=60)
+                await d.create(CreateSandboxFromSnapshotParams(secrets={"K": "name"}), timeout=60)
             return str(e.value)
 
-    assert "ttlMinutes" in asyncio.run(main())
+    assert "secrets" in asyncio.run(main())

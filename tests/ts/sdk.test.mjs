@@ -209,3 +209,21 @@ test('sandbox events arrive over Socket.IO', async () => {
     sock.close();
   }
 });
+
+test('SSH access: create, validate, revoke', async () => {
+  const sb = await daytona.create({ labels: { suite: 'ts-ssh' } });
+  try {
+    const access = await sb.createSshAccess(30);
+    assert.equal(access.sandboxId, sb.id);
+    assert.match(access.token, /^[A-Za-z0-9]{32}$/);
+    assert.match(access.sshCommand, new RegExp(`^ssh -p \\d+ ${access.token}@`));
+    assert.ok(new Date(access.expiresAt) > new Date());
+    const ok = await sb.validateSshAccess(access.token);
+    assert.equal(ok.valid, true);
+    assert.equal(ok.sandboxId, sb.id);
+    await sb.revokeSshAccess(access.token);
+    assert.equal((await sb.validateSshAccess(access.token)).valid, false);
+  } finally {
+    await sb.delete(60, true);
+  }
+});

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "client")]
 pub mod client;
+pub mod ssh;
 
 #[cfg(feature = "client")]
 pub use client::{AgentClient, AgentError, RequestBody};

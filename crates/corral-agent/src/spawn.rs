@@ -148,6 +148,15 @@ impl KillGuard {
         }
     }
 
+    /// Sends `signal` to the group while it is still ours.
+    pub fn signal(&self, signal: Signal) {
+        if self.armed
+            && let Err(err) = killpg(self.pgid, signal)
+        {
+            tracing::debug!("killpg {} {signal}: {err}", self.pgid);
+        }
+    }
+
     /// Leaves the group alone from now on (its leader exited normally).
     pub fn disarm(&mut self) {
         self.armed = false;

@@ -20,6 +20,7 @@ pub mod request_log;
 pub mod sandboxes;
 pub mod signed_urls;
 pub mod snapshots;
+pub mod ssh_access;
 pub mod state;
 pub mod toolbox;
 pub mod volumes;
@@ -94,15 +95,6 @@ async fn event_stream(
     )
 }
 
-/// SSH access (Daytona's SSH gateway) is not offered: say so, and what to use instead.
-async fn no_ssh() -> ApiError {
-    ApiError::bad_request(
-        "SSH access is not available on this server: open a terminal through the API instead \
-         (sandbox.process.create_pty_session, a WebSocket to the sandbox's shell)",
-    )
-    .with_code("SSH_NOT_SUPPORTED")
-}
-
 async fn not_found(req: Request) -> ApiError {
     // The whole path, also under a nest (`/api`), which strips its prefix from the URI.
     let path = req
@@ -145,9 +137,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/sandbox/{id_or_name}/ssh-access",
-            post(no_ssh).delete(no_ssh),
+            post(ssh_access::create).delete(ssh_access::revoke),
         )
-        .route("/sandbox/ssh-access/validate", get(no_ssh))
+        .route("/sandbox/ssh-access/validate", get(ssh_access::validate))
         .route(
             "/sandbox/{id_or_name}/signing-key/rotate",
             post(signed_urls::rotate),

@@ -101,6 +101,7 @@ mod tests {
             storage_url: storage_url.map(str::to_owned),
             tls,
             wake_stopped: Default::default(),
+            ssh: None,
         }
     }
 

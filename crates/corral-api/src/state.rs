@@ -33,6 +33,16 @@ pub struct ApiConfig {
     /// Which requests start a stopped (or archived) sandbox; a paused one is always
     /// resumed. A sandbox's [`WAKE_LABEL`] label overrides it.
     pub wake_stopped: WakeStopped,
+    /// The SSH gateway the `sshCommand` of SSH access points at; `None` when it is off.
+    pub ssh: Option<SshEndpoint>,
+}
+
+/// Where clients reach the SSH gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshEndpoint {
+    /// The host in `sshCommand`; when unset, the host of the API's base URL.
+    pub host: Option<String>,
+    pub port: u16,
 }
 
 /// The label with which a sandbox opts in (`"true"`) or out (`"false"`) of being started by

@@ -418,6 +418,39 @@ pub trait PreviewTokenStore: Send + Sync {
     async fn purge_signed_tokens(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
 
+/// An SSH access grant: whoever presents the token (as the SSH user name) gets a shell in
+/// one sandbox until it expires or is revoked. Only the token's hash is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshAccess {
+    /// The grant's id (a UUID), shown as `SshAccessDto.id`.
+    pub id: String,
+    pub sandbox_id: String,
+    /// Lowercase hex SHA-256 of the token.
+    pub token_hash: String,
+    /// When it was granted, in Unix milliseconds.
+    pub created_at_ms: i64,
+    /// When it stops working, in Unix milliseconds.
+    pub expires_at_ms: i64,
+}
+
+/// Durable storage of SSH access grants. A sandbox's grants go when its record is removed.
+#[async_trait]
+pub trait SshAccessStore: Send + Sync {
+    /// Records a grant; `false` (and nothing stored) when the sandbox has no record.
+    async fn add_ssh_access(&self, access: &SshAccess) -> Result<bool, StoreError>;
+    /// The grant whose token has this hash, expired or not.
+    async fn ssh_access(&self, token_hash: &str) -> Result<Option<SshAccess>, StoreError>;
+    /// Revokes the sandbox's grant with this token hash, or all of its grants when `None`;
+    /// returns how many went.
+    async fn revoke_ssh_access(
+        &self,
+        sandbox_id: &str,
+        token_hash: Option<&str>,
+    ) -> Result<u64, StoreError>;
+    /// Forgets grants that expired before `before_ms`; returns how many.
+    async fn purge_ssh_access(&self, before_ms: i64) -> Result<u64, StoreError>;
+}
+
 /// A volume's lifecycle state, with Daytona's wire names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VolumeState {

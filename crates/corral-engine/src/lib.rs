@@ -9,7 +9,8 @@
 //! - [`forks`]: snapshot and fork of a sandbox;
 //! - [`snapshots`], [`builds`]: named images, pulls and Dockerfile builds;
 //! - [`reconciler`]: timers and recovery at start; [`pool`]: the warm pool;
-//! - [`volumes`]: the volumes a create mounts.
+//! - [`volumes`]: the volumes a create mounts;
+//! - [`ssh_access`]: SSH access grants (issue, validate, revoke) and the gateway's check.
 
 #![forbid(unsafe_code)]
 
@@ -25,12 +26,14 @@ pub mod pool;
 pub mod reconciler;
 pub mod sandboxes;
 pub mod snapshots;
+pub mod ssh_access;
 pub mod volumes;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use corral_core::{Images, Runtime, SandboxStore, SnapshotStore, ports::VolumeStore};
+use corral_core::ports::{SshAccessStore, VolumeStore};
+use corral_core::{Images, Runtime, SandboxStore, SnapshotStore};
 
 pub use error::{EngineError, ErrorKind};
 
@@ -64,6 +67,8 @@ pub struct Engine {
     pub volumes: Arc<dyn VolumeStore>,
     /// The images sandboxes run.
     pub images: Arc<dyn Images>,
+    /// SSH access grants.
+    pub ssh_access: Arc<dyn SshAccessStore>,
     /// One lock per sandbox: operations on a sandbox never interleave.
     pub locks: Arc<lifecycle::Locks>,
     /// Sandboxes started ahead of demand.
@@ -96,6 +101,7 @@ pub struct Ports {
     pub snapshots: Arc<dyn SnapshotStore>,
     pub volumes: Arc<dyn VolumeStore>,
     pub images: Arc<dyn Images>,
+    pub ssh_access: Arc<dyn SshAccessStore>,
     pub object_storage: Arc<corral_s3::ObjectStorage>,
 }
 
@@ -116,6 +122,7 @@ impl Engine {
             snapshots: ports.snapshots,
             volumes: ports.volumes,
             images: ports.images,
+            ssh_access: ports.ssh_access,
             locks: Arc::default(),
             pool: Arc::new(pool::WarmPool::new(pool_size)),
             activity: Arc::default(),

@@ -3,6 +3,8 @@
 
 #![forbid(unsafe_code)]
 
+mod ssh_access;
+
 use std::path::Path;
 
 use async_trait::async_trait;

@@ -26,6 +26,7 @@ pub struct TestAppBuilder {
     runtime: FakeRuntime,
     store: MemoryStore,
     images: FakeImages,
+    ssh: Option<corral_api::state::SshEndpoint>,
 }
 
 impl Default for TestAppBuilder {
@@ -39,6 +40,10 @@ impl Default for TestAppBuilder {
             runtime: FakeRuntime::new(),
             store: MemoryStore::new(),
             images: FakeImages::new(),
+            ssh: Some(corral_api::state::SshEndpoint {
+                host: None,
+                port: 2222,
+            }),
         }
     }
 }
@@ -85,6 +90,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// The SSH gateway `sshCommand` points at (`None`: the gateway is off).
+    pub fn ssh(mut self, ssh: Option<corral_api::state::SshEndpoint>) -> Self {
+        self.ssh = ssh;
+        self
+    }
+
     /// Builds the app state the way `corral serve` does (crates/corral/src/main.rs), over
     /// the fakes. THE one place that constructs `AppState` in this crate.
     pub fn build(self) -> TestApp {
@@ -115,6 +126,7 @@ impl TestAppBuilder {
                 runtime: runtime.clone(),
                 snapshots: store.clone(),
                 volumes: store.clone(),
+                ssh_access: store.clone(),
                 images: Arc::new(self.images.clone()),
                 object_storage: Arc::new(corral_s3::ObjectStorage::new(
                     data_dir.join("object-storage"),
@@ -133,6 +145,7 @@ impl TestAppBuilder {
                 storage_url: self.storage_url,
                 tls: false,
                 wake_stopped: Default::default(),
+                ssh: self.ssh,
             }),
             metrics,
             agents: corral_api::state::Agents::new(runtime),

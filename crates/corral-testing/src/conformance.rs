@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use corral_core::ports::{
-    PreviewTokenStore, SignedPreviewToken, Snapshot, SnapshotState, SnapshotStore, Volume,
-    VolumeState, VolumeStore,
+    PreviewTokenStore, SignedPreviewToken, Snapshot, SnapshotState, SnapshotStore, SshAccess,
+    SshAccessStore, Volume, VolumeState, VolumeStore,
 };
 use corral_core::{
     ApiKeyStore, DesiredState, ListQuery, Resources, Sandbox, SandboxState, SandboxStore,
@@ -16,11 +16,12 @@ use time::OffsetDateTime;
 
 /// Every port at once.
 pub trait AllStores:
-    SandboxStore + ApiKeyStore + PreviewTokenStore + VolumeStore + SnapshotStore
+    SandboxStore + ApiKeyStore + PreviewTokenStore + VolumeStore + SnapshotStore + SshAccessStore
 {
 }
-impl<T: SandboxStore + ApiKeyStore + PreviewTokenStore + VolumeStore + SnapshotStore> AllStores
-    for T
+impl<
+    T: SandboxStore + ApiKeyStore + PreviewTokenStore + VolumeStore + SnapshotStore + SshAccessStore,
+> AllStores for T
 {
 }
 
@@ -556,6 +557,76 @@ pub async fn preview_tokens(store: &impl AllStores) {
         store.preview_token("s", "t3").await.expect("token"),
         Some("t3".into())
     );
+}
+
+/// SSH access: only for recorded sandboxes, found by hash, revoked one or all per sandbox
+/// (never another sandbox's), purged after expiry, gone with the sandbox.
+pub async fn ssh_access(store: &impl AllStores) {
+    let grant = |id: &str, sandbox: &str, hash: &str, expires_at_ms: i64| SshAccess {
+        id: id.into(),
+        sandbox_id: sandbox.into(),
+        token_hash: hash.into(),
+        created_at_ms: 1_000,
+        expires_at_ms,
+    };
+    assert!(
+        !store
+            .add_ssh_access(&grant("g0", "a", "h0", 10_000))
+            .await
+            .expect("add for no sandbox")
+    );
+    assert!(store.ssh_access("h0").await.expect("get").is_none());
+    store.insert(&sandbox("a", "a", &[])).await.expect("insert");
+    store.insert(&sandbox("b", "b", &[])).await.expect("insert");
+    for g in [
+        grant("g1", "a", "h1", 10_000),
+        grant("g2", "a", "h2", 20_000),
+        grant("g3", "b", "h3", 30_000),
+        grant("g4", "b", "h4", 5_000),
+    ] {
+        assert!(store.add_ssh_access(&g).await.expect("add"));
+    }
+    // A hash is one grant.
+    assert!(
+        store
+            .add_ssh_access(&grant("g5", "b", "h1", 10_000))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        store.ssh_access("h1").await.expect("get"),
+        Some(grant("g1", "a", "h1", 10_000))
+    );
+    // Another sandbox's token is not revoked through this one.
+    assert_eq!(
+        store
+            .revoke_ssh_access("a", Some("h3"))
+            .await
+            .expect("revoke"),
+        0
+    );
+    assert!(store.ssh_access("h3").await.expect("get").is_some());
+    assert_eq!(
+        store
+            .revoke_ssh_access("a", Some("h1"))
+            .await
+            .expect("revoke"),
+        1
+    );
+    assert!(store.ssh_access("h1").await.expect("get").is_none());
+    assert!(store.ssh_access("h2").await.expect("get").is_some());
+    assert_eq!(store.revoke_ssh_access("a", None).await.expect("revoke"), 1);
+    assert!(store.ssh_access("h2").await.expect("get").is_none());
+    assert!(store.ssh_access("h3").await.expect("get").is_some());
+    // Purge: strictly before.
+    assert_eq!(store.purge_ssh_access(5_000).await.expect("purge"), 0);
+    assert_eq!(store.purge_ssh_access(5_001).await.expect("purge"), 1);
+    assert!(store.ssh_access("h4").await.expect("get").is_none());
+    // Gone with the sandbox.
+    store.remove("b").await.expect("remove");
+    assert!(store.ssh_access("h3").await.expect("get").is_none());
+    store.insert(&sandbox("b", "b", &[])).await.expect("again");
+    assert!(store.ssh_access("h3").await.expect("get").is_none());
 }
 
 /// Volumes: live names unique per organization, freed on delete; usage by sandboxes.

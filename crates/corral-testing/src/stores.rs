@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use corral_core::ports::{
-    PreviewTokenStore, SignedPreviewToken, Snapshot, SnapshotStore, Volume, VolumeState,
-    VolumeStore,
+    PreviewTokenStore, SignedPreviewToken, Snapshot, SnapshotStore, SshAccess, SshAccessStore,
+    Volume, VolumeState, VolumeStore,
 };
 use corral_core::{ApiKeyStore, ListQuery, Page, Sandbox, SandboxState, SandboxStore, StoreError};
 
@@ -21,6 +21,8 @@ struct Inner {
     keys: BTreeMap<String, String>,
     preview_tokens: BTreeMap<String, String>,
     signed: BTreeMap<String, SignedPreviewToken>,
+    /// SSH access grants by token hash.
+    ssh_access: BTreeMap<String, SshAccess>,
     volumes: BTreeMap<i64, Volume>,
     volume_seq: i64,
     /// Snapshots in insertion order.
@@ -182,6 +184,7 @@ impl SandboxStore for MemoryStore {
         // ON DELETE CASCADE.
         inner.preview_tokens.remove(id);
         inner.signed.retain(|_, t| t.sandbox_id != id);
+        inner.ssh_access.retain(|_, a| a.sandbox_id != id);
         Ok(())
     }
 }
@@ -267,6 +270,49 @@ impl PreviewTokenStore for MemoryStore {
         let n = inner.signed.len();
         inner.signed.retain(|_, t| t.expires_at_ms >= before_ms);
         Ok((n - inner.signed.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl SshAccessStore for MemoryStore {
+    async fn add_ssh_access(&self, access: &SshAccess) -> Result<bool, StoreError> {
+        let mut inner = self.lock()?;
+        if !inner.sandbox_exists(&access.sandbox_id) {
+            return Ok(false);
+        }
+        if inner.ssh_access.contains_key(&access.token_hash)
+            || inner.ssh_access.values().any(|a| a.id == access.id)
+        {
+            return Err(backend("UNIQUE constraint failed: ssh_access"));
+        }
+        inner
+            .ssh_access
+            .insert(access.token_hash.clone(), access.clone());
+        Ok(true)
+    }
+
+    async fn ssh_access(&self, token_hash: &str) -> Result<Option<SshAccess>, StoreError> {
+        Ok(self.lock()?.ssh_access.get(token_hash).cloned())
+    }
+
+    async fn revoke_ssh_access(
+        &self,
+        sandbox_id: &str,
+        token_hash: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let mut inner = self.lock()?;
+        let n = inner.ssh_access.len();
+        inner.ssh_access.retain(|hash, a| {
+            !(a.sandbox_id == sandbox_id && token_hash.is_none_or(|h| h == hash))
+        });
+        Ok((n - inner.ssh_access.len()) as u64)
+    }
+
+    async fn purge_ssh_access(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut inner = self.lock()?;
+        let n = inner.ssh_access.len();
+        inner.ssh_access.retain(|_, a| a.expires_at_ms >= before_ms);
+        Ok((n - inner.ssh_access.len()) as u64)
     }
 }
 

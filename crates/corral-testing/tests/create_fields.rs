@@ -98,7 +98,7 @@ fn cases() -> Vec<(&'static str, Value, Expect)> {
         (
             "autoPauseInterval",
             json!({"autoPauseInterval": 5}),
-            Refused,
+            Honoured(|s| s["autoPauseInterval"] == 5),
         ),
         (
             "autoArchiveInterval",
@@ -110,7 +110,11 @@ fn cases() -> Vec<(&'static str, Value, Expect)> {
             json!({"autoDeleteInterval": 11}),
             Honoured(|s| s["autoDeleteInterval"] == 11),
         ),
-        ("ttlMinutes", json!({"ttlMinutes": 30}), Refused),
+        (
+            "ttlMinutes",
+            json!({"ttlMinutes": 30}),
+            Honoured(|s| s["autoDestroyAt"].is_string()),
+        ),
         // Creation never waits for a runner here, so any positive queue timeout is met.
         (
             "queueTimeout",

@@ -39,4 +39,5 @@ both!(
     preview_tokens,
     volumes,
     snapshots,
+    ssh_access,
 );

@@ -6,6 +6,7 @@ mod agent_binary;
 mod bench;
 mod host_locks;
 mod image_cmd;
+mod ssh_gate;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -209,6 +210,14 @@ struct ServeArgs {
     /// behind a TLS proxy); default: `https://<host>/object-storage` when --tls-cert is given.
     #[arg(long, env = "CORRAL_STORAGE_URL")]
     storage_url: Option<String>,
+    /// Port of the SSH gateway (`sandbox.create_ssh_access`), on the --listen address;
+    /// 0 turns it off. Its host key is kept in <data-dir>/ssh_host_ed25519_key.
+    #[arg(long, env = "CORRAL_SSH_PORT", default_value_t = 2222)]
+    ssh_port: u16,
+    /// The host name in the `sshCommand` handed out; default: the host clients reach the API
+    /// at (--public-url, else the request's Host).
+    #[arg(long, env = "CORRAL_SSH_HOST")]
+    ssh_host: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -414,6 +423,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             runtime: runtime.clone(),
             snapshots: store.clone(),
             volumes: store.clone(),
+            ssh_access: store.clone(),
             images,
             object_storage: Arc::new(corral_s3::ObjectStorage::new(
                 data_dir.join("object-storage"),
@@ -436,6 +446,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 WakeStopped::Previews => corral_api::state::WakeStopped::Previews,
                 WakeStopped::All => corral_api::state::WakeStopped::All,
             },
+            ssh: (args.ssh_port != 0).then(|| corral_api::state::SshEndpoint {
+                host: args.ssh_host.clone(),
+                port: args.ssh_port,
+            }),
         }),
         metrics,
         agents: corral_api::state::Agents::new(runtime.clone()),
@@ -456,6 +470,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Closed bursts of connections (idle WebSockets, slow-loris floods) leave freed
         // blocks between live ones, which glibc keeps resident until trimmed.
         .release_memory_after_bursts(corral_runtime::memory::release_free_memory);
+    let ssh = ssh_gate::bind(args.listen, args.ssh_port, &data_dir, &state.engine).await?;
     // Background work starts only once the port is ours, so a failed start leaves nothing.
     let tick = std::time::Duration::from_secs_f64(args.reconcile_seconds.clamp(0.05, 3600.0));
     tokio::spawn(corral_engine::reconciler::run(state.engine.clone(), tick));
@@ -475,10 +490,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connections_per_address = limits.max_connections_per_address,
         "corral is ready"
     );
+    let (stop_ssh, ssh_stopped) = tokio::sync::oneshot::channel::<()>();
+    let ssh = ssh.map(|(gateway, socket)| {
+        tokio::spawn(gateway.serve(socket, async {
+            let _ = ssh_stopped.await;
+        }))
+    });
     // Requests carry the peer (`ConnectInfo<Peer>`): it feeds the X-Forwarded-For of previews.
     listener
         .serve(corral_api::router(state.clone()), shutdown_signal())
         .await;
+    let _ = stop_ssh.send(());
+    if let Some(ssh) = ssh {
+        let _ = ssh.await;
+    }
     // Deletes already answered finish before the server exits.
     state.teardowns.wait().await;
     // Whatever ended serving, unclaimed pooled sandboxes must not outlive the server.

@@ -13,6 +13,7 @@ mod misc;
 mod outcome;
 mod pty;
 mod session;
+mod ssh;
 mod stream_run;
 pub use session::start_entrypoint;
 mod tunnel;
@@ -86,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/process/code-run", post(code_run::code_run))
         .route("/port/{port}/tunnel", get(tunnel::tunnel))
+        .route(corral_agent_proto::ssh::SSH_PATH, get(ssh::ssh))
         .merge(files::routes())
         .merge(session::routes())
         .merge(git::routes())

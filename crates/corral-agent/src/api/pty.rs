@@ -9,7 +9,7 @@
 //! `X-Daytona-Pty-Exit-Control`, then a close frame 1000/1011 with `{"exitCode":N}`), and the
 //! terminal is forgotten: it no longer appears in the list and its id is free again.
 
-mod term;
+pub(super) mod term;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;

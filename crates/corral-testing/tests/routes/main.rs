@@ -110,14 +110,18 @@ const ROUTES: &[(&str, &str, &str)] = &[
     (
         "POST",
         "/api/sandbox/{id_or_name}/ssh-access",
-        "ssh_is_refused",
+        "ssh_access::grant_validate_revoke, ssh_access::bad_input, ssh_access::gateway_off",
     ),
     (
         "DELETE",
         "/api/sandbox/{id_or_name}/ssh-access",
-        "ssh_is_refused",
+        "ssh_access::grant_validate_revoke, ssh_access::revoke_all*",
     ),
-    ("GET", "/api/sandbox/ssh-access/validate", "ssh_is_refused"),
+    (
+        "GET",
+        "/api/sandbox/ssh-access/validate",
+        "ssh_access::grant_validate_revoke, ssh_access::bad_input",
+    ),
     (
         "POST",
         "/api/sandbox/{id_or_name}/signing-key/rotate",
@@ -374,10 +378,6 @@ async fn unknown_ids_are_404s_never_500s() {
             .json(&json!({"name": "x", "cpu": 2, "labels": {}, "networkBlockAll": true}))
             .send()
             .await;
-        if p.contains("ssh-access") {
-            assert_eq!(r.json["code"], "SSH_NOT_SUPPORTED", "{m} {path}");
-            continue;
-        }
         if p.starts_with("/api/workspace") {
             assert_eq!(r.json["code"], "SDK_VERSION_UNSUPPORTED", "{m} {path}");
             continue;
@@ -448,4 +448,5 @@ async fn object_storage_s3_refuses_unsigned_requests() {
 mod compat;
 mod pause;
 mod sandboxes;
+mod ssh_access;
 mod volumes_and_snapshots;

@@ -652,19 +652,6 @@ async fn signing_key() {
 }
 
 #[tokio::test]
-async fn ssh_is_refused() {
-    let app = TestApp::new();
-    app.create_sandbox(&json!({"name": "ssh"})).await;
-    for r in [
-        app.post_empty("/api/sandbox/ssh/ssh-access").await,
-        app.delete("/api/sandbox/ssh/ssh-access").await,
-        app.get("/api/sandbox/ssh-access/validate?token=x").await,
-    ] {
-        assert_eq!(r.expect_error(400)["code"], "SSH_NOT_SUPPORTED");
-    }
-}
-
-#[tokio::test]
 async fn build_logs() {
     let app = TestApp::new();
     let s = app.create_sandbox(&json!({"name": "b"})).await;

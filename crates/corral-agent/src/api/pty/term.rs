@@ -42,6 +42,19 @@ pub fn start(
     cols: u16,
     rows: u16,
 ) -> io::Result<Terminal> {
+    start_command(reaper, creds, cwd, env, (cols, rows), None)
+}
+
+/// [`start`], or with `command` the shell runs `-c command` instead of a login shell (the SSH
+/// gateway's `ssh -t host command`).
+pub fn start_command(
+    reaper: &Reaper,
+    creds: Credentials,
+    cwd: &Path,
+    env: &BTreeMap<String, String>,
+    (cols, rows): (u16, u16),
+    command: Option<&str>,
+) -> io::Result<Terminal> {
     let shell = SHELLS
         .into_iter()
         .find(|s| Path::new(s).is_file())
@@ -65,8 +78,11 @@ pub fn start(
     }
 
     let mut cmd = Command::new(shell);
-    cmd.arg("-l")
-        .current_dir(cwd)
+    match command {
+        Some(c) => cmd.arg("-c").arg(c),
+        None => cmd.arg("-l"),
+    };
+    cmd.current_dir(cwd)
         .env_clear()
         .envs(env)
         .stdin(Stdio::from(slave.try_clone()?))

@@ -1,0 +1,155 @@
+"""SSH access (issue 16, item 8): the real Python SDK grants a token, the real OpenSSH
+clients (`ssh`, `sftp`) use the command it returns against corral's SSH gateway."""
+
+import asyncio
+import os
+import shlex
+import subprocess
+import uuid
+
+import pytest
+from daytona import AsyncDaytona, DaytonaConfig
+
+SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"]
+
+
+def ssh_argv(access, *command, opts=()):
+    """The SDK's `sshCommand` as an argv, with the options a script needs."""
+    argv = shlex.split(access.ssh_command)
+    assert argv[0] == "ssh"
+    return ["ssh", *SSH_OPTS, *opts, *argv[1:], *command]
+
+
+def run_ssh(access, *command, opts=(), input=None, timeout=30):
+    return subprocess.run(ssh_argv(access, *command, opts=opts), input=input,
+                          capture_output=True, timeout=timeout)
+
+
+def test_exec_output_stdin_and_exit_code(server, sandbox):
+    access = sandbox.create_ssh_access(30)
+    assert access.sandbox_id == sandbox.id
+    assert access.ssh_command == f"ssh -p {server.ssh_port} {access.token}@127.0.0.1"
+    r = run_ssh(access, "echo hi; id -un; echo oops >&2; exit 3")
+    assert r.returncode == 3, r
+    assert r.stdout.decode().splitlines() == ["hi", "daytona"]
+    assert r.stderr.decode().strip() == "oops"
+    # stdin reaches the command, and its end is seen.
+    r = run_ssh(access, "wc -c; cat /etc/hostname", input=b"x" * 100_000)
+    assert r.returncode == 0, r
+    assert r.stdout.decode().split()[0] == "100000"
+
+
+def test_pty_shell(server, sandbox):
+    access = sandbox.create_ssh_access()
+    r = subprocess.run(["ssh", *SSH_OPTS, "-tt", *shlex.split(access.ssh_command)[1:]],
+                       input=b"echo TERM=$TERM; tty; exit 7\n", capture_output=True,
+                       timeout=30, env=dict(os.environ, TERM="xterm-corral-test"))
+    out = r.stdout.decode(errors="replace")
+    assert "TERM=xterm-corral-test" in out, out
+    assert "/dev/pts/" in out, out
+    assert r.returncode == 7, (r.returncode, out)
+
+
+def test_sftp_is_refused_clearly(server, sandbox, tmp_path):
+    """SFTP is not served yet: the client is told so at once (no hang, nothing written)."""
+    access = sandbox.create_ssh_access()
+    argv = shlex.split(access.ssh_command)
+    port, target = argv[2], argv[3]
+    r = subprocess.run(["sftp", *SSH_OPTS, "-P", port, "-b", "-", target], input=b"ls\n",
+                       capture_output=True, timeout=30)
+    assert r.returncode != 0, r
+    assert b"subsystem request failed" in r.stderr, r
+    # The same connection still runs commands (control).
+    assert run_ssh(access, "echo ok").stdout == b"ok\n"
+
+
+def test_validate_revoke_and_refusal(server, sandbox):
+    access = sandbox.create_ssh_access(5)
+    v = sandbox.validate_ssh_access(access.token)
+    assert v.valid and v.sandbox_id == sandbox.id
+    assert run_ssh(access, "true").returncode == 0
+    sandbox.revoke_ssh_access(access.token)
+    v = sandbox.validate_ssh_access(access.token)
+    assert not v.valid
+    r = run_ssh(access, "echo should-not-run")
+    assert r.returncode == 255 and b"should-not-run" not in r.stdout, r
+    assert b"Permission denied" in r.stderr, r
+    # A made-up token is refused the same way.
+    fake = access.ssh_command.replace(access.token, "A" * 32)
+    r = subprocess.run(["ssh", *SSH_OPTS, *shlex.split(fake)[1:], "true"], capture_output=True,
+                       timeout=30)
+    assert r.returncode == 255 and b"Permission denied" in r.stderr, r
+
+
+def test_revoked_mid_connection_opens_no_new_channel(server, sandbox, tmp_path):
+    """A connection kept open (OpenSSH multiplexing) cannot open a new channel once the
+    token is revoked."""
+    access = sandbox.create_ssh_access()
+    ctl = tmp_path / "ctl"
+    mux = ["-o", "ControlMaster=auto", "-o", f"ControlPath={ctl}", "-o", "ControlPersist=30"]
+    assert run_ssh(access, "echo first", opts=mux).stdout == b"first\n"
+    try:
+        sandbox.revoke_ssh_access(access.token)
+        r = run_ssh(access, "echo second", opts=mux)
+        assert b"second" not in r.stdout, r
+        assert r.returncode != 0 and b"invalid or expired" in r.stderr, r
+    finally:
+        subprocess.run(["ssh", *SSH_OPTS, *mux, "-O", "exit", *shlex.split(access.ssh_command)[1:]],
+                       capture_output=True, timeout=10)
+
+
+def test_token_reaches_only_its_sandbox(server, daytona):
+    a = daytona.create()
+    b = daytona.create()
+    try:
+        marker = uuid.uuid4().hex
+        a.process.exec(f"echo {marker} > /tmp/marker")
+        to_a = a.create_ssh_access()
+        to_b = b.create_ssh_access()
+        assert run_ssh(to_a, "cat /tmp/marker").stdout.decode().strip() == marker
+        r = run_ssh(to_b, "cat /tmp/marker; hostname")
+        assert marker.encode() not in r.stdout, r
+        # Control: each token lands in its own sandbox.
+        assert run_ssh(to_a, "hostname").stdout != run_ssh(to_b, "hostname").stdout
+        # Revoking through the other sandbox does nothing to a's token.
+        b.revoke_ssh_access(to_a.token)
+        assert a.validate_ssh_access(to_a.token).valid
+    finally:
+        daytona.delete(a, wait=True)
+        daytona.delete(b, wait=True)
+
+
+def test_stopped_sandbox_is_refused_not_started(server, sandbox):
+    access = sandbox.create_ssh_access()
+    sandbox.stop()
+    try:
+        r = run_ssh(access, "echo ran")
+        assert b"ran" not in r.stdout
+        assert r.returncode == 255, r
+        assert b"stopped" in r.stderr, r
+        sandbox.refresh_data()
+        assert sandbox.state.value == "stopped"
+    finally:
+        sandbox.start()
+
+
+def test_bad_expiry_is_a_400(server, sandbox):
+    status, body = server.request("POST", f"/api/sandbox/{sandbox.id}/ssh-access?expiresInMinutes=0")
+    assert status == 400 and "expiresInMinutes" in body["message"], body
+    status, body = server.request("POST", f"/api/sandbox/{sandbox.id}/ssh-access?expiresInMinutes=99999")
+    assert status == 400 and "expiresInMinutes" in body["message"], body
+
+
+def test_async_sdk(server, sandbox):
+    async def go():
+        async with AsyncDaytona(DaytonaConfig(api_key=server.key, api_url=f"{server.url}/api")) as d:
+            sb = await d.get(sandbox.id)
+            access = await sb.create_ssh_access(10)
+            v = await sb.validate_ssh_access(access.token)
+            assert v.valid and v.sandbox_id == sandbox.id
+            await sb.revoke_ssh_access(access.token)
+            assert not (await sb.validate_ssh_access(access.token)).valid
+            return access
+    access = asyncio.run(asyncio.wait_for(go(), 60))
+    assert run_ssh(access, "true").returncode == 255
