@@ -9,7 +9,8 @@
 //! - [`forks`]: snapshot and fork of a sandbox;
 //! - [`snapshots`], [`builds`]: named images, pulls and Dockerfile builds;
 //! - [`reconciler`]: timers and recovery at start; [`pool`]: the warm pool;
-//! - [`volumes`]: the volumes a create mounts.
+//! - [`volumes`]: the volumes a create mounts;
+//! - [`telemetry`]: the metrics history (sampler, per-sandbox rings, queries).
 
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,7 @@ pub mod pool;
 pub mod reconciler;
 pub mod sandboxes;
 pub mod snapshots;
+pub mod telemetry;
 pub mod volumes;
 
 use std::path::PathBuf;
@@ -78,6 +80,8 @@ pub struct Engine {
     pub agents: corral_agent_proto::AgentClient<corral_agent_proto::RequestBody>,
     /// Uploaded build context (this server's own).
     pub object_storage: Arc<corral_s3::ObjectStorage>,
+    /// Metrics history of sandboxes (in memory unless [`Engine::with_telemetry`] says).
+    pub telemetry: Arc<telemetry::Telemetry>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -122,7 +126,14 @@ impl Engine {
             teardowns: Arc::default(),
             building: Arc::default(),
             object_storage: ports.object_storage,
+            telemetry: Arc::new(telemetry::Telemetry::in_memory(telemetry::DEFAULT_INTERVAL)),
         }
+    }
+
+    /// This engine keeping its metrics history in `telemetry` (before it is cloned).
+    pub fn with_telemetry(mut self, telemetry: telemetry::Telemetry) -> Self {
+        self.telemetry = Arc::new(telemetry);
+        self
     }
 
     /// Where the context archive with this hash (as the SDK computes it: 32 hex digits) is
