@@ -214,7 +214,7 @@ impl Telemetry {
 
     /// Bytes of history kept per sandbox (the size of its image).
     pub fn bytes_per_sandbox(&self) -> usize {
-        self.layout.len()
+        self.layout.bytes()
     }
 
     /// The history of `id` (empty when there is none).

@@ -131,7 +131,7 @@ pub struct Layout {
 
 impl Layout {
     /// The image's size in bytes.
-    pub fn len(&self) -> usize {
+    pub fn bytes(&self) -> usize {
         HEADER + (self.fine as usize + MINUTE_SLOTS as usize) * SLOT
     }
     pub fn fine_offset(&self, slot: u32) -> usize {
@@ -142,7 +142,7 @@ impl Layout {
     }
     /// A new empty image.
     pub fn empty(&self) -> Vec<u8> {
-        let mut v = vec![0u8; self.len()];
+        let mut v = vec![0u8; self.bytes()];
         v[..8].copy_from_slice(MAGIC);
         v[8..12].copy_from_slice(&self.fine.to_le_bytes());
         v[12..16].copy_from_slice(&MINUTE_SLOTS.to_le_bytes());
@@ -156,7 +156,7 @@ impl Layout {
         let fine = u32::from_le_bytes(image[8..12].try_into().ok()?);
         let minutes = u32::from_le_bytes(image[12..16].try_into().ok()?);
         let l = Self { fine };
-        (minutes == MINUTE_SLOTS && fine > 0 && image.len() >= l.len()).then_some(l)
+        (minutes == MINUTE_SLOTS && fine > 0 && image.len() >= l.bytes()).then_some(l)
     }
 }
 
@@ -358,7 +358,7 @@ mod tests {
 
     #[test]
     fn minutes_average_gauges_and_keep_the_latest_counters() {
-        let t0 = 1_700_000_040_000u64 - 1_700_000_040_000u64 % 60_000;
+        let t0 = 1_700_000_040_000u64; // a whole minute
         let mut m = Minute::new(s(t0, None, 100));
         m.add(s(t0 + 20_000, Some(10.0), 200));
         m.add(s(t0 + 40_000, Some(30.0), 300));
