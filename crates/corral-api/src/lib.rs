@@ -22,6 +22,7 @@ pub mod signed_urls;
 pub mod snapshots;
 pub mod ssh_access;
 pub mod state;
+pub mod telemetry;
 pub mod toolbox;
 pub mod volumes;
 pub mod wire;
@@ -186,6 +187,22 @@ pub fn router(state: AppState) -> Router {
             post(preview::set_public),
         )
         .route(
+            "/sandbox/{id_or_name}/telemetry/metrics",
+            get(telemetry::metrics),
+        )
+        .route(
+            "/sandbox/{id_or_name}/telemetry/logs",
+            get(telemetry::not_collected),
+        )
+        .route(
+            "/sandbox/{id_or_name}/telemetry/traces",
+            get(telemetry::not_collected),
+        )
+        .route(
+            "/sandbox/{id_or_name}/telemetry/traces/{trace_id}",
+            get(telemetry::not_collected),
+        )
+        .route(
             "/sandbox/{id_or_name}/ports/{port}/preview-url",
             get(preview::preview_url),
         )
@@ -244,6 +261,8 @@ pub fn router(state: AppState) -> Router {
         // Outside `protected`: the Socket.IO client sends its key in the CONNECT packet. A
         // static path wins over the `/api` nest's catch-all whatever the order.
         .route("/api/socket.io/", get(event_stream))
+        // Public, as Daytona's is: clients read it before they hold a key.
+        .route("/api/config", get(telemetry::config))
         .route("/object-storage", any(object_storage::s3))
         .route("/object-storage/{bucket}", any(object_storage::s3))
         .route("/object-storage/{bucket}/", any(object_storage::s3))

@@ -406,6 +406,17 @@ fn preview_link(state: &AppState, headers: &HeaderMap, port: u16, label: &str) -
     )
 }
 
+/// Daytona's `proxyTemplateUrl`: the preview link with `{{PORT}}` and `{{sandboxId}}` left
+/// for the client to fill in.
+pub(crate) fn preview_template(state: &AppState, headers: &HeaderMap) -> String {
+    let base = state.base_url(headers);
+    let (scheme, server_port) = origin_parts(&base);
+    format!(
+        "{scheme}://{{{{PORT}}}}-{{{{sandboxId}}}}.{}{server_port}",
+        state.config.preview_domain
+    )
+}
+
 fn parse_port(port: &str) -> Result<u16, ApiError> {
     port.parse::<u16>()
         .ok()

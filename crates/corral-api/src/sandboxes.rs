@@ -274,7 +274,7 @@ const LIST_PARAMS: &[&str] = &[
 
 /// A timestamp of a list filter: RFC 3339, or the SDK's `%Y-%m-%dT%H:%M:%S.%f%z` (`+0000`
 /// without a colon; no offset at all from a naive datetime, read as UTC).
-fn parse_instant(key: &str, raw: &str) -> Result<OffsetDateTime, ApiError> {
+pub(crate) fn parse_instant(key: &str, raw: &str) -> Result<OffsetDateTime, ApiError> {
     use time::format_description::well_known::Rfc3339;
     let bad = || {
         ApiError::bad_request(format!(

@@ -328,6 +328,8 @@ mod tests {
             memory_limit_bytes: 2 << 30,
             memory_used_bytes: 100,
             memory_cache_bytes: 10,
+            disk_used_bytes: None,
+            network: None,
         };
         let after = Usage {
             cpu_time_ns: 1_100_000_000,

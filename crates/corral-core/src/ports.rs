@@ -277,6 +277,18 @@ pub struct Usage {
     pub memory_used_bytes: u64,
     /// File cache charged to the sandbox, in bytes.
     pub memory_cache_bytes: u64,
+    /// Bytes the sandbox's writable layer takes on the host; `None` when the runtime cannot
+    /// tell cheaply.
+    pub disk_used_bytes: Option<u64>,
+    /// Traffic of the sandbox's network interface since it started; `None` without one.
+    pub network: Option<NetCounters>,
+}
+
+/// Bytes a sandbox received and sent over its network interface.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
 }
 
 /// A sandbox runtime: runs isolated sandboxes whose PID 1 is the agent.

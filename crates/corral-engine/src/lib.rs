@@ -11,6 +11,7 @@
 //! - [`reconciler`]: timers and recovery at start; [`pool`]: the warm pool;
 //! - [`volumes`]: the volumes a create mounts;
 //! - [`ssh_access`]: SSH access grants (issue, validate, revoke) and the gateway's check.
+//! - [`telemetry`]: the metrics history (sampler, per-sandbox rings, queries).
 
 #![forbid(unsafe_code)]
 
@@ -27,6 +28,7 @@ pub mod reconciler;
 pub mod sandboxes;
 pub mod snapshots;
 pub mod ssh_access;
+pub mod telemetry;
 pub mod volumes;
 
 use std::path::PathBuf;
@@ -83,6 +85,8 @@ pub struct Engine {
     pub agents: corral_agent_proto::AgentClient<corral_agent_proto::RequestBody>,
     /// Uploaded build context (this server's own).
     pub object_storage: Arc<corral_s3::ObjectStorage>,
+    /// Metrics history of sandboxes (in memory unless [`Engine::with_telemetry`] says).
+    pub telemetry: Arc<telemetry::Telemetry>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -129,7 +133,14 @@ impl Engine {
             teardowns: Arc::default(),
             building: Arc::default(),
             object_storage: ports.object_storage,
+            telemetry: Arc::new(telemetry::Telemetry::in_memory(telemetry::DEFAULT_INTERVAL)),
         }
+    }
+
+    /// This engine keeping its metrics history in `telemetry` (before it is cloned).
+    pub fn with_telemetry(mut self, telemetry: telemetry::Telemetry) -> Self {
+        self.telemetry = Arc::new(telemetry);
+        self
     }
 
     /// Where the context archive with this hash (as the SDK computes it: 32 hex digits) is

@@ -374,6 +374,7 @@ pub async fn delete(state: &Engine, s: &mut Sandbox) -> Result<(), EngineError> 
     // A failure leaves it `destroying` (`run.failure`): the reconciler tries again.
     state.runtime.destroy(&s.id).await?;
     state.store.remove(&s.id).await?;
+    state.telemetry.forget(&s.id);
     s.state = run.success;
     state.locks.forget(&s.id);
     metrics::histogram!("corral_sandbox_delete_seconds").record(began.elapsed().as_secs_f64());

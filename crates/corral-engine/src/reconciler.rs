@@ -13,7 +13,7 @@ use crate::error::EngineError;
 use crate::lifecycle;
 
 /// Auto-archive interval 0 means "the maximum": 30 days.
-const MAX_AUTO_ARCHIVE_MINUTES: i64 = 30 * 24 * 60;
+pub const MAX_AUTO_ARCHIVE_MINUTES: i64 = 30 * 24 * 60;
 
 /// Every recorded sandbox (all pages).
 async fn all(state: &Engine) -> Result<Vec<Sandbox>, EngineError> {

@@ -426,6 +426,8 @@ impl Cgroups {
             memory_limit_bytes: mem_limit.map_or(host_memory, |m| m.min(host_memory)),
             memory_used_bytes: current.saturating_sub(inactive),
             memory_cache_bytes: stat_field(&stat, cache_key).unwrap_or(0),
+            disk_used_bytes: None,
+            network: None,
         })
     }
 }

@@ -888,8 +888,12 @@ impl Runtime for LinuxRuntime {
         if !self.is_running(id) {
             return None;
         }
-        self.cgroups
-            .usage(id, crate::cgroup::host_cpus(), crate::cgroup::host_memory())
+        let mut usage =
+            self.cgroups
+                .usage(id, crate::cgroup::host_cpus(), crate::cgroup::host_memory())?;
+        usage.disk_used_bytes = self.disk.used(id);
+        usage.network = self.net.as_ref().and_then(|n| n.counters(id));
+        Some(usage)
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use corral_core::ports::{CommitConfig, ImageInfo};
+use corral_core::ports::{CommitConfig, ImageInfo, Usage};
 use corral_core::{Egress, Resources, Runtime, RuntimeError, SandboxSpec};
 use tokio::sync::watch;
 
@@ -65,6 +65,8 @@ pub struct FakeSandbox {
     pub archived: bool,
     pub resources: Option<Resources>,
     pub egress: Option<Egress>,
+    /// What `usage` answers while it runs (see [`FakeRuntime::set_usage`]).
+    pub usage: Option<Usage>,
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +138,15 @@ impl FakeRuntime {
     /// does in its image store), so sandboxes can be created from them.
     pub fn attach_images(&self, images: crate::FakeImages) {
         self.lock().images = Some(images);
+    }
+
+    /// Makes `usage(id)` answer `usage` while the sandbox runs.
+    pub fn set_usage(&self, id: &str, usage: Usage) {
+        self.lock()
+            .sandboxes
+            .entry(id.to_owned())
+            .or_default()
+            .usage = Some(usage);
     }
 
     /// Every call so far, in order.
@@ -362,6 +373,12 @@ impl Runtime for FakeRuntime {
             .or_default()
             .egress = Some(egress.clone());
         Ok(())
+    }
+
+    async fn usage(&self, id: &str) -> Option<Usage> {
+        let inner = self.lock();
+        let s = inner.sandboxes.get(id)?;
+        s.running.then_some(s.usage).flatten()
     }
 
     fn is_running(&self, id: &str) -> bool {

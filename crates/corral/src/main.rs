@@ -132,6 +132,10 @@ struct ServeArgs {
     /// Seconds between reconciler passes (lifecycle timers, dead sandboxes).
     #[arg(long, env = "CORRAL_RECONCILE_SECONDS", default_value_t = 10.0)]
     reconcile_seconds: f64,
+    /// Seconds between samples of every running sandbox's CPU, memory, disk and network
+    /// figures (the metrics history, kept 24 h under <data>/metrics); 0 disables sampling.
+    #[arg(long, env = "CORRAL_METRICS_INTERVAL_SECONDS", default_value_t = 10)]
+    metrics_interval_seconds: u64,
     /// Length of a lifecycle "minute" in milliseconds. Only for tests of auto-stop/archive/delete.
     #[arg(
         long,
@@ -430,6 +434,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )),
         },
         args.pool_size,
+    )
+    .with_telemetry(
+        corral_engine::telemetry::Telemetry::in_dir(
+            data_dir.join("metrics"),
+            std::time::Duration::from_secs(args.metrics_interval_seconds.max(1)),
+        )
+        .context("creating the metrics history dir")?,
     );
     let state = AppState {
         engine,
@@ -474,6 +485,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Background work starts only once the port is ours, so a failed start leaves nothing.
     let tick = std::time::Duration::from_secs_f64(args.reconcile_seconds.clamp(0.05, 3600.0));
     tokio::spawn(corral_engine::reconciler::run(state.engine.clone(), tick));
+    if args.metrics_interval_seconds > 0 {
+        tokio::spawn(corral_engine::telemetry::run(state.engine.clone()));
+    }
     let filler = tokio::spawn(corral_engine::pool::WarmPool::fill_forever(
         state.engine.clone(),
     ));

@@ -26,6 +26,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use corral_core::Egress;
+use corral_core::ports::NetCounters;
 use ipnet::Ipv4Net;
 
 use netlink::Rtnl;
@@ -84,6 +85,9 @@ struct Taken {
     ifindex: u32,
     /// `None` for a sandbox adopted before its namespace could be opened.
     netns: Option<OwnedFd>,
+    /// The host end's counters when the sandbox took the slot (slots are reused); zero for
+    /// a slot adopted from an earlier server, which counts from the slot's creation.
+    baseline: NetCounters,
 }
 
 #[derive(Debug, Default)]
@@ -174,6 +178,7 @@ impl Network {
                             index,
                             ifindex: link.index,
                             netns: None,
+                            baseline: NetCounters::default(),
                         },
                     );
                 }
@@ -430,6 +435,7 @@ impl Network {
                         index: slot.index,
                         ifindex: slot.ifindex,
                         netns: Some(slot.netns),
+                        baseline: host_end_counters(&ifname).unwrap_or_default(),
                     },
                 );
                 Ok(Lease {
@@ -468,6 +474,22 @@ impl Network {
             inner.applied.insert(ifname.to_owned(), egress.clone());
         }
         Ok(())
+    }
+
+    /// What sandbox `id` received and sent through its slot since it took it (the host
+    /// end's counters read from sysfs, swapped: what the host end sends, the sandbox
+    /// receives); `None` when it holds no slot.
+    pub fn counters(&self, id: &str) -> Option<NetCounters> {
+        let (index, baseline) = {
+            let inner = self.inner();
+            let t = inner.taken.get(id)?;
+            (t.index, t.baseline)
+        };
+        let now = host_end_counters(&self.ifname(index))?;
+        Some(NetCounters {
+            rx_bytes: now.rx_bytes.saturating_sub(baseline.rx_bytes),
+            tx_bytes: now.tx_bytes.saturating_sub(baseline.tx_bytes),
+        })
     }
 
     /// Changes the policy of a running sandbox; `Ok(false)` when it holds no slot.
@@ -544,6 +566,22 @@ impl Network {
             tracing::warn!(error = %e, "removing corral's nftables table");
         }
     }
+}
+
+/// The traffic of the sandbox end of host interface `ifname`: its `tx_bytes` are what the
+/// sandbox received, its `rx_bytes` what the sandbox sent.
+fn host_end_counters(ifname: &str) -> Option<NetCounters> {
+    let read = |f: &str| -> Option<u64> {
+        fs::read_to_string(format!("/sys/class/net/{ifname}/statistics/{f}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(NetCounters {
+        rx_bytes: read("tx_bytes")?,
+        tx_bytes: read("rx_bytes")?,
+    })
 }
 
 /// The resolvers of the host that sandboxes can reach through NAT: IPv4 nameservers of

@@ -122,6 +122,27 @@ const ROUTES: &[(&str, &str, &str)] = &[
         "/api/sandbox/ssh-access/validate",
         "ssh_access::grant_validate_revoke, ssh_access::bad_input",
     ),
+    ("GET", "/api/config", "config_is_public_and_complete"),
+    (
+        "GET",
+        "/api/sandbox/{id_or_name}/telemetry/metrics",
+        "metrics_history_answers_a_window, metrics_query_bad_input",
+    ),
+    (
+        "GET",
+        "/api/sandbox/{id_or_name}/telemetry/logs",
+        "telemetry_logs_and_traces_are_refused",
+    ),
+    (
+        "GET",
+        "/api/sandbox/{id_or_name}/telemetry/traces",
+        "telemetry_logs_and_traces_are_refused",
+    ),
+    (
+        "GET",
+        "/api/sandbox/{id_or_name}/telemetry/traces/{trace_id}",
+        "telemetry_logs_and_traces_are_refused",
+    ),
     (
         "POST",
         "/api/sandbox/{id_or_name}/signing-key/rotate",
@@ -319,6 +340,7 @@ fn concrete(path: &str, id: &str) -> String {
         .replace("{is_public}", "true")
         .replace("{port}", "3000")
         .replace("{token}", "abc")
+        .replace("{trace_id}", "t1")
         .replace("{bucket}", "b")
         .replace("{*key}", "k")
         .replace("{*path}", "files")
@@ -333,7 +355,9 @@ fn method(m: &str) -> Method {
 
 /// Routes outside the key check: their own auth (SigV4, the Socket.IO CONNECT packet) or none.
 fn is_public(path: &str) -> bool {
-    !path.starts_with("/api/") && !path.starts_with("/toolbox/") || path == "/api/socket.io/"
+    !path.starts_with("/api/") && !path.starts_with("/toolbox/")
+        || path == "/api/socket.io/"
+        || path == "/api/config"
 }
 
 #[tokio::test]
@@ -449,4 +473,5 @@ mod compat;
 mod pause;
 mod sandboxes;
 mod ssh_access;
+mod telemetry;
 mod volumes_and_snapshots;
