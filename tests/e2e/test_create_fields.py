@@ -31,13 +31,13 @@ def test_unsupported_create_fields_are_refused_by_name(daytona, field, params):
 def test_supported_create_fields_are_honoured(daytona):
     sb = daytona.create(
         CreateSandboxFromSnapshotParams(
-            queue_timeout=2, auto_stop_interval=7, auto_pause_interval=3, ttl_minutes=600,
+            queue_timeout=2, auto_archive_interval=7, auto_pause_interval=3, ttl_minutes=600,
             env_vars={"FIELD": "kept"}, labels={"fields": "yes"},
         ),
         timeout=60,
     )
     try:
-        assert sb.state == "started" and sb.auto_stop_interval == 7
+        assert sb.state == "started" and sb.auto_archive_interval == 7
         assert sb.auto_pause_interval == 3 and sb.auto_destroy_at is not None
         assert sb.labels["fields"] == "yes"
         assert sb.process.exec("echo $FIELD").result.strip() == "kept"

@@ -280,3 +280,17 @@ def test_pause_refused_where_it_cannot_apply(server, daytona):
         assert status == 400 and "minutes" in body["message"], body
     finally:
         daytona.delete(sb)
+
+
+def test_ssh_to_a_paused_sandbox_resumes_it(server, daytona):
+    from test_ssh import run_ssh
+
+    sb = daytona.create()
+    try:
+        access = sb.create_ssh_access()
+        sb.pause()
+        r = run_ssh(access, "echo over-ssh")
+        assert r.returncode == 0 and r.stdout.strip() == b"over-ssh", r
+        assert daytona.get(sb.id).state == "started"
+    finally:
+        daytona.delete(sb)

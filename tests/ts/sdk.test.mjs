@@ -227,3 +227,32 @@ test('SSH access: create, validate, revoke', async () => {
     await sb.delete(60, true);
   }
 });
+
+test('pause, wake on a toolbox call, auto-pause and TTL', async () => {
+  const sb = await daytona.create({ labels: { suite: 'ts-pause' }, autoPauseInterval: 30, ttlMinutes: 120 });
+  try {
+    assert.equal(sb.autoPauseInterval, 30);
+    assert.ok(sb.autoDestroyAt, 'a TTL gives autoDestroyAt');
+    await sb.process.executeCommand('nohup sleep 300 >/dev/null 2>&1 &');
+    await sb.pause();
+    assert.equal(sb.state, 'paused');
+    // The exec resumes it and is answered.
+    const r = await sb.process.executeCommand('echo woke; pgrep -c sleep');
+    assert.equal(r.exitCode, 0);
+    assert.deepEqual(r.result.trim().split('\n'), ['woke', '1']);
+    await sb.refreshData();
+    assert.equal(sb.state, 'started');
+    await sb.pause();
+    await sb.start();
+    assert.equal(sb.state, 'started');
+    await sb.setAutoPauseInterval(0);
+    await sb.setTtl(0);
+    await sb.refreshData();
+    assert.equal(sb.autoPauseInterval, 0);
+    assert.equal(sb.autoDestroyAt, undefined);
+    await sb.stop();
+    await assert.rejects(sb.pause(), /only a started sandbox can be paused/);
+  } finally {
+    await sb.delete(60, true);
+  }
+});

@@ -170,11 +170,20 @@ pub async fn authorize(
         .await
         .map_err(internal)?
         .ok_or(Refusal::Invalid)?;
-    let sandbox = match engine.store.get(&access.sandbox_id).await {
+    let mut sandbox = match engine.store.get(&access.sandbox_id).await {
         Ok(Some(s)) => s,
         Ok(None) => return Err(Refusal::Invalid),
         Err(e) => return Err(internal(e.into())),
     };
+    // A paused sandbox is resumed for the session, as for any request; a stopped one is not
+    // started.
+    if sandbox.state == SandboxState::Paused || engine.runtime.is_paused(&sandbox.id) {
+        sandbox = match engine.wake(&sandbox.id, false).await {
+            Ok(s) => s,
+            Err(e) if e.kind == crate::ErrorKind::NotFound => return Err(Refusal::Invalid),
+            Err(e) => return Err(internal(e)),
+        };
+    }
     if sandbox.state != SandboxState::Started {
         return Err(Refusal::NotStarted {
             id: sandbox.id.clone(),
