@@ -230,6 +230,17 @@ pub async fn workspace() -> ApiError {
     .with_code("SDK_VERSION_UNSUPPORTED")
 }
 
+/// `/api/secret...` and `/api/sandbox/{id}/secrets`: organization secrets (values injected into
+/// a sandbox's outbound requests) are not served yet; the answer says so instead of a bare 404.
+pub async fn secrets() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "secrets are not supported by corral yet: pass values in env (they are then visible \
+         inside the sandbox)",
+    )
+    .with_code("SECRETS_NOT_SUPPORTED")
+}
+
 /// The answer to a toolbox route that no sandbox here serves, or `None` for the agent's
 /// routes. Computer use (a desktop, mouse, keyboard, screenshots, recordings) is answered
 /// here without asking the agent: a 501 the SDKs turn into an error saying so.

@@ -116,6 +116,9 @@ pub fn router(state: AppState) -> Router {
         .route("/regions", get(compat::regions))
         .route("/workspace", any(compat::workspace))
         .route("/workspace/{*rest}", any(compat::workspace))
+        .route("/secret", any(compat::secrets))
+        .route("/secret/{*rest}", any(compat::secrets))
+        .route("/sandbox/{id_or_name}/secrets", any(compat::secrets))
         .route(
             "/sandbox/{id_or_name}",
             get(sandboxes::get).delete(sandboxes::delete),

@@ -1,6 +1,7 @@
 //! The routes older SDKs call (`corral_api::compat`), in process over the fakes.
 
 use corral_testing::TestApp;
+use http::Method;
 use serde_json::{Value, json};
 
 fn names(v: &Value) -> Vec<&str> {
@@ -133,6 +134,29 @@ async fn workspace_api_is_refused() {
             v["message"]
                 .as_str()
                 .is_some_and(|m| m.contains("0.143 and later")),
+            "{v}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn secrets_are_refused_clearly() {
+    let app = TestApp::new();
+    app.create_sandbox(&json!({"name": "sec"})).await;
+    for (method, path) in [
+        (Method::GET, "/api/secret"),
+        (Method::POST, "/api/secret"),
+        (Method::GET, "/api/secret/paginated"),
+        (Method::DELETE, "/api/secret/abc"),
+        (Method::PUT, "/api/sandbox/sec/secrets"),
+    ] {
+        let r = app.request(method.clone(), path).send().await;
+        let v = r.expect_error(501);
+        assert_eq!(v["code"], "SECRETS_NOT_SUPPORTED", "{method} {path}");
+        assert!(
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("secrets are not supported")),
             "{v}"
         );
     }

@@ -58,6 +58,17 @@ const ROUTES: &[(&str, &str, &str)] = &[
         "/api/workspace/{*rest}",
         "compat::workspace_api_is_refused",
     ),
+    ("ANY", "/api/secret", "compat::secrets_are_refused_clearly"),
+    (
+        "ANY",
+        "/api/secret/{*rest}",
+        "compat::secrets_are_refused_clearly",
+    ),
+    (
+        "ANY",
+        "/api/sandbox/{id_or_name}/secrets",
+        "compat::secrets_are_refused_clearly",
+    ),
     (
         "POST",
         "/api/sandbox",
@@ -404,6 +415,10 @@ async fn unknown_ids_are_404s_never_500s() {
             .await;
         if p.starts_with("/api/workspace") {
             assert_eq!(r.json["code"], "SDK_VERSION_UNSUPPORTED", "{m} {path}");
+            continue;
+        }
+        if p.contains("/secret") {
+            assert_eq!(r.json["code"], "SECRETS_NOT_SUPPORTED", "{m} {path}");
             continue;
         }
         let v = r.expect_error(404);
