@@ -301,15 +301,18 @@ def test_websocket_through_a_preview(server, app_sandbox):
     assert e.value.status_code == 401
 
 
-def test_stopped_sandbox_is_a_clear_error(server, daytona):
+def test_stopped_sandbox_is_a_clear_error_when_it_opts_out_of_waking(server, daytona):
     import json
-    sb = daytona.create()
+    # By default a preview starts a stopped sandbox (tests/e2e/test_pause.py); a sandbox
+    # whose label opts out is refused with what to do.
+    sb = daytona.create(CreateSandboxFromSnapshotParams(labels={"corral.dev/wake-on-request": "false"}))
     try:
         link = sb.get_preview_link(APP_PORT)
         sb.stop()
         status, body = fetch(server, link.url, headers={"X-Daytona-Preview-Token": link.token})
         assert status == 409
         assert "stopped" in json.loads(body)["message"]
+        assert daytona.get(sb.id).state == "stopped"
     finally:
         daytona.delete(sb, wait=True)
     # Deleted: its tokens are gone with it.

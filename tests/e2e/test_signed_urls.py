@@ -11,7 +11,6 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from daytona import DaytonaError
 
 
 def fetch(url, method="GET", body=None, headers=None):
@@ -77,8 +76,3 @@ def test_signed_urls_are_bound_to_operation_path_time_and_key(server, sandbox):
     sandbox.rotate_signing_key()
     assert fetch(url)[0] == 403
     assert fetch(sandbox.download_url("/tmp/a.txt")) == (200, b"secret")
-
-
-def test_ssh_access_is_refused_with_what_to_use_instead(sandbox):
-    with pytest.raises(DaytonaError, match="create_pty_session"):
-        sandbox.create_ssh_access(10)
