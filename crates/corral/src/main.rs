@@ -428,6 +428,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             snapshots: store.clone(),
             volumes: store.clone(),
             ssh_access: store.clone(),
+            warm_pools: store.clone(),
             images,
             object_storage: Arc::new(corral_s3::ObjectStorage::new(
                 data_dir.join("object-storage"),
@@ -470,6 +471,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     corral_engine::reconciler::on_start(&state)
         .await
         .map_err(|e| anyhow::anyhow!("reconciling recorded sandboxes: {}", e.message))?;
+    corral_engine::warm_pools::load(&state.engine)
+        .await
+        .map_err(|e| anyhow::anyhow!("loading warm pools: {}", e.message))?;
     let with_tls = tls.is_some();
     let limits = listener_limits(
         timeouts,
