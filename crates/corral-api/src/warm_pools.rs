@@ -138,8 +138,12 @@ pub async fn create(
 pub async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    JsonBody(req): JsonBody<UpdateWarmPool>,
+    JsonBody(body): JsonBody<Value>,
 ) -> Result<Json<WarmPoolDto>, ApiError> {
+    // An unknown pool is a 404 whatever the body says.
+    corral_engine::warm_pools::get(&state.engine, &id)?;
+    let req: UpdateWarmPool = serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
     let size = count(&req.pool, "pool")?;
     let p = corral_engine::warm_pools::resize(&state.engine, &id, size).await?;
     Ok(Json(dto(&state, p)))

@@ -155,6 +155,11 @@ fn not_found(id: &str) -> EngineError {
     EngineError::not_found(format!("Warm pool {id} not found"))
 }
 
+/// One pool (a read; 404 when there is none).
+pub fn get(state: &Engine, id: &str) -> Result<PoolStatus, EngineError> {
+    state.pool.get(id).ok_or_else(|| not_found(id))
+}
+
 fn default_is_fixed() -> EngineError {
     EngineError::bad_request(
         "the default warm pool is set by `corral serve --pool-size`; restart with another size",
