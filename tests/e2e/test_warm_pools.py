@@ -3,10 +3,16 @@ claims personalised with the request, no state leaking from one claim to the nex
 delete tearing pooled sandboxes down, and pools surviving a restart."""
 
 import asyncio
+import os
+import shutil
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
-from daytona import AsyncDaytona, CreateSandboxFromSnapshotParams, DaytonaConfig, DaytonaError
+from daytona import AsyncDaytona, CreateSandboxFromSnapshotParams, DaytonaConfig
+# The SDK's warm_pool service passes the generated client's errors through unwrapped.
+from daytona_api_client.exceptions import BadRequestException, ConflictException, NotFoundException
 
 from conftest import Server
 
@@ -61,7 +67,7 @@ def test_claim_is_personalised_and_nothing_leaks(srv):
         first.process.execute_session_command("s", _cmd("export LEAK2=1"))
         first.process.exec("nohup sleep 31337 >/dev/null 2>&1 &")
         probe = ("cat /home/daytona/secret /tmp/secret 2>/dev/null; "
-                 "grep -c LEAK /home/daytona/.bashrc; pgrep -c -f 'sleep 31337'")
+                 "cat /home/daytona/.bashrc 2>/dev/null | grep -c LEAK; pgrep -c -f 'sleep 31337'")
         assert first.process.exec(probe).result.split() == ["mine", "mine", "1", "1"]
         assert first.process.execute_session_command("s", _cmd("echo $LEAK2")).output.strip() == "1"
         d.delete(first, wait=True)
@@ -110,17 +116,17 @@ def test_resize_and_delete_tear_sandboxes_down(srv):
     d.warm_pool.delete(pool.id)
     assert all(p.id != pool.id for p in d.warm_pool.list())
     assert len(srv.sandbox_inits()) == inits
-    with pytest.raises(DaytonaError):
+    with pytest.raises(NotFoundException):
         d.warm_pool.delete(pool.id)
-    with pytest.raises(DaytonaError):
+    with pytest.raises(NotFoundException):
         d.warm_pool.update(pool.id, pool=3)
 
 
 def test_validation(srv):
     d = srv.client()
-    with pytest.raises(DaytonaError, match="snapshot"):
+    with pytest.raises(BadRequestException, match="snapshot: Snapshot no-such-snapshot not found"):
         d.warm_pool.create("no-such-snapshot", pool=1)
-    with pytest.raises(DaytonaError, match="target"):
+    with pytest.raises(BadRequestException, match="target"):
         d.warm_pool.create("host", pool=1, target="eu")
     for body, field in [({"snapshot": "host", "pool": 0}, "pool"),
                         ({"snapshot": "host", "pool": 1000}, "pool"),
@@ -131,8 +137,8 @@ def test_validation(srv):
         assert status == 400 and field in err["message"], (body, err)
     pool = d.warm_pool.create("host", pool=1)
     try:
-        with pytest.raises(DaytonaError):
-            d.warm_pool.create("host", pool=1)  # the same snapshot and shape: 409
+        with pytest.raises(ConflictException):
+            d.warm_pool.create("host", pool=1)  # the same snapshot and shape
     finally:
         d.warm_pool.delete(pool.id)
 
@@ -169,3 +175,18 @@ def test_pools_survive_a_restart():
         d.warm_pool.delete(pool.id)
     finally:
         assert s.finish() == ([], [], [], [])
+
+
+def test_typescript_sdk_warm_pool(srv):
+    ts = Path(__file__).resolve().parents[1] / "ts"
+    if shutil.which("node") is None or not (ts / "node_modules/@daytonaio/sdk").exists():
+        msg = "node or tests/ts/node_modules missing (scripts/test.sh installs them with npm ci)"
+        if os.environ.get("CORRAL_E2E_STRICT"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    env = dict(os.environ, CORRAL_API_URL=f"{srv.url}/api", CORRAL_API_KEY=srv.key)
+    p = subprocess.run(["node", "--test", "--test-reporter=tap", "warm_pools.test.mjs"], cwd=ts, env=env,
+                       capture_output=True, text=True, timeout=120)
+    report = p.stdout + p.stderr
+    assert p.returncode == 0, report
+    assert "# fail 0" in report and "# pass 1" in report, report
