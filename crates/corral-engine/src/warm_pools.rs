@@ -14,6 +14,9 @@ use crate::pool::{DEFAULT_POOL_ID, POOL_TARGET, PoolShape, PoolStatus};
 
 /// The most sandboxes one pool keeps.
 pub const MAX_POOL_SIZE: u32 = 100;
+/// The most sandboxes all pools together keep (the `--pool-size` one included): pools hold
+/// host memory and processes no user asked for.
+pub const MAX_POOLED: u32 = 200;
 
 /// A create request, as parsed by the edge.
 #[derive(Debug, Clone)]
@@ -36,6 +39,25 @@ fn check_size(size: u32, min: u32) -> Result<(), EngineError> {
     if size < min || size > MAX_POOL_SIZE {
         return Err(EngineError::bad_request(format!(
             "pool: must be between {min} and {MAX_POOL_SIZE}, got {size}"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a size that would take every pool past [`MAX_POOLED`] (`except`: the pool being
+/// resized).
+fn check_total(state: &Engine, size: u32, except: Option<&str>) -> Result<(), EngineError> {
+    let others: u32 = state
+        .pool
+        .status()
+        .iter()
+        .filter(|p| Some(p.record.id.as_str()) != except)
+        .map(|p| p.record.size)
+        .sum();
+    if others.saturating_add(size) > MAX_POOLED {
+        return Err(EngineError::bad_request(format!(
+            "pool: all warm pools together keep at most {MAX_POOLED} sandboxes; the others \
+             keep {others}"
         )));
     }
     Ok(())
@@ -116,6 +138,7 @@ pub async fn create(state: &Engine, req: NewPool) -> Result<PoolStatus, EngineEr
         memory_gib: resource(req.memory_gib, d.memory_gib, 1024, "memory")?,
         disk_gib: resource(req.disk_gib, d.disk_gib, 10240, "disk")?,
     };
+    check_total(state, req.size, None)?;
     let shape = shape_of(state, &req.snapshot, resources).await?;
     let conflict = || {
         EngineError::conflict(format!(
@@ -181,6 +204,7 @@ pub async fn resize(state: &Engine, id: &str, size: u32) -> Result<PoolStatus, E
         return Err(default_is_fixed());
     }
     check_size(size, 0)?;
+    check_total(state, size, Some(id))?;
     let mut record = state.pool.get(id).ok_or_else(|| not_found(id))?.record;
     record.size = size;
     record.updated_at_ms = now_ms();

@@ -163,6 +163,28 @@ async fn crud_and_validation() {
         e["message"].as_str().expect("message").contains("active"),
         "{e}"
     );
+    // All pools together keep at most 200 sandboxes.
+    app.post(
+        "/api/warm-pools",
+        &json!({"snapshot": "host", "pool": 100, "cpu": 3}),
+    )
+    .await
+    .expect(201);
+    let e = app
+        .post(
+            "/api/warm-pools",
+            &json!({"snapshot": "host", "pool": 98, "cpu": 4}),
+        )
+        .await
+        .expect_error(400)
+        .clone();
+    assert!(
+        e["message"]
+            .as_str()
+            .expect("message")
+            .contains("at most 200"),
+        "{e}"
+    );
     // Resize and delete.
     let r = patch(&app, &format!("/api/warm-pools/{id}"), &json!({"pool": 5}))
         .await
