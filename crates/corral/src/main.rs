@@ -150,7 +150,8 @@ struct ServeArgs {
     /// Size of the btrfs pool image in GiB (default: 90% of the free space, sparse).
     #[arg(long, env = "CORRAL_DISK_POOL_GIB")]
     disk_pool_gib: Option<u64>,
-    /// Sandboxes kept started ahead of demand (default shape only); 0 disables the pool.
+    /// Sandboxes kept started ahead of demand with the default shape: the warm pool `default`
+    /// (more pools: `/api/warm-pools`); 0 disables it.
     #[arg(long, env = "CORRAL_POOL_SIZE", default_value_t = 4)]
     pool_size: usize,
     /// Use this agent binary instead of the embedded one (must be static).
