@@ -54,7 +54,7 @@ async fn claim_pooled(
 }
 
 /// Creates `sandbox` (a new record, state `creating`, checked by the caller) and starts it:
-/// from the warm pool when its shape matches, else cold, from an image, or (answered at once,
+/// from a warm pool that serves it, else cold, from an image, or (answered at once,
 /// `pending_build`) after the build or pull its snapshot needs. `user_requested`: the request
 /// named the user (else an image's own user is used).
 pub async fn create(
