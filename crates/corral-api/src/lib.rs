@@ -25,6 +25,7 @@ pub mod state;
 pub mod telemetry;
 pub mod toolbox;
 pub mod volumes;
+pub mod warm_pools;
 pub mod wire;
 
 use axum::Router;
@@ -32,7 +33,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, StatusCode};
 use axum::middleware;
 use axum::response::IntoResponse;
-use axum::routing::{any, get, post, put};
+use axum::routing::{any, get, patch, post, put};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -216,6 +217,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/sandbox/{id_or_name}/ports/{port}/signed-preview-url/{token}/expire",
             post(preview::expire_signed_preview_url),
+        )
+        .route(
+            "/warm-pools",
+            get(warm_pools::list).post(warm_pools::create),
+        )
+        .route(
+            "/warm-pools/{id}",
+            patch(warm_pools::update).delete(warm_pools::delete),
         )
         .route("/volumes", get(volumes::list).post(volumes::create))
         .route("/volumes/by-name/{name}", get(volumes::get_by_name))

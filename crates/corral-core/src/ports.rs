@@ -463,6 +463,44 @@ pub trait SshAccessStore: Send + Sync {
     async fn purge_ssh_access(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
 
+/// A warm pool: sandboxes of one snapshot and resource shape started ahead of demand, which
+/// a matching create claims (Daytona's `WarmPool`). The pool's running sandboxes are kept in
+/// memory by the engine; only the pool itself is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmPoolRecord {
+    /// A UUID.
+    pub id: String,
+    /// The snapshot's name as sandboxes record it (`host` for the default one).
+    pub snapshot: String,
+    /// The region (`us`: corral has one).
+    pub target: String,
+    /// How many sandboxes to keep ready.
+    pub size: u32,
+    pub cpu: u32,
+    pub memory_gib: u32,
+    pub disk_gib: u32,
+    /// The user pooled sandboxes run as.
+    pub os_user: String,
+    /// Why the pool cannot fill, if it cannot.
+    pub error_reason: Option<String>,
+    /// Unix milliseconds.
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// Durable storage of warm pools. A pool is unique per (snapshot, target, cpu, memory, disk).
+#[async_trait]
+pub trait WarmPoolStore: Send + Sync {
+    /// Records a new pool; `false` (nothing stored) when a pool with the same key exists.
+    async fn add_warm_pool(&self, pool: &WarmPoolRecord) -> Result<bool, StoreError>;
+    /// Every pool, oldest first.
+    async fn warm_pools(&self) -> Result<Vec<WarmPoolRecord>, StoreError>;
+    /// Replaces the stored pool with this id (size, error, updated time); `false` when none.
+    async fn update_warm_pool(&self, pool: &WarmPoolRecord) -> Result<bool, StoreError>;
+    /// Forgets the pool; `false` when there was none.
+    async fn delete_warm_pool(&self, id: &str) -> Result<bool, StoreError>;
+}
+
 /// A volume's lifecycle state, with Daytona's wire names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VolumeState {

@@ -8,7 +8,8 @@
 //! - [`sandboxes`]: find and create (warm pool, cold, from an image, after a build);
 //! - [`forks`]: snapshot and fork of a sandbox;
 //! - [`snapshots`], [`builds`]: named images, pulls and Dockerfile builds;
-//! - [`reconciler`]: timers and recovery at start; [`pool`]: the warm pool;
+//! - [`reconciler`]: timers and recovery at start; [`pool`]: the warm pools' sandboxes;
+//! - [`warm_pools`]: the warm pools API (create, list, resize, delete; stored);
 //! - [`volumes`]: the volumes a create mounts;
 //! - [`ssh_access`]: SSH access grants (issue, validate, revoke) and the gateway's check.
 //! - [`telemetry`]: the metrics history (sampler, per-sandbox rings, queries).
@@ -30,11 +31,12 @@ pub mod snapshots;
 pub mod ssh_access;
 pub mod telemetry;
 pub mod volumes;
+pub mod warm_pools;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use corral_core::ports::{SshAccessStore, VolumeStore};
+use corral_core::ports::{SshAccessStore, VolumeStore, WarmPoolStore};
 use corral_core::{Images, Runtime, SandboxStore, SnapshotStore};
 
 pub use error::{EngineError, ErrorKind};
@@ -71,9 +73,11 @@ pub struct Engine {
     pub images: Arc<dyn Images>,
     /// SSH access grants.
     pub ssh_access: Arc<dyn SshAccessStore>,
+    /// Warm pools (their records; the sandboxes are `pool`'s).
+    pub warm_pools: Arc<dyn WarmPoolStore>,
     /// One lock per sandbox: operations on a sandbox never interleave.
     pub locks: Arc<lifecycle::Locks>,
-    /// Sandboxes started ahead of demand.
+    /// Warm pools' sandboxes, started ahead of demand.
     pub pool: Arc<pool::WarmPool>,
     /// Last activity per sandbox, flushed to the store by the reconciler.
     pub activity: Arc<lifecycle::Activity>,
@@ -106,6 +110,7 @@ pub struct Ports {
     pub volumes: Arc<dyn VolumeStore>,
     pub images: Arc<dyn Images>,
     pub ssh_access: Arc<dyn SshAccessStore>,
+    pub warm_pools: Arc<dyn WarmPoolStore>,
     pub object_storage: Arc<corral_s3::ObjectStorage>,
 }
 
@@ -116,7 +121,8 @@ impl std::fmt::Debug for Ports {
 }
 
 impl Engine {
-    /// An engine over `ports`, with a warm pool of `pool_size` sandboxes.
+    /// An engine over `ports`, with a default warm pool of `pool_size` sandboxes (stored
+    /// pools come back with [`warm_pools::load`]).
     pub fn new(config: EngineConfig, ports: Ports, pool_size: usize) -> Self {
         Self {
             config: Arc::new(config),
@@ -127,6 +133,7 @@ impl Engine {
             volumes: ports.volumes,
             images: ports.images,
             ssh_access: ports.ssh_access,
+            warm_pools: ports.warm_pools,
             locks: Arc::default(),
             pool: Arc::new(pool::WarmPool::new(pool_size)),
             activity: Arc::default(),

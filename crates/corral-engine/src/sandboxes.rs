@@ -1,4 +1,4 @@
-//! Sandboxes: finding them, creating them (from the warm pool, cold, from an image, or after
+//! Sandboxes: finding them, creating them (from a warm pool, cold, from an image, or after
 //! a build or pull) and starting a just-recorded one. Operations on an existing sandbox go
 //! through [`crate::ops`].
 
@@ -13,22 +13,16 @@ use crate::lifecycle;
 pub use crate::lifecycle::{find, locked, start_recorded, validate_name};
 pub use crate::{DEFAULT_SNAPSHOT, DEFAULT_USER};
 
-/// Gives the new sandbox a running pooled sandbox when its shape matches the pool's.
+/// Gives the new sandbox a running sandbox of a warm pool that serves its snapshot and
+/// shape (see `pool::PoolShape`), personalised: the request's record (name, labels, timers,
+/// TTL, public flag) is stored under the pooled id and its network policy applied.
 async fn claim_pooled(
     state: &Engine,
     sandbox: &mut Sandbox,
-) -> Result<Option<Sandbox>, EngineError> {
-    let shape = crate::pool::pooled_spec(String::new());
-    let matches = sandbox.snapshot == shape.image
-        && sandbox.user == shape.user
-        && sandbox.env.is_empty()
-        && sandbox.resources == shape.resources
-        && sandbox.egress() == shape.egress
-        && sandbox.volumes.is_empty();
-    if !matches {
-        return Ok(None);
-    }
-    while let Some(id) = state.pool.take() {
+    user_requested: bool,
+) -> Result<Option<(Sandbox, String)>, EngineError> {
+    while let Some(claim) = state.pool.take_for(sandbox, user_requested) {
+        let id = claim.sandbox_id;
         if !state.runtime.is_running(&id) {
             state.runtime.destroy(&id).await?;
             continue;
@@ -38,20 +32,29 @@ async fn claim_pooled(
         if fresh_name {
             sandbox.name = sandbox.id.clone();
         }
+        sandbox.snapshot = claim.shape.snapshot;
+        sandbox.user = claim.shape.user;
         sandbox.state = SandboxState::Started;
+        let egress = sandbox.egress();
+        if egress != corral_core::Egress::Open
+            && let Err(e) = state.runtime.set_egress(&sandbox.id, &egress).await
+        {
+            state.runtime.destroy(&sandbox.id).await?;
+            return Err(e.into());
+        }
         if let Err(e) = state.store.insert(sandbox).await {
             // E.g. a taken name: the pooled sandbox has no owner now; remove it.
             state.runtime.destroy(&sandbox.id).await?;
             return Err(e.into());
         }
-        tracing::info!(sandbox = %sandbox.id, name = %sandbox.name, "sandbox created from the warm pool");
-        return Ok(Some(sandbox.clone()));
+        tracing::info!(sandbox = %sandbox.id, name = %sandbox.name, warm_pool = %claim.pool_id, "sandbox created from a warm pool");
+        return Ok(Some((sandbox.clone(), claim.pool_id)));
     }
     Ok(None)
 }
 
 /// Creates `sandbox` (a new record, state `creating`, checked by the caller) and starts it:
-/// from the warm pool when its shape matches, else cold, from an image, or (answered at once,
+/// from a warm pool that serves it, else cold, from an image, or (answered at once,
 /// `pending_build`) after the build or pull its snapshot needs. `user_requested`: the request
 /// named the user (else an image's own user is used).
 pub async fn create(
@@ -71,17 +74,20 @@ pub async fn create(
         drop(volumes_guard);
         return r;
     }
-    if build_info.is_some() || sandbox.snapshot != DEFAULT_SNAPSHOT {
-        return create_from_image(state, sandbox, build_info, user_requested, volumes_guard).await;
-    }
     let claim_started = Instant::now();
-    if let Some(claimed) = claim_pooled(state, &mut sandbox).await? {
+    if build_info.is_none()
+        && let Some((claimed, pool_id)) = claim_pooled(state, &mut sandbox, user_requested).await?
+    {
         metrics::histogram!("corral_create_phase_seconds", "phase" => "claim")
             .record(claim_started.elapsed().as_secs_f64());
         metrics::histogram!("corral_sandbox_create_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("corral_sandbox_create_total", "path" => "pool").increment(1);
+        metrics::counter!("corral_warm_pool_claims_total", "pool" => pool_id).increment(1);
         return Ok(claimed);
+    }
+    if build_info.is_some() || sandbox.snapshot != DEFAULT_SNAPSHOT {
+        return create_from_image(state, sandbox, build_info, user_requested, volumes_guard).await;
     }
     metrics::counter!("corral_sandbox_create_total", "path" => "cold").increment(1);
     let _guard = state.locks.lock(&sandbox.id).await;

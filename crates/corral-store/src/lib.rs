@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod ssh_access;
+mod warm_pools;
 
 use std::path::Path;
 

@@ -127,6 +127,7 @@ impl TestAppBuilder {
                 snapshots: store.clone(),
                 volumes: store.clone(),
                 ssh_access: store.clone(),
+                warm_pools: store.clone(),
                 images: Arc::new(self.images.clone()),
                 object_storage: Arc::new(corral_s3::ObjectStorage::new(
                     data_dir.join("object-storage"),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use corral_core::ports::{
     PreviewTokenStore, SignedPreviewToken, Snapshot, SnapshotState, SnapshotStore, SshAccess,
-    SshAccessStore, Volume, VolumeState, VolumeStore,
+    SshAccessStore, Volume, VolumeState, VolumeStore, WarmPoolRecord, WarmPoolStore,
 };
 use corral_core::{
     ApiKeyStore, DesiredState, ListQuery, Resources, Sandbox, SandboxState, SandboxStore,
@@ -16,11 +16,23 @@ use time::OffsetDateTime;
 
 /// Every port at once.
 pub trait AllStores:
-    SandboxStore + ApiKeyStore + PreviewTokenStore + VolumeStore + SnapshotStore + SshAccessStore
+    SandboxStore
+    + ApiKeyStore
+    + PreviewTokenStore
+    + VolumeStore
+    + SnapshotStore
+    + SshAccessStore
+    + WarmPoolStore
 {
 }
 impl<
-    T: SandboxStore + ApiKeyStore + PreviewTokenStore + VolumeStore + SnapshotStore + SshAccessStore,
+    T: SandboxStore
+        + ApiKeyStore
+        + PreviewTokenStore
+        + VolumeStore
+        + SnapshotStore
+        + SshAccessStore
+        + WarmPoolStore,
 > AllStores for T
 {
 }
@@ -820,4 +832,84 @@ pub async fn snapshots(store: &impl AllStores) {
         .insert_snapshot(&snapshot("i5", "tie", 1))
         .await
         .expect("name freed");
+}
+
+/// Warm pools: one per (snapshot, target, shape), listed oldest first, resized and deleted.
+pub async fn warm_pools(store: &impl AllStores) {
+    let pool = |id: &str, snapshot: &str, cpu: u32, at: i64| WarmPoolRecord {
+        id: id.into(),
+        snapshot: snapshot.into(),
+        target: "us".into(),
+        size: 2,
+        cpu,
+        memory_gib: 1,
+        disk_gib: 3,
+        os_user: "daytona".into(),
+        error_reason: None,
+        created_at_ms: at,
+        updated_at_ms: at,
+    };
+    assert!(store.warm_pools().await.expect("list").is_empty());
+    assert!(
+        store
+            .add_warm_pool(&pool("p2", "host", 1, 20))
+            .await
+            .expect("add")
+    );
+    assert!(
+        store
+            .add_warm_pool(&pool("p1", "img", 1, 10))
+            .await
+            .expect("add")
+    );
+    assert!(
+        store
+            .add_warm_pool(&pool("p3", "host", 2, 30))
+            .await
+            .expect("add")
+    );
+    // The same key under another id, and the same id: refused, nothing stored.
+    assert!(
+        !store
+            .add_warm_pool(&pool("p4", "host", 1, 40))
+            .await
+            .expect("add")
+    );
+    assert!(
+        !store
+            .add_warm_pool(&pool("p1", "other", 1, 40))
+            .await
+            .expect("add")
+    );
+    let ids: Vec<String> = store
+        .warm_pools()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(ids, ["p1", "p2", "p3"]);
+    let mut p = pool("p2", "host", 1, 20);
+    p.size = 0;
+    p.error_reason = Some("no image".into());
+    p.updated_at_ms = 50;
+    assert!(store.update_warm_pool(&p).await.expect("update"));
+    assert!(
+        !store
+            .update_warm_pool(&pool("nope", "host", 1, 1))
+            .await
+            .expect("update")
+    );
+    let got = store.warm_pools().await.expect("list");
+    assert_eq!(got[1], p);
+    assert!(store.delete_warm_pool("p2").await.expect("delete"));
+    assert!(!store.delete_warm_pool("p2").await.expect("delete"));
+    // Its key is free again.
+    assert!(
+        store
+            .add_warm_pool(&pool("p5", "host", 1, 60))
+            .await
+            .expect("add")
+    );
+    assert_eq!(store.warm_pools().await.expect("list").len(), 3);
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use corral_core::ports::{
     PreviewTokenStore, SignedPreviewToken, Snapshot, SnapshotStore, SshAccess, SshAccessStore,
-    Volume, VolumeState, VolumeStore,
+    Volume, VolumeState, VolumeStore, WarmPoolRecord, WarmPoolStore,
 };
 use corral_core::{ApiKeyStore, ListQuery, Page, Sandbox, SandboxState, SandboxStore, StoreError};
 
@@ -27,6 +27,8 @@ struct Inner {
     volume_seq: i64,
     /// Snapshots in insertion order.
     snapshots: Vec<Snapshot>,
+    /// Warm pools.
+    warm_pools: Vec<WarmPoolRecord>,
     /// When set, every call fails with `StoreError::Backend`.
     broken: bool,
 }
@@ -270,6 +272,52 @@ impl PreviewTokenStore for MemoryStore {
         let n = inner.signed.len();
         inner.signed.retain(|_, t| t.expires_at_ms >= before_ms);
         Ok((n - inner.signed.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl WarmPoolStore for MemoryStore {
+    async fn add_warm_pool(&self, p: &WarmPoolRecord) -> Result<bool, StoreError> {
+        let mut inner = self.lock()?;
+        let clash = inner.warm_pools.iter().any(|q| {
+            q.id == p.id
+                || (q.snapshot == p.snapshot
+                    && q.target == p.target
+                    && q.cpu == p.cpu
+                    && q.memory_gib == p.memory_gib
+                    && q.disk_gib == p.disk_gib)
+        });
+        if clash {
+            return Ok(false);
+        }
+        inner.warm_pools.push(p.clone());
+        Ok(true)
+    }
+
+    async fn warm_pools(&self) -> Result<Vec<WarmPoolRecord>, StoreError> {
+        let mut all = self.lock()?.warm_pools.clone();
+        all.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(all)
+    }
+
+    async fn update_warm_pool(&self, p: &WarmPoolRecord) -> Result<bool, StoreError> {
+        let mut inner = self.lock()?;
+        match inner.warm_pools.iter_mut().find(|q| q.id == p.id) {
+            Some(q) => {
+                q.size = p.size;
+                q.error_reason = p.error_reason.clone();
+                q.updated_at_ms = p.updated_at_ms;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn delete_warm_pool(&self, id: &str) -> Result<bool, StoreError> {
+        let mut inner = self.lock()?;
+        let n = inner.warm_pools.len();
+        inner.warm_pools.retain(|q| q.id != id);
+        Ok(inner.warm_pools.len() < n)
     }
 }
 

@@ -40,4 +40,5 @@ both!(
     volumes,
     snapshots,
     ssh_access,
+    warm_pools,
 );

@@ -150,7 +150,8 @@ struct ServeArgs {
     /// Size of the btrfs pool image in GiB (default: 90% of the free space, sparse).
     #[arg(long, env = "CORRAL_DISK_POOL_GIB")]
     disk_pool_gib: Option<u64>,
-    /// Sandboxes kept started ahead of demand (default shape only); 0 disables the pool.
+    /// Sandboxes kept started ahead of demand with the default shape: the warm pool `default`
+    /// (more pools: `/api/warm-pools`); 0 disables it.
     #[arg(long, env = "CORRAL_POOL_SIZE", default_value_t = 4)]
     pool_size: usize,
     /// Use this agent binary instead of the embedded one (must be static).
@@ -428,6 +429,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             snapshots: store.clone(),
             volumes: store.clone(),
             ssh_access: store.clone(),
+            warm_pools: store.clone(),
             images,
             object_storage: Arc::new(corral_s3::ObjectStorage::new(
                 data_dir.join("object-storage"),
@@ -470,6 +472,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     corral_engine::reconciler::on_start(&state)
         .await
         .map_err(|e| anyhow::anyhow!("reconciling recorded sandboxes: {}", e.message))?;
+    corral_engine::warm_pools::load(&state.engine)
+        .await
+        .map_err(|e| anyhow::anyhow!("loading warm pools: {}", e.message))?;
     let with_tls = tls.is_some();
     let limits = listener_limits(
         timeouts,

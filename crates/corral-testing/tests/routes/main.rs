@@ -136,6 +136,26 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/api/config", "config_is_public_and_complete"),
     (
         "GET",
+        "/api/warm-pools",
+        "warm_pools::crud_and_validation, warm_pools::the_default_pool_is_listed_and_fixed",
+    ),
+    (
+        "POST",
+        "/api/warm-pools",
+        "warm_pools::crud_and_validation, warm_pools::a_matching_create_claims_and_is_personalised",
+    ),
+    (
+        "PATCH",
+        "/api/warm-pools/{id}",
+        "warm_pools::crud_and_validation, warm_pools::shrink_and_delete_tear_sandboxes_down",
+    ),
+    (
+        "DELETE",
+        "/api/warm-pools/{id}",
+        "warm_pools::crud_and_validation, warm_pools::shrink_and_delete_tear_sandboxes_down",
+    ),
+    (
+        "GET",
         "/api/sandbox/{id_or_name}/telemetry/metrics",
         "metrics_history_answers_a_window, metrics_query_bad_input",
     ),
@@ -490,3 +510,4 @@ mod sandboxes;
 mod ssh_access;
 mod telemetry;
 mod volumes_and_snapshots;
+mod warm_pools;
