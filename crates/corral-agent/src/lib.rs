@@ -16,8 +16,8 @@ mod reaper;
 pub mod runas;
 mod runner;
 mod server;
-mod shell;
 mod sftp;
+mod shell;
 mod signals;
 mod spawn;
 
@@ -33,7 +33,10 @@ pub fn main_entry() -> ExitCode {
     if args.next().is_some_and(|a| a == "run-as") {
         return runas::main(args.collect());
     }
-    if std::env::args_os().nth(1).is_some_and(|a| a == "sftp-server") {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "sftp-server")
+    {
         return sftp::main();
     }
     logging::init();

@@ -123,7 +123,11 @@ pub fn lexical(cwd: &Path, path: &Path) -> PathBuf {
 
 /// The path a request names: `""` is the working directory (the user's home).
 pub fn req_path(p: &str) -> &Path {
-    if p.is_empty() { Path::new(".") } else { Path::new(p) }
+    if p.is_empty() {
+        Path::new(".")
+    } else {
+        Path::new(p)
+    }
 }
 
 /// Applies `setstat` attributes to `path` (or an open file): size, owner, mode, times, in
@@ -205,7 +209,10 @@ mod tests {
     fn lexical_paths() {
         let home = Path::new("/home/u");
         assert_eq!(lexical(home, Path::new(".")), Path::new("/home/u"));
-        assert_eq!(lexical(home, Path::new("a/../b/./c")), Path::new("/home/u/b/c"));
+        assert_eq!(
+            lexical(home, Path::new("a/../b/./c")),
+            Path::new("/home/u/b/c")
+        );
         assert_eq!(lexical(home, Path::new("/x/../../y")), Path::new("/y"));
         assert_eq!(req_path(""), Path::new("."));
     }

@@ -127,7 +127,13 @@ impl Server {
         }
     }
 
-    fn do_rename(&self, id: u32, from: &str, to: &str, replace: bool) -> Result<Status, StatusReply> {
+    fn do_rename(
+        &self,
+        id: u32,
+        from: &str,
+        to: &str,
+        replace: bool,
+    ) -> Result<Status, StatusReply> {
         let (from, to) = (req_path(from), req_path(to));
         if !replace && to.symlink_metadata().is_ok() {
             return Err(failure(format!("{} already exists", to.display())));
@@ -399,8 +405,7 @@ impl Handler for Server {
         }
         let (from, to) = two_strings(&data)
             .ok_or_else(|| StatusCode::BadMessage.with_message("bad posix-rename request"))?;
-        self.do_rename(id, &from, &to, true)
-            .map(Packet::Status)
+        self.do_rename(id, &from, &to, true).map(Packet::Status)
     }
 }
 
