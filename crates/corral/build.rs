@@ -83,6 +83,10 @@ fn main() {
 fn copy_if_changed(from: &Path, to: &Path) {
     let new = fs::read(from).expect("reading built agent");
     if fs::read(to).ok().as_deref() != Some(&new[..]) {
-        fs::write(to, new).expect("copying agent");
+        // Write a new file and rename it over: `to` may be hard-linked into other target
+        // dirs (worktrees seeded by hard links), and writing in place would change theirs.
+        let tmp = to.with_extension("tmp");
+        fs::write(&tmp, new).expect("copying agent");
+        fs::rename(&tmp, to).expect("installing agent");
     }
 }

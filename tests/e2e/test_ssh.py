@@ -2,6 +2,7 @@
 clients (`ssh`, `sftp`) use the command it returns against corral's SSH gateway."""
 
 import asyncio
+import hashlib
 import os
 import shlex
 import subprocess
@@ -51,17 +52,109 @@ def test_pty_shell(server, sandbox):
     assert r.returncode == 7, (r.returncode, out)
 
 
-def test_sftp_is_refused_clearly(server, sandbox, tmp_path):
-    """SFTP is not served yet: the client is told so at once (no hang, nothing written)."""
-    access = sandbox.create_ssh_access()
+def sftp_target(access):
+    """(`-P port`, `token@host`) from the SDK's `sshCommand`."""
     argv = shlex.split(access.ssh_command)
-    port, target = argv[2], argv[3]
-    r = subprocess.run(["sftp", *SSH_OPTS, "-P", port, "-b", "-", target], input=b"ls\n",
-                       capture_output=True, timeout=30)
-    assert r.returncode != 0, r
-    assert b"subsystem request failed" in r.stderr, r
-    # The same connection still runs commands (control).
-    assert run_ssh(access, "echo ok").stdout == b"ok\n"
+    assert argv[1] == "-p"
+    return argv[2], argv[3]
+
+
+def run_sftp(access, batch, timeout=60):
+    """`sftp -b -` with `batch` (stops at the first failing command, exit code 1)."""
+    port, target = sftp_target(access)
+    return subprocess.run(["sftp", *SSH_OPTS, "-P", port, "-b", "-", target],
+                          input=batch.encode(), capture_output=True, timeout=timeout)
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_sftp_batch_put_get_mkdir_ls_rename_rm(server, sandbox, tmp_path):
+    access = sandbox.create_ssh_access()
+    home = sandbox.process.exec("echo $HOME").result.strip()
+    data = os.urandom(3 * 1024 * 1024)
+    local = tmp_path / "big.bin"
+    local.write_bytes(data)
+    back = tmp_path / "back.bin"
+    r = run_sftp(access, f"""pwd
+mkdir up
+cd up
+put -p {local} big.bin
+rename big.bin moved.bin
+chmod 640 moved.bin
+symlink moved.bin ln
+ls -l
+get moved.bin {back}
+""")
+    out = r.stdout.decode()
+    assert r.returncode == 0, r
+    # Paths are relative to the sandbox user's home.
+    assert f"Remote working directory: {home}" in out, out
+    listing = sorted((f[0], f[-1]) for f in map(str.split, out.splitlines())
+                     if f and len(f[0]) == 10 and f[0][0] in "-l")
+    assert listing == [("-rw-r-----", "moved.bin"), ("lrwxrwxrwx", "ln")], out
+    # Down: the same bytes came back.
+    assert sha256(back.read_bytes()) == sha256(data)
+    # Up: the sandbox sees the same bytes, owned by its user, with the mode and times set.
+    path = f"{home}/up/moved.bin"
+    assert sha256(sandbox.fs.download_file(path)) == sha256(data)
+    info = sandbox.fs.get_file_info(path)
+    assert info.owner == "daytona" and info.size == len(data), info
+    check = sandbox.process.exec(
+        f"cd {home}/up && sha256sum moved.bin && stat -c %U:%a:%Y moved.bin && readlink ln")
+    lines = check.result.split()
+    assert lines[0] == sha256(data), check.result
+    assert lines[2] == f"daytona:640:{int(local.stat().st_mtime)}", check.result
+    assert lines[3] == "moved.bin", check.result
+    # Remove what was made; the sandbox sees it gone.
+    r = run_sftp(access, "rm up/ln\nrm up/moved.bin\nrmdir up\nls\n")
+    assert r.returncode == 0, r
+    assert sandbox.process.exec(f"test -e {home}/up || echo gone").result.strip() == "gone"
+    # A missing file is an error, not a hang.
+    r = run_sftp(access, "get nothing-here /dev/null\n")
+    assert r.returncode != 0 and b"not found" in r.stderr.lower(), r
+
+
+def test_scp_upload_and_download(server, sandbox, tmp_path):
+    """Modern `scp` runs over SFTP (the default since OpenSSH 9.0; `-s` insists on it)."""
+    access = sandbox.create_ssh_access()
+    port, target = sftp_target(access)
+    data = os.urandom(512 * 1024)
+    local = tmp_path / "up.bin"
+    local.write_bytes(data)
+    r = subprocess.run(["scp", "-s", *SSH_OPTS, "-P", port, str(local), f"{target}:scp.bin"],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r
+    home = sandbox.process.exec("echo $HOME").result.strip()
+    assert sandbox.fs.download_file(f"{home}/scp.bin") == data
+    assert sandbox.fs.get_file_info(f"{home}/scp.bin").owner == "daytona"
+    down = tmp_path / "down.bin"
+    r = subprocess.run(["scp", "-s", *SSH_OPTS, "-P", port, f"{target}:scp.bin", str(down)],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r
+    assert down.read_bytes() == data
+
+
+def test_sftp_permission_denied_is_an_error(server, sandbox, tmp_path):
+    """The server runs as the sandbox user: root's files stay root's, and the client is told
+    so promptly."""
+    access = sandbox.create_ssh_access()
+    local = tmp_path / "f"
+    local.write_bytes(b"not a shadow file\n")
+    before = sandbox.process.exec("sha256sum /etc/shadow /etc/passwd 2>&1").result
+    has_shadow = sandbox.process.exec("test -e /etc/shadow && echo yes").result.strip() == "yes"
+    batches = [f"put {local} /etc/shadow\n", f"put {local} /etc/passwd\n", "rm /etc/hostname\n"]
+    if has_shadow:
+        batches.append("get /etc/shadow /dev/null\n")
+    for batch in batches:
+        r = run_sftp(access, batch, timeout=30)
+        assert r.returncode != 0, (batch, r)
+        assert b"permission denied" in r.stderr.lower(), (batch, r)
+    assert sandbox.process.exec("sha256sum /etc/shadow /etc/passwd 2>&1").result == before
+    # Control: the same upload into the home directory works.
+    r = run_sftp(access, f"put {local} f\n", timeout=30)
+    assert r.returncode == 0, r
 
 
 def test_validate_revoke_and_refusal(server, sandbox):
@@ -112,6 +205,15 @@ def test_token_reaches_only_its_sandbox(server, daytona):
         assert marker.encode() not in r.stdout, r
         # Control: each token lands in its own sandbox.
         assert run_ssh(to_a, "hostname").stdout != run_ssh(to_b, "hostname").stdout
+        # SFTP too: a file put through a's token is in a alone.
+        r = run_sftp(to_a, f"put /etc/hostname /tmp/sftp-{marker}\nls /tmp\n")
+        listed = [l for l in r.stdout.splitlines() if not l.startswith(b"sftp>")]
+        assert r.returncode == 0 and any(marker.encode() in l for l in listed), r
+        assert a.process.exec(f"test -f /tmp/sftp-{marker} && echo yes").result.strip() == "yes"
+        r = run_sftp(to_b, f"ls /tmp\nget /tmp/sftp-{marker} /dev/null\n")
+        listed = [l for l in r.stdout.splitlines() if not l.startswith(b"sftp>")]
+        assert r.returncode != 0 and not any(marker.encode() in l for l in listed), r
+        assert b"not found" in r.stderr.lower(), r
         # Revoking through the other sandbox does nothing to a's token.
         b.revoke_ssh_access(to_a.token)
         assert a.validate_ssh_access(to_a.token).valid

@@ -16,6 +16,7 @@ mod reaper;
 pub mod runas;
 mod runner;
 mod server;
+mod sftp;
 mod shell;
 mod signals;
 mod spawn;
@@ -31,6 +32,12 @@ pub fn main_entry() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     if args.next().is_some_and(|a| a == "run-as") {
         return runas::main(args.collect());
+    }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "sftp-server")
+    {
+        return sftp::main();
     }
     logging::init();
     let result = parse_args(std::env::args_os().skip(1)).and_then(run);

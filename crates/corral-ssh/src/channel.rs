@@ -20,6 +20,11 @@ pub fn accepts_env(name: &str) -> bool {
     name == "LANG" || name.starts_with("LC_")
 }
 
+/// Subsystems served: only `sftp` (which `scp` uses too).
+pub fn serves_subsystem(name: &str) -> bool {
+    name == "sftp"
+}
+
 /// Environment entries kept per channel.
 const MAX_ENV: usize = 64;
 /// The exit status reported when the session could not start or the agent went away.
@@ -76,7 +81,13 @@ pub async fn run(gw: Gateway, token: String, channel: Channel<Msg>) {
                 break;
             }
             Some(ChannelMsg::RequestSubsystem { name, .. }) => {
-                return refuse(&wr, &format!("the {name} subsystem is not served")).await;
+                if !serves_subsystem(&name) {
+                    return refuse(&wr, &format!("the {name} subsystem is not served")).await;
+                }
+                // Run inside the sandbox by the agent (`corral-agent sftp-server`, as the
+                // sandbox user); its stream is the process's stdin/stdout like any exec.
+                start.subsystem = Some(name);
+                break;
             }
             Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return,
             Some(_) => {}
@@ -96,10 +107,10 @@ pub async fn run(gw: Gateway, token: String, channel: Channel<Msg>) {
     };
     tracing::info!(
         sandbox,
-        kind = if start.command.is_some() {
-            "exec"
-        } else {
-            "shell"
+        kind = match (&start.subsystem, &start.command) {
+            (Some(_), _) => "sftp",
+            (None, Some(_)) => "exec",
+            (None, None) => "shell",
         },
         pty = start.pty.is_some(),
         "ssh channel opened"
@@ -249,5 +260,7 @@ mod tests {
         assert_eq!(side(99_999, 80), 1000);
         assert_eq!(signal_name(&Sig::INT), "INT");
         assert_eq!(signal_name(&Sig::Custom("WINCH".into())), "WINCH");
+        assert!(serves_subsystem("sftp"));
+        assert!(!serves_subsystem("netconf") && !serves_subsystem("SFTP"));
     }
 }

@@ -157,9 +157,13 @@ impl russh::server::Handler for Handler {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // No subsystem yet (SFTP is not served: the client is told the request failed).
-        tracing::info!(subsystem = name, "ssh subsystem refused");
-        session.channel_failure(channel)
+        // Only `sftp` (the channel task starts it); others fail the request at once.
+        if channel::serves_subsystem(name) {
+            session.channel_success(channel)
+        } else {
+            tracing::info!(subsystem = name, "ssh subsystem refused");
+            session.channel_failure(channel)
+        }
     }
 
     async fn x11_request(

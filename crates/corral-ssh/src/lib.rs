@@ -8,8 +8,8 @@
 //!   (the binary asks the engine: known, unrevoked, unexpired), asked again for every new
 //!   channel, so a revoked or expired token opens nothing more.
 //! - Channels: `session` only, with `pty-req`, `env` (`LANG`, `LC_*`), `shell`, `exec`,
-//!   `window-change` and `signal` (no subsystem yet: SFTP is refused); each runs inside the sandbox through
-//!   its agent's `/corral/ssh` route (`corral_agent_proto::ssh`). Forwarding, X11 and agent
+//!   `window-change`, `signal` and the `sftp` subsystem (others are refused); each runs inside
+//!   the sandbox through its agent's `/corral/ssh` route (`corral_agent_proto::ssh`). Forwarding, X11 and agent
 //!   forwarding are refused.
 //! - Bounds: at most [`Settings::max_connections`] connections (more are closed at once),
 //!   [`Settings::max_channels`] channels per connection, authentication within
