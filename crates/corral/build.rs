@@ -83,6 +83,11 @@ fn main() {
 fn copy_if_changed(from: &Path, to: &Path) {
     let new = fs::read(from).expect("reading built agent");
     if fs::read(to).ok().as_deref() != Some(&new[..]) {
-        fs::write(to, new).expect("copying agent");
+        // A new file renamed into place, never a write into the old one: target dirs may be
+        // hard-linked copies of a shared seed, and writing in place would change the agent of
+        // every worktree sharing that inode.
+        let tmp = to.with_extension("tmp");
+        fs::write(&tmp, new).expect("copying agent");
+        fs::rename(&tmp, to).expect("renaming agent");
     }
 }

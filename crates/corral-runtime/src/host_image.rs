@@ -397,8 +397,18 @@ mod tests {
             "root:x:0:0:root:/root:/bin/sh\n",
         )
         .expect("write");
+        fs::write(host.path().join("usr/bin/python3"), b"").expect("write");
         symlink("usr/bin", host.path().join("bin")).expect("symlink");
         let img = build(images.path(), host.path()).expect("build");
+        assert_eq!(
+            img.dirs[0].lowers.len(),
+            2,
+            "usr has corral's python layer above the host's"
+        );
+        assert_eq!(
+            fs::read_link(img.dirs[0].lowers[0].join("local/bin/python")).expect("link"),
+            PathBuf::from("/usr/bin/python3")
+        );
         assert_eq!(
             img.dirs.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
             ["usr", "etc"]
