@@ -318,7 +318,7 @@ async fn create_connect(
 async fn create(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<PtyCreateRequest>,
-) -> Result<Json<PtyCreateResponse>, ApiError> {
+) -> Result<(StatusCode, Json<PtyCreateResponse>), ApiError> {
     let id = request.id.unwrap_or_default();
     let cols = request
         .cols
@@ -342,7 +342,11 @@ async fn create(
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(output);
     }
-    Ok(Json(PtyCreateResponse { session_id: id }))
+    // 201, as Daytona's daemon (the generated clients only parse the body of a 201).
+    Ok((
+        StatusCode::CREATED,
+        Json(PtyCreateResponse { session_id: id }),
+    ))
 }
 
 /// Starts terminal `id` (a login shell in `cwd` with `envs` on top of the sandbox's) and
