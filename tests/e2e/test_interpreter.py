@@ -45,6 +45,31 @@ def test_stdout_stderr_callbacks_stream_before_the_end(sandbox):
     assert first_at < end - 1.0, (first_at, end)
 
 
+def test_stdout_callback_gets_one_line_per_call_as_daytona(sandbox):
+    # Daytona's worker holds a write until it has a newline (or 1 KiB): `print` gives one
+    # callback per line, not one for the text and one for the "\n".
+    out, err = [], []
+    r = sandbox.code_interpreter.run_code(
+        "import sys\n"
+        "for i in range(3): print(i)\n"
+        "print('a', end='')\n"
+        "print('b')\n"
+        "sys.stderr.write('e1\\n')\n"
+        "print('tail', end='')\n",
+        on_stdout=lambda m: out.append(m.output),
+        on_stderr=lambda m: err.append(m.output),
+    )
+    assert r.error is None
+    assert out == ["0\n", "1\n", "2\n", "ab\n", "tail"], out
+    assert err == ["e1\n"], err
+    # Text held without a newline is sent before an error is reported.
+    errors = []
+    r = sandbox.code_interpreter.run_code(
+        "print('partial', end='')\nraise ValueError('v')", on_error=errors.append
+    )
+    assert r.stdout == "partial" and errors and errors[0].name == "ValueError"
+
+
 def test_output_of_subprocesses_reaches_the_run(sandbox):
     r = sandbox.code_interpreter.run_code("import os\nos.system('echo from-shell; echo shell-err >&2')")
     assert r.error is None

@@ -116,6 +116,34 @@ def test_relative_paths_resolve_against_the_project(sandbox):
         lsp.stop()
 
 
+def test_daytona_sdk_e2e_flow_with_work_dir_relative_paths(sandbox):
+    # Daytona's own SDK e2e test (libs/sdk-python/tests/test_e2e.py): the project and the file
+    # are given relative to the sandbox's work dir, so the file's uri is
+    # `file://e2e-lsp-project/sample.py`; it resolves under the work dir first, as Daytona's
+    # daemon does. pylsp has no `workspace/symbol`: the open documents are searched.
+    require_server(sandbox, "pylsp")
+    project = "e2e-lsp-project"
+    path = f"{project}/sample.py"
+    sandbox.fs.create_folder(project, "755")
+    sandbox.fs.upload_file(
+        b'class Greeter:\n    def greet(self) -> str:\n        return "hello"\n\ngreeter = Greeter()\ngreeter.\n',
+        path,
+    )
+    lsp = sandbox.create_lsp_server("python", project)
+    lsp.start()
+    try:
+        lsp.did_open(path)
+        symbols = lsp.document_symbols(path)
+        assert "Greeter" in names(symbols), names(symbols)
+        greeter = next(s for s in symbols if s.name == "Greeter")
+        work_dir = sandbox.get_work_dir()
+        assert greeter.location.uri == f"file://{work_dir}/{path}", greeter.location.uri
+        assert "Greeter" in names(lsp.sandbox_symbols("Greeter"))
+        lsp.did_close(path)
+    finally:
+        lsp.stop()
+
+
 def test_bad_requests_get_clear_errors(server, sandbox):
     lsp = sandbox.create_lsp_server("cobol", "/home/daytona")
     with pytest.raises(DaytonaError, match="unsupported language id") as e:

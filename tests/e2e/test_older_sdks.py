@@ -42,7 +42,7 @@ def test_python_sdk_0194(server):
     assert code == 0, report
     steps = [l.split()[1] for l in report.splitlines() if l.startswith("ok ")]
     assert steps == ["create", "code_run", "upload_exec_delete", "exec_cwd", "files_up_down", "session",
-                     "dirs", "exec_timeout_wording", "missing_file_wording", "list_get", "delete"], report
+                     "pty", "dirs", "exec_timeout_wording", "missing_file_wording", "list_get", "delete"], report
 
 
 def test_typescript_sdk_0143(server):
@@ -51,7 +51,7 @@ def test_typescript_sdk_0143(server):
     code, report = run(["node", "--test", "--test-reporter=tap", "smoke.test.mjs"], server, TS_0143, "ts0143")
     assert code == 0, report
     # Every test ran (none skipped or filtered away).
-    assert "# fail 0" in report and "# pass 7" in report, report
+    assert "# fail 0" in report and "# pass 9" in report and "# todo 0" in report, report
 
 
 def test_old_sdk_routes_have_daytonas_wire(server):

@@ -15,6 +15,7 @@ from daytona import (
     DaytonaConfig,
     DaytonaError,
     ListSandboxesQuery,
+    PtySize,
     SessionExecuteRequest,
 )
 from importlib.metadata import version as dist_version
@@ -58,6 +59,18 @@ def main():
         assert cmd.exit_code == 0 and "started" in (cmd.output or cmd.stdout or ""), cmd
         sb.process.delete_session("adk")
         ok("session")
+        # This SDK creates a terminal with POST /process/pty, then connects by WebSocket.
+        pty = sb.process.create_pty_session(id="adk-pty", pty_size=PtySize(rows=30, cols=100))
+        pty.wait_for_connection(timeout=10)
+        assert sb.process.get_pty_session_info("adk-pty").cols == 100
+        pty.send_input("echo pty-$((6*7))\n")
+        pty.send_input("exit 3\n")
+        seen = []
+        result = pty.wait(on_data=lambda d: seen.append(bytes(d)), timeout=20)
+        assert result.exit_code == 3, result
+        assert b"pty-42" in b"".join(seen), seen
+        pty.disconnect()
+        ok("pty")
         assert sb.get_user_home_dir() and sb.get_work_dir()
         ok("dirs")
         # Daytona's wording, which integrations match on.

@@ -66,14 +66,39 @@ test('sessions (createSession, executeSessionCommand, getSessionCommand, deleteS
   await sandbox.process.deleteSession('mastra');
 });
 
-// Known gap: this SDK reads a command's logs as text with Daytona's stdout/stderr markers;
-// the agent answers the JSON {output, stdout, stderr} of the current SDKs.
-test('session command logs as 0.143 reads them', { todo: 'the agent answers JSON, 0.143 wants marked text' }, async () => {
+// This SDK reads a command's logs as text with Daytona's stdout/stderr markers and splits it
+// itself; the agent answers so for SDK versions before 0.167 (X-Daytona-SDK-Version).
+test('session command logs as 0.143 reads them', async () => {
   await sandbox.process.createSession('logs');
-  const run = await sandbox.process.executeSessionCommand('logs', { command: 'echo from-session' });
+  const run = await sandbox.process.executeSessionCommand('logs', {
+    command: 'echo from-session; echo to-stderr >&2',
+  });
   const logs = await sandbox.process.getSessionCommandLogs('logs', run.cmdId);
   await sandbox.process.deleteSession('logs');
-  assert.match(logs.stdout, /from-session/);
+  assert.equal(logs.stdout, 'from-session\n');
+  assert.equal(logs.stderr, 'to-stderr\n');
+});
+
+// This SDK creates a terminal with POST /process/pty, then connects by WebSocket.
+test('PTY: createPty, input, output, exit code (POST /process/pty + connect)', async () => {
+  let out = '';
+  const pty = await sandbox.process.createPty({
+    id: `pty-${process.pid}`,
+    cols: 100,
+    rows: 30,
+    onData: (d) => {
+      out += new TextDecoder().decode(d);
+    },
+  });
+  await pty.waitForConnection();
+  const info = await sandbox.process.getPtySessionInfo(`pty-${process.pid}`);
+  assert.equal(info.cols, 100);
+  await pty.sendInput('echo pty-$((6*7))\n');
+  await pty.sendInput('exit 3\n');
+  const result = await pty.wait();
+  assert.equal(result.exitCode, 3);
+  assert.match(out, /pty-42/);
+  await pty.disconnect();
 });
 
 test("Daytona's wording: an exec timeout says timed out, a missing file says file not found", async () => {

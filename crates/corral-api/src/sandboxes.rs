@@ -110,6 +110,12 @@ fn refuse_unsupported(req: &CreateSandbox) -> Result<(), ApiError> {
             "this server does not export sandbox telemetry to OpenTelemetry",
         );
     }
+    if req.auto_archive_interval.is_some_and(|m| m < 0) {
+        return refuse(
+            "autoArchiveInterval",
+            "must be 0 (the maximum) or more minutes",
+        );
+    }
     if req.auto_pause_interval.is_some_and(|m| m < 0) {
         return refuse("autoPauseInterval", "must be 0 (never) or more minutes");
     }
@@ -183,7 +189,9 @@ fn new_sandbox(state: &AppState, req: CreateSandbox) -> Result<Sandbox, ApiError
         desired_state: DesiredState::Started,
         error_reason: None,
         auto_stop_interval: req.auto_stop_interval.unwrap_or(DEFAULT_AUTO_STOP),
-        auto_archive_interval: req.auto_archive_interval.unwrap_or(DEFAULT_AUTO_ARCHIVE),
+        auto_archive_interval: corral_engine::reconciler::resolve_auto_archive(
+            req.auto_archive_interval.unwrap_or(DEFAULT_AUTO_ARCHIVE),
+        ),
         auto_delete_interval: req.auto_delete_interval.unwrap_or(DEFAULT_AUTO_DELETE),
         auto_pause_interval: req.auto_pause_interval.unwrap_or(0),
         auto_destroy_at: corral_engine::ops::ttl_deadline(
@@ -651,7 +659,8 @@ pub async fn pause(
     apply(&state, &headers, &id_or_name, Op::Pause).await
 }
 
-/// `POST /api/sandbox/{idOrName}/autoarchive/{minutes}` (0 = the maximum, 30 days).
+/// `POST /api/sandbox/{idOrName}/autoarchive/{minutes}` (0 = the maximum, 30 days; more is
+/// capped to it, as Daytona does).
 pub async fn autoarchive(
     State(s): State<AppState>,
     h: HeaderMap,

@@ -129,7 +129,9 @@ impl Engine {
             Op::SetTimer(timer, minutes) => {
                 match timer {
                     Timer::Stop => s.auto_stop_interval = minutes,
-                    Timer::Archive => s.auto_archive_interval = minutes,
+                    Timer::Archive => {
+                        s.auto_archive_interval = crate::reconciler::resolve_auto_archive(minutes)
+                    }
                     Timer::Delete => s.auto_delete_interval = minutes.max(-1),
                     Timer::Pause => s.auto_pause_interval = minutes,
                 }

@@ -15,6 +15,16 @@ use crate::lifecycle;
 /// Auto-archive interval 0 means "the maximum": 30 days.
 pub const MAX_AUTO_ARCHIVE_MINUTES: i64 = 30 * 24 * 60;
 
+/// The auto-archive interval stored for a requested one, as Daytona resolves it: 0 is
+/// the maximum, and anything above the maximum is capped to it.
+pub fn resolve_auto_archive(minutes: i64) -> i64 {
+    if minutes == 0 {
+        MAX_AUTO_ARCHIVE_MINUTES
+    } else {
+        minutes.min(MAX_AUTO_ARCHIVE_MINUTES)
+    }
+}
+
 /// Every recorded sandbox (all pages).
 async fn all(state: &Engine) -> Result<Vec<Sandbox>, EngineError> {
     let mut query = ListQuery {
@@ -201,11 +211,8 @@ pub async fn reconcile_once(state: &Engine) -> Result<(), EngineError> {
             }
             SandboxState::Stopped => {
                 let since = s.stopped_at.unwrap_or(s.updated_at);
-                let archive_after = if s.auto_archive_interval == 0 {
-                    MAX_AUTO_ARCHIVE_MINUTES
-                } else {
-                    s.auto_archive_interval
-                };
+                // Records written before 0 was resolved on the way in still hold 0.
+                let archive_after = resolve_auto_archive(s.auto_archive_interval);
                 if s.auto_delete_interval >= 0
                     && now - since >= minutes(state, s.auto_delete_interval)
                 {

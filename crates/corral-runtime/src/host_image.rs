@@ -8,7 +8,10 @@
 //! may change its view of `/usr` without touching the host. `/etc` has one more lower layer
 //! above the host's: corral's `etc` layer, which holds the generated `passwd`/`group` (host
 //! system accounts plus `daytona`, no host login users) and overlay whiteouts that mask
-//! secrets such as `/etc/shadow`.
+//! secrets such as `/etc/shadow`. `/usr` gets one too when the host has `python3` but no
+//! `python` (Debian and Ubuntu hosts): corral's `usr` layer holds just
+//! `local/bin/python -> /usr/bin/python3`, so `python` works as in Daytona's default image
+//! while the host stays untouched.
 //!
 //! Overlayfs does not cross mount points inside a lower layer, which is why each host
 //! directory is its own overlay rather than a bind mount under one lower tree.
@@ -122,12 +125,17 @@ pub fn build(images_dir: &Path, host_root: &Path) -> Result<HostImage, HostImage
         hasher.update(format!("dir {d}\n"));
     }
     hasher.update(MASKED_ETC.join(",").as_bytes());
+    let python_shim = needs_python_shim(host_root);
+    if python_shim {
+        hasher.update(b"python shim\n");
+    }
     hasher.update(b"layout v1");
     let digest = hasher.finalize();
     let id: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     let base = images_dir.join("host").join(&id);
     let skeleton = base.join("rootfs");
     let etc_layer = base.join("etc");
+    let usr_layer = base.join("usr");
 
     if !base.exists() {
         let tmp = images_dir
@@ -138,6 +146,9 @@ pub fn build(images_dir: &Path, host_root: &Path) -> Result<HostImage, HostImage
         }
         write_skeleton(&tmp.join("rootfs"), &links, &dirs)?;
         write_etc_layer(&tmp.join("etc"), host_root, &passwd, &group)?;
+        if python_shim {
+            write_usr_layer(&tmp.join("usr"))?;
+        }
         fs::rename(&tmp, &base).map_err(io_err("rename", &tmp))?;
     }
 
@@ -147,6 +158,9 @@ pub fn build(images_dir: &Path, host_root: &Path) -> Result<HostImage, HostImage
             let mut lowers = Vec::new();
             if name == "etc" {
                 lowers.push(etc_layer.clone());
+            }
+            if name == "usr" && python_shim {
+                lowers.push(usr_layer.clone());
             }
             lowers.push(host_root.join(&name));
             DirOverlay { name, lowers }
@@ -285,6 +299,26 @@ fn write_etc_layer(
     Ok(())
 }
 
+/// Whether the host tree has `/usr/bin/python3` but no `python` where a PATH lookup would
+/// find one first (`/usr/local/bin`, `/usr/bin`, and `/bin` when it is a real directory).
+fn needs_python_shim(host_root: &Path) -> bool {
+    let exists = |rel: &str| fs::symlink_metadata(host_root.join(rel)).is_ok();
+    exists("usr/bin/python3")
+        && !["usr/local/bin/python", "usr/bin/python", "bin/python"]
+            .iter()
+            .any(|rel| exists(rel))
+}
+
+/// corral's `usr` layer: `local/bin/python -> /usr/bin/python3` (see the module header).
+fn write_usr_layer(usr: &Path) -> Result<(), HostImageError> {
+    let bin = usr.join("local/bin");
+    mkdir(&usr.join("local"), 0o755)?;
+    mkdir(&bin, 0o755)?;
+    mkdir(usr, 0o755)?;
+    let p = bin.join("python");
+    symlink("/usr/bin/python3", &p).map_err(io_err("symlink", &p))
+}
+
 /// An overlayfs whiteout: a character device 0/0 hides the same name in lower layers.
 fn whiteout(path: &Path) -> Result<(), HostImageError> {
     nix::sys::stat::mknod(
@@ -322,6 +356,36 @@ mod tests {
     }
 
     #[test]
+    fn python_shim_only_when_the_host_has_python3_alone() {
+        let host = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(host.path().join("usr/bin")).expect("mkdir");
+        assert!(
+            !needs_python_shim(host.path()),
+            "no python3: nothing to point at"
+        );
+        fs::write(host.path().join("usr/bin/python3"), b"").expect("write");
+        assert!(needs_python_shim(host.path()));
+        symlink("python3", host.path().join("usr/bin/python")).expect("symlink");
+        assert!(
+            !needs_python_shim(host.path()),
+            "the host's own python wins"
+        );
+    }
+
+    #[test]
+    fn usr_layer_holds_only_the_python_link() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let usr = dir.path().join("usr");
+        write_usr_layer(&usr).expect("write");
+        assert_eq!(
+            fs::read_link(usr.join("local/bin/python")).expect("link"),
+            PathBuf::from("/usr/bin/python3")
+        );
+        assert_eq!(fs::read_dir(&usr).expect("ls").count(), 1);
+        assert_eq!(fs::read_dir(usr.join("local/bin")).expect("ls").count(), 1);
+    }
+
+    #[test]
     #[ignore = "needs root (chown of /home/daytona to the sandbox user): run by scripts/test.sh as root"]
     fn build_lays_out_skeleton_and_overlays() {
         let host = tempfile::tempdir().expect("tempdir");
@@ -333,8 +397,18 @@ mod tests {
             "root:x:0:0:root:/root:/bin/sh\n",
         )
         .expect("write");
+        fs::write(host.path().join("usr/bin/python3"), b"").expect("write");
         symlink("usr/bin", host.path().join("bin")).expect("symlink");
         let img = build(images.path(), host.path()).expect("build");
+        assert_eq!(
+            img.dirs[0].lowers.len(),
+            2,
+            "usr has corral's python layer above the host's"
+        );
+        assert_eq!(
+            fs::read_link(img.dirs[0].lowers[0].join("local/bin/python")).expect("link"),
+            PathBuf::from("/usr/bin/python3")
+        );
         assert_eq!(
             img.dirs.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
             ["usr", "etc"]

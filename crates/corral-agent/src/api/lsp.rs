@@ -154,18 +154,28 @@ async fn running(
     Ok((project, server))
 }
 
-/// `file://<path>` → an absolute path; relative paths are taken from the project.
-fn document_path(project: &Path, uri: &str) -> Result<PathBuf, ApiError> {
+/// `file://<path>` → an absolute path. A relative path (the SDKs send `file://` + the path
+/// they were given, e.g. `file://proj/a.py`) is looked up as Daytona's daemon does: under the
+/// sandbox's work dir first, then under the project; when it exists in neither, the project's.
+fn document_path(work_dir: &Path, project: &Path, uri: &str) -> Result<PathBuf, ApiError> {
     let path = uri.strip_prefix("file://").unwrap_or(uri);
     if path.is_empty() {
         return Err(ApiError::bad_request("uri is required"));
     }
-    let raw = files::resolve(&project.to_string_lossy(), path)?;
     // The SDK sends paths unescaped; a client that escaped them gets them decoded.
-    if raw.exists() || !path.contains('%') {
-        return Ok(raw);
+    let decoded = path.contains('%').then(|| percent_decode(path));
+    let mut fallback = None;
+    for text in std::iter::once(path).chain(decoded.as_deref()) {
+        for base in [work_dir, project] {
+            let candidate = files::resolve(&base.to_string_lossy(), text)?;
+            if candidate.exists() {
+                return Ok(candidate);
+            }
+        }
+        // Neither exists: the project's, decoded when it was escaped.
+        fallback = Some(files::resolve(&project.to_string_lossy(), text)?);
     }
-    files::resolve(&project.to_string_lossy(), &percent_decode(path))
+    Ok(fallback.unwrap_or_else(|| project.to_path_buf()))
 }
 
 /// The `file://` uri of an absolute path, escaping what a uri cannot hold.
@@ -528,7 +538,7 @@ async fn did_open(
     JsonBody(request): JsonBody<DocumentRequest>,
 ) -> Result<(), ApiError> {
     let (project, server) = running(&state, &request.language_id, &request.path_to_project).await?;
-    let path = document_path(&project, &request.uri)?;
+    let path = document_path(Path::new(&state.config.work_dir), &project, &request.uri)?;
     server.open(&path).await?;
     Ok(())
 }
@@ -538,7 +548,11 @@ async fn did_close(
     JsonBody(request): JsonBody<DocumentRequest>,
 ) -> Result<(), ApiError> {
     let (project, server) = running(&state, &request.language_id, &request.path_to_project).await?;
-    let uri = file_uri(&document_path(&project, &request.uri)?);
+    let uri = file_uri(&document_path(
+        Path::new(&state.config.work_dir),
+        &project,
+        &request.uri,
+    )?);
     let was_open = server
         .documents
         .lock()
@@ -563,7 +577,11 @@ async fn completions(
 ) -> Result<Json<Value>, ApiError> {
     let (project, server) = running(&state, &request.language_id, &request.path_to_project).await?;
     let uri = server
-        .ensure_open(&document_path(&project, &request.uri)?)
+        .ensure_open(&document_path(
+            Path::new(&state.config.work_dir),
+            &project,
+            &request.uri,
+        )?)
         .await?;
     let mut params = json!({
         "textDocument": {"uri": uri},
@@ -593,7 +611,11 @@ async fn document_symbols(
     let language = required(&query.language_id, "languageId")?;
     let project = required(&query.path_to_project, "pathToProject")?;
     let (project, server) = running(&state, language, project).await?;
-    let path = document_path(&project, required(&query.uri, "uri")?)?;
+    let path = document_path(
+        Path::new(&state.config.work_dir),
+        &project,
+        required(&query.uri, "uri")?,
+    )?;
     let uri = server.ensure_open(&path).await?;
     Ok(Json(server.document_symbols(&uri).await?))
 }
@@ -641,21 +663,53 @@ mod tests {
 
     #[test]
     fn uris_map_to_paths_and_back() {
+        let work = Path::new("/nonexistent-work");
         let project = Path::new("/home/u/proj");
         assert_eq!(
-            document_path(project, "file:///a/b c.py").expect("ok"),
+            document_path(work, project, "file:///a/b c.py").expect("ok"),
             PathBuf::from("/a/b c.py")
         );
         assert_eq!(
-            document_path(project, "file://src/x.py").expect("ok"),
+            document_path(work, project, "file://src/x.py").expect("ok"),
             PathBuf::from("/home/u/proj/src/x.py")
         );
         assert_eq!(
-            document_path(project, "file:///a/b%20c.py").expect("ok"),
+            document_path(work, project, "file:///a/b%20c.py").expect("ok"),
             PathBuf::from("/a/b c.py")
         );
-        assert!(document_path(project, "file://").is_err());
+        assert!(document_path(work, project, "file://").is_err());
         assert_eq!(file_uri(Path::new("/a/b c#.py")), "file:///a/b%20c%23.py");
+    }
+
+    #[test]
+    fn relative_uris_look_in_the_work_dir_first_then_the_project() {
+        let work = tempfile::tempdir().expect("tempdir");
+        let project = work.path().join("proj");
+        std::fs::create_dir_all(project.join("src")).expect("mkdir");
+        std::fs::write(project.join("a.py"), b"").expect("write");
+        std::fs::write(project.join("src/b.py"), b"").expect("write");
+        // As Daytona's tests send it: the project's name, then the file.
+        assert_eq!(
+            document_path(work.path(), &project, "file://proj/a.py").expect("ok"),
+            project.join("a.py")
+        );
+        // Relative to the project.
+        assert_eq!(
+            document_path(work.path(), &project, "file://src/b.py").expect("ok"),
+            project.join("src/b.py")
+        );
+        // The work dir wins when both exist.
+        std::fs::create_dir_all(work.path().join("src")).expect("mkdir");
+        std::fs::write(work.path().join("src/b.py"), b"").expect("write");
+        assert_eq!(
+            document_path(work.path(), &project, "file://src/b.py").expect("ok"),
+            work.path().join("src/b.py")
+        );
+        // Nowhere: the project's (the server then reports it missing).
+        assert_eq!(
+            document_path(work.path(), &project, "file://new.py").expect("ok"),
+            project.join("new.py")
+        );
     }
 
     #[test]

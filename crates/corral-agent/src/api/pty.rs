@@ -8,6 +8,12 @@
 //! every client gets the exit status (the `exited` control message if it offered
 //! `X-Daytona-Pty-Exit-Control`, then a close frame 1000/1011 with `{"exitCode":N}`), and the
 //! terminal is forgotten: it no longer appears in the list and its id is free again.
+//!
+//! Older SDKs (0.143 TypeScript, 0.194 Python) create a terminal with `POST /process/pty`
+//! (`PtyCreateRequest` → `{"sessionId"}`) and then connect with `GET /process/pty/{id}/connect`.
+//! With `lazyStart` (what they send), the first client to connect gets the output from the
+//! shell's start (held in a receiver taken at creation, up to the per-client buffer), as
+//! Daytona's daemon starts the shell only then.
 
 pub(super) mod term;
 
@@ -103,6 +109,8 @@ struct Pty {
     /// Set once the shell exited and all its output was broadcast.
     exit: watch::Sender<Option<Exit>>,
     killed: AtomicBool,
+    /// With `lazyStart`: the output from the start, for the first client to connect.
+    first_output: Mutex<Option<broadcast::Receiver<Bytes>>>,
 }
 
 impl Pty {
@@ -116,7 +124,11 @@ impl Pty {
             rows,
             created_at: self.created_at.clone(),
             active: self.exit.borrow().is_none(),
-            lazy_start: false,
+            lazy_start: self
+                .first_output
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some(),
         }
     }
 }
@@ -141,6 +153,25 @@ struct PtyListResponse {
     sessions: Vec<PtySessionInfo>,
 }
 
+/// Daytona's `PtyCreateRequest` (older SDKs' `POST /process/pty`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PtyCreateRequest {
+    id: Option<String>,
+    cwd: Option<String>,
+    envs: Option<BTreeMap<String, String>>,
+    cols: Option<i64>,
+    rows: Option<i64>,
+    lazy_start: Option<bool>,
+}
+
+/// Daytona's `PtyCreateResponse`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PtyCreateResponse {
+    session_id: String,
+}
+
 /// Daytona's `PtyResizeRequest`.
 #[derive(Debug, Deserialize)]
 struct PtyResizeRequest {
@@ -151,7 +182,7 @@ struct PtyResizeRequest {
 /// The routes of this module.
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/process/pty", get(list))
+        .route("/process/pty", get(list).post(create))
         .route("/process/pty/create-connect", get(create_connect))
         .route("/process/pty/{id}", get(info).delete(delete))
         .route("/process/pty/{id}/connect", get(connect))
@@ -268,6 +299,65 @@ async fn create_connect(
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let id = query.get("id").map(String::as_str).unwrap_or_default();
+    let cols = side_param(&query, "cols", 80)?;
+    let rows = side_param(&query, "rows", 24)?;
+    let envs = envs_from_protocols(&headers)?;
+    let ws = upgrade(ws)?;
+    let (pty, output) = spawn_pty(
+        &state,
+        id,
+        query.get("cwd").map(String::as_str),
+        envs,
+        (cols, rows),
+    )?;
+    Ok(ws.on_upgrade(move |socket| attach(socket, pty, output)))
+}
+
+/// `POST /process/pty` (older SDKs): starts a terminal that clients then attach to with
+/// `GET /process/pty/{id}/connect`.
+async fn create(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<PtyCreateRequest>,
+) -> Result<(StatusCode, Json<PtyCreateResponse>), ApiError> {
+    let id = request.id.unwrap_or_default();
+    let cols = request
+        .cols
+        .map(|c| side("cols", c))
+        .transpose()?
+        .unwrap_or(80);
+    let rows = request
+        .rows
+        .map(|r| side("rows", r))
+        .transpose()?
+        .unwrap_or(24);
+    let (pty, output) = spawn_pty(
+        &state,
+        &id,
+        request.cwd.as_deref(),
+        request.envs.unwrap_or_default(),
+        (cols, rows),
+    )?;
+    if request.lazy_start == Some(true) {
+        *pty.first_output
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(output);
+    }
+    // 201, as Daytona's daemon (the generated clients only parse the body of a 201).
+    Ok((
+        StatusCode::CREATED,
+        Json(PtyCreateResponse { session_id: id }),
+    ))
+}
+
+/// Starts terminal `id` (a login shell in `cwd` with `envs` on top of the sandbox's) and
+/// registers it; returns it with a receiver of its output from the start.
+fn spawn_pty(
+    state: &AppState,
+    id: &str,
+    cwd: Option<&str>,
+    envs: BTreeMap<String, String>,
+    (cols, rows): (u16, u16),
+) -> Result<(Arc<Pty>, broadcast::Receiver<Bytes>), ApiError> {
     if id.is_empty() {
         return Err(ApiError::bad_request("the PTY session id is required"));
     }
@@ -276,20 +366,12 @@ async fn create_connect(
             "invalid PTY session id {id:?}"
         )));
     }
-    let cols = side_param(&query, "cols", 80)?;
-    let rows = side_param(&query, "rows", 24)?;
     let config = &state.config;
-    let cwd = params::resolve_cwd(
-        &config.work_dir,
-        &config.home,
-        query.get("cwd").map(String::as_str),
-    );
+    let cwd = params::resolve_cwd(&config.work_dir, &config.home, cwd);
     params::require_dir(&cwd).map_err(ApiError::bad_request)?;
-    let envs = envs_from_protocols(&headers)?;
     let mut base = state.base_env();
     base.insert("TERM".into(), "xterm-256color".into());
     let env = params::merge_env(&base, Some(&envs)).map_err(ApiError::bad_request)?;
-    let ws = upgrade(ws)?;
 
     // Check for a duplicate and register under one lock, so two creates cannot both win.
     let (pty, output, exit) = {
@@ -321,12 +403,13 @@ async fn create_connect(
             output,
             exit: watch::Sender::new(None),
             killed: AtomicBool::new(false),
+            first_output: Mutex::new(None),
         });
         map.insert(id.to_owned(), pty.clone());
         (pty, first_client, terminal.exit)
     };
     tokio::spawn(pump(state.ptys.clone(), pty.clone(), exit));
-    Ok(ws.on_upgrade(move |socket| attach(socket, pty, output)))
+    Ok((pty, output))
 }
 
 async fn connect(
@@ -337,7 +420,13 @@ async fn connect(
     let pty = state.ptys.get(&id)?;
     let ws = upgrade(ws)?;
     Ok(ws.on_upgrade(move |socket| async move {
-        let output = pty.output.subscribe();
+        // The first client of a lazily started terminal gets its output from the start.
+        let first = pty
+            .first_output
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let output = first.unwrap_or_else(|| pty.output.subscribe());
         attach(socket, pty, output).await;
     }))
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Path, Query, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -27,6 +27,44 @@ const STDOUT_PREFIX: &[u8] = b"\x01\x01\x01";
 const STDERR_PREFIX: &[u8] = b"\x02\x02\x02";
 /// The id the entrypoint session answers with.
 const ENTRYPOINT: &str = "entrypoint";
+
+/// How a command's logs are answered, by the SDK version the client names in
+/// `X-Daytona-SDK-Version`, as Daytona's daemon does: JSON `{output, stdout, stderr}` from
+/// 0.167 on (and when no version is named: the current SDKs all name theirs), text with the
+/// stream markers before (0.143 reads that and splits it itself), plain text before 0.27.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    Json,
+    Marked,
+    Plain,
+}
+
+impl LogFormat {
+    fn of(headers: &HeaderMap) -> Self {
+        let Some(version) = headers
+            .get("x-daytona-sdk-version")
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Self::Json;
+        };
+        let (core, pre) = version
+            .trim()
+            .trim_start_matches('v')
+            .split_once('-')
+            .unwrap_or((version.trim().trim_start_matches('v'), ""));
+        let parts: Vec<Option<u64>> = core.split('.').map(|p| p.parse().ok()).collect();
+        let (Some(Some(major)), Some(Some(minor))) = (parts.first(), parts.get(1)) else {
+            return Self::Json;
+        };
+        if pre.contains("dev") || (*major, *minor) >= (0, 167) {
+            Self::Json
+        } else if (*major, *minor) >= (0, 27) {
+            Self::Marked
+        } else {
+            Self::Plain
+        }
+    }
+}
 
 /// Every session of the sandbox.
 #[derive(Debug, Default)]
@@ -329,16 +367,18 @@ async fn logs(
     request: Request,
 ) -> Result<Response, ApiError> {
     let cmd = find_command(&state, &session_id, &command_id)?;
+    let format = LogFormat::of(request.headers());
     if query.follow()
         && let Some(upgrade) = upgrade_of(request).await
     {
         return Ok(upgrade.on_upgrade(move |socket| follow(socket, Some(cmd))));
     }
-    let (output, stdout, stderr) = cmd
-        .state
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .logs();
+    let state = cmd.state.lock().unwrap_or_else(PoisonError::into_inner);
+    if format != LogFormat::Json {
+        let text = state.text_log(STDOUT_PREFIX, STDERR_PREFIX, format == LogFormat::Marked);
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
+    }
+    let (output, stdout, stderr) = state.logs();
     Ok(Json(LogsResponse {
         output,
         stdout,
@@ -503,4 +543,30 @@ async fn follow(mut socket: WebSocket, cmd: Option<Arc<Command>>) {
             reason: "".into(),
         })))
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn format(version: Option<&str>) -> LogFormat {
+        let mut headers = HeaderMap::new();
+        if let Some(v) = version {
+            headers.insert("x-daytona-sdk-version", v.parse().expect("header"));
+        }
+        LogFormat::of(&headers)
+    }
+
+    #[test]
+    fn log_format_follows_the_sdk_version_as_daytona() {
+        assert_eq!(format(None), LogFormat::Json);
+        assert_eq!(format(Some("0.226.1")), LogFormat::Json);
+        assert_eq!(format(Some("0.167.0")), LogFormat::Json);
+        assert_eq!(format(Some("0.194.0")), LogFormat::Json);
+        assert_eq!(format(Some("0.143.0")), LogFormat::Marked);
+        assert_eq!(format(Some("0.166.9")), LogFormat::Marked);
+        assert_eq!(format(Some("0.26.0")), LogFormat::Plain);
+        assert_eq!(format(Some("0.143.0-dev.1")), LogFormat::Json);
+        assert_eq!(format(Some("garbage")), LogFormat::Json);
+    }
 }

@@ -765,12 +765,36 @@ async fn timers() {
             .expect(200)["autoStopInterval"],
         30
     );
+    // As Daytona: 0 is answered (and stored) as the maximum, 30 days; more is capped.
     assert_eq!(
         app.post_empty("/api/sandbox/t/autoarchive/0")
             .await
             .expect(200)["autoArchiveInterval"],
-        0
+        43200
     );
+    assert_eq!(
+        app.post_empty("/api/sandbox/t/autoarchive/50000")
+            .await
+            .expect(200)["autoArchiveInterval"],
+        43200
+    );
+    assert_eq!(
+        app.post_empty("/api/sandbox/t/autoarchive/60")
+            .await
+            .expect(200)["autoArchiveInterval"],
+        60
+    );
+    let zero = app
+        .create_sandbox(&json!({"name": "t0", "autoArchiveInterval": 0}))
+        .await;
+    assert_eq!(zero["autoArchiveInterval"], 43200, "{zero}");
+    let r = app
+        .post(
+            "/api/sandbox",
+            &json!({"name": "neg", "autoArchiveInterval": -1}),
+        )
+        .await;
+    r.expect(400);
     assert_eq!(
         app.post_empty("/api/sandbox/t/autodelete/-5")
             .await

@@ -7,8 +7,11 @@
 #                   {"type": "stdout"|"stderr", "text": str}     (as written)
 #                   {"type": "error", "name", "value", "traceback"}
 #                   {"type": "done"}                             (end of a run)
-# sys.stdout/sys.stderr are replaced by writers that send every write at once over the
-# socket; fds 1 and 2 stay pipes the agent reads too (subprocesses, C extensions).
+# sys.stdout/sys.stderr are replaced by writers that send over the socket what was written
+# once it holds a newline (so `print` gives one message per line, as Daytona's worker does)
+# or reaches _LINE_MAX characters, and whatever is left before an error or the end of a run;
+# writing to one stream first sends what the other holds, so their order is kept. fds 1 and
+# 2 stay pipes the agent reads too (subprocesses, C extensions).
 # SIGINT interrupts a run (KeyboardInterrupt); between runs it is ignored (so a handler the
 # user code installs for SIGINT lasts only for its run).
 import io
@@ -25,6 +28,7 @@ _sock = socket.socket(fileno=int(sys.argv[1]))
 _lock = threading.Lock()
 _INT = {signal.SIGINT}
 _CHUNK = 16384
+_LINE_MAX = 1024
 
 
 def _send(obj):
@@ -43,6 +47,8 @@ class _Stream(io.TextIOBase):
     def __init__(self, kind, fd):
         self._kind = kind
         self._fd = fd
+        self._held = []
+        self._size = 0
 
     def writable(self):
         return True
@@ -50,13 +56,26 @@ class _Stream(io.TextIOBase):
     def write(self, s):
         if not isinstance(s, str):
             raise TypeError("write() argument must be str, not " + type(s).__name__)
-        # Bounded frames: WebSocket clients cap message sizes (aiohttp: 4 MiB).
-        for at in range(0, len(s), _CHUNK):
-            _send({"type": self._kind, "text": s[at : at + _CHUNK]})
+        if not s:
+            return 0
+        for other in _STREAMS:
+            if other is not self:
+                other.flush()
+        self._held.append(s)
+        self._size += len(s)
+        if "\n" in s or self._size >= _LINE_MAX:
+            self.flush()
         return len(s)
 
     def flush(self):
-        pass
+        if not self._held:
+            return
+        text = "".join(self._held)
+        self._held = []
+        self._size = 0
+        # Bounded frames: WebSocket clients cap message sizes (aiohttp: 4 MiB).
+        for at in range(0, len(text), _CHUNK):
+            _send({"type": self._kind, "text": text[at : at + _CHUNK]})
 
     def isatty(self):
         return False
@@ -73,8 +92,16 @@ class _Stream(io.TextIOBase):
         return "strict"
 
 
-sys.stdout = _Stream("stdout", 1)
-sys.stderr = _Stream("stderr", 2)
+_STREAMS = (_Stream("stdout", 1), _Stream("stderr", 2))
+sys.stdout, sys.stderr = _STREAMS
+
+
+def _flush_all():
+    for stream in _STREAMS:
+        try:
+            stream.flush()
+        except Exception:
+            pass
 signal.pthread_sigmask(signal.SIG_UNBLOCK, _INT)
 
 _globals = {"__name__": "__main__", "__doc__": None, "__builtins__": __builtins__}
@@ -82,6 +109,7 @@ _count = 0
 
 
 def _report(exc):
+    _flush_all()
     tb = exc.__traceback__
     # Drop this script's own frame (the exec call).
     while tb is not None and tb.tb_frame.f_code.co_filename == _report.__code__.co_filename:
@@ -109,6 +137,7 @@ def _run(request):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        _flush_all()
         try:
             sys.__stdout__.flush()
             sys.__stderr__.flush()
@@ -142,6 +171,7 @@ def _main():
             pass
         finally:
             _quiet()
+        _flush_all()
         _send({"type": "done"})
 
 

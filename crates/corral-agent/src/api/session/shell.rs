@@ -77,6 +77,23 @@ impl CommandState {
         }
     }
 
+    /// The log as Daytona's daemon answers SDKs older than 0.167 (text): every chunk after
+    /// its stream's marker (`stdout`/`stderr` prefixes), or with `markers` false (SDKs older
+    /// than 0.27) just the bytes in order.
+    pub fn text_log(&self, stdout: &[u8], stderr: &[u8], markers: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (stream, bytes) in &self.chunks {
+            if markers {
+                out.extend_from_slice(match stream {
+                    Stream::Stdout => stdout,
+                    Stream::Stderr => stderr,
+                });
+            }
+            out.extend_from_slice(bytes);
+        }
+        out
+    }
+
     /// `(output, stdout, stderr)` as lossy UTF-8.
     pub fn logs(&self) -> (String, String, String) {
         let (mut all, mut out, mut err) = (Vec::new(), Vec::new(), Vec::new());
@@ -534,6 +551,16 @@ mod tests {
     fn quoting_survives_single_quotes() {
         assert_eq!(quote("it's"), "'it'\\''s'");
         assert_eq!(quote(""), "''");
+    }
+
+    #[test]
+    fn text_logs_mark_each_chunk_with_its_stream() {
+        let mut state = CommandState::default();
+        state.push(Stream::Stdout, b"a");
+        state.push(Stream::Stderr, b"b");
+        state.push(Stream::Stdout, b"c");
+        assert_eq!(state.text_log(b"<o>", b"<e>", true), b"<o>a<e>b<o>c");
+        assert_eq!(state.text_log(b"<o>", b"<e>", false), b"abc");
     }
 
     #[test]
