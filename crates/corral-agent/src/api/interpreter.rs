@@ -360,8 +360,8 @@ async fn run_socket(state: AppState, mut ws: WebSocket) {
                     }
                     let Some(mut out) = to_client(frame) else { continue };
                     if let Some(kind) = output_kind(&out) {
-                        // `print` writes the text and the newline separately: merge chunks of
-                        // the same stream that are already queued into one frame.
+                        // Output that does not end a line: merge queued chunks of the same
+                        // stream up to the end of the line into one frame.
                         let mut text = out["text"].as_str().unwrap_or_default().to_owned();
                         held = merge_queued(&mut process.events, kind, &mut text);
                         out["text"] = Value::String(text);
@@ -462,14 +462,15 @@ fn output_kind(frame: &Value) -> Option<&'static str> {
     }
 }
 
-/// Appends to `text` the queued frames of stream `kind` (up to 64 KiB) and returns the first
-/// queued event of another kind, if any.
+/// Appends to `text` the queued frames of stream `kind` until it ends a line (up to 64 KiB),
+/// so each client message is one line as Daytona's (the REPL sends a frame per line), and
+/// returns the first queued event it took but did not merge, if any.
 fn merge_queued(
     events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
     kind: &str,
     text: &mut String,
 ) -> Option<Event> {
-    while text.len() < 64 << 10 {
+    while text.len() < 64 << 10 && !text.ends_with('\n') {
         let Ok(event) = events.try_recv() else {
             return None;
         };

@@ -299,6 +299,8 @@ async fn create_connect(
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let id = query.get("id").map(String::as_str).unwrap_or_default();
+    // The request is checked (id first) before the upgrade, so a bad one is a clear 400.
+    check_id(id)?;
     let cols = side_param(&query, "cols", 80)?;
     let rows = side_param(&query, "rows", 24)?;
     let envs = envs_from_protocols(&headers)?;
@@ -351,13 +353,8 @@ async fn create(
 
 /// Starts terminal `id` (a login shell in `cwd` with `envs` on top of the sandbox's) and
 /// registers it; returns it with a receiver of its output from the start.
-fn spawn_pty(
-    state: &AppState,
-    id: &str,
-    cwd: Option<&str>,
-    envs: BTreeMap<String, String>,
-    (cols, rows): (u16, u16),
-) -> Result<(Arc<Pty>, broadcast::Receiver<Bytes>), ApiError> {
+/// A terminal id must be given, short, and fit in a path segment.
+fn check_id(id: &str) -> Result<(), ApiError> {
     if id.is_empty() {
         return Err(ApiError::bad_request("the PTY session id is required"));
     }
@@ -366,6 +363,17 @@ fn spawn_pty(
             "invalid PTY session id {id:?}"
         )));
     }
+    Ok(())
+}
+
+fn spawn_pty(
+    state: &AppState,
+    id: &str,
+    cwd: Option<&str>,
+    envs: BTreeMap<String, String>,
+    (cols, rows): (u16, u16),
+) -> Result<(Arc<Pty>, broadcast::Receiver<Bytes>), ApiError> {
+    check_id(id)?;
     let config = &state.config;
     let cwd = params::resolve_cwd(&config.work_dir, &config.home, cwd);
     params::require_dir(&cwd).map_err(ApiError::bad_request)?;
