@@ -122,16 +122,7 @@ pub async fn paginated(
             )));
         }
     };
-    let descending = match query.get("order").filter(|o| !o.is_empty()) {
-        None => true,
-        Some(o) if o.eq_ignore_ascii_case("desc") => true,
-        Some(o) if o.eq_ignore_ascii_case("asc") => false,
-        Some(o) => {
-            return Err(ApiError::bad_request(format!(
-                "order must be asc or desc, got {o:?}"
-            )));
-        }
-    };
+    let descending = crate::sandboxes::descending(&query, true)?;
     let Selection {
         labels,
         states,

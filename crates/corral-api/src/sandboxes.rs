@@ -138,6 +138,19 @@ fn refuse_unsupported(req: &CreateSandbox) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The `order` query parameter (`asc` or `desc`, any case) as "descending"; `default` when it
+/// is absent or empty.
+pub(crate) fn descending(query: &QueryPairs, default: bool) -> Result<bool, ApiError> {
+    match query.get("order").filter(|o| !o.is_empty()) {
+        None => Ok(default),
+        Some(o) if o.eq_ignore_ascii_case("asc") => Ok(false),
+        Some(o) if o.eq_ignore_ascii_case("desc") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "order must be asc or desc, got {other:?}"
+        ))),
+    }
+}
+
 /// Checks a create request and turns it into a new sandbox record (state `creating`).
 fn new_sandbox(state: &AppState, req: CreateSandbox) -> Result<Sandbox, ApiError> {
     refuse_unsupported(&req)?;
@@ -440,16 +453,7 @@ pub async fn list(
             )));
         }
     }
-    let descending = match query.get("order").filter(|o| !o.is_empty()) {
-        None => false,
-        Some(o) if o.eq_ignore_ascii_case("asc") => false,
-        Some(o) if o.eq_ignore_ascii_case("desc") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "order must be asc or desc, got {other:?}"
-            )));
-        }
-    };
+    let descending = descending(&query, false)?;
     let sort = match query.get("sort").filter(|s| !s.is_empty()) {
         None if !descending => None,
         None => Some(corral_core::ListSort {

@@ -26,7 +26,7 @@ pub fn resolve_auto_archive(minutes: i64) -> i64 {
 }
 
 /// Every recorded sandbox (all pages).
-async fn all(state: &Engine) -> Result<Vec<Sandbox>, EngineError> {
+pub(crate) async fn all(state: &Engine) -> Result<Vec<Sandbox>, EngineError> {
     let mut query = ListQuery {
         limit: 200,
         ..Default::default()

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use corral_core::{ListQuery, Runtime, Sandbox, SandboxState};
+use corral_core::{Runtime, SandboxState};
 use time::OffsetDateTime;
 
 use crate::Engine;
@@ -414,7 +414,7 @@ fn now_ms() -> u64 {
 /// One pass of the sampler at `t_ms`: every started sandbox the runtime runs is sampled.
 /// Returns how many were.
 pub async fn sample_at(state: &Engine, t_ms: u64) -> Result<usize, EngineError> {
-    let sandboxes = all(state).await?;
+    let sandboxes = crate::reconciler::all(state).await?;
     let mut taken = Vec::new();
     for s in sandboxes
         .iter()
@@ -448,23 +448,6 @@ pub async fn sample_at(state: &Engine, t_ms: u64) -> Result<usize, EngineError> 
     .await
     .map_err(|e| EngineError::internal("metrics sampler task", &e))?;
     Ok(n)
-}
-
-/// Every recorded sandbox (all pages).
-async fn all(state: &Engine) -> Result<Vec<Sandbox>, EngineError> {
-    let mut query = ListQuery {
-        limit: 500,
-        ..Default::default()
-    };
-    let mut out = Vec::new();
-    loop {
-        let page = state.store.list(&query).await?;
-        out.extend(page.items);
-        match page.next_cursor {
-            Some(c) => query.cursor = Some(c),
-            None => return Ok(out),
-        }
-    }
 }
 
 /// The sampler: a pass every interval until the server stops.
